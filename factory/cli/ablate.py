@@ -1,0 +1,35 @@
+"""`factory ablate GRID.yaml`: train one model per grid cell and seed, evaluate, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from factory.ui import console
+
+
+def ablate(
+    grid: Path = typer.Argument(..., help="ablation grid YAML (see mixes/ablations/)"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default: the grid's `out`, else runs/ablations/NAME)"),
+    data: Optional[Path] = typer.Option(None, help="tokenized data folder (default: the grid's data_root)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="only expand the grid and print the cells"),
+) -> None:
+    """Expand a mix grid, train and evaluate every cell x seed (finished ones are skipped), write the report."""
+    from factory import ablate as ab
+    from factory.ui import table
+
+    if dry_run:
+        g = ab.load_grid(grid)
+        cells = ab.expand(grid, g)
+        keys = list(cells[0]["params"])
+        console.print(table(f"{g.name}: {len(cells)} cells x {len(g.seeds)} seeds", ["cell", *keys],
+                            [[c["id"], *[c["params"][k] for k in keys]] for c in cells]))
+        return
+    res = ab.run(grid, out, data_root=data)
+    console.print(f"{res['ran']} runs trained, {res['skipped']} already done; report: {res['report']['report_md']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ablate")(ablate)

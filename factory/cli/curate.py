@@ -1,0 +1,57 @@
+"""`factory curate [CONFIG.yaml] --in DIR --out DIR`: filter, dedup and decontaminate documents."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from factory.ui import console, table
+
+
+def curate(
+    config: Optional[str] = typer.Argument(None, help="curation YAML (default: the packaged default.yaml)"),
+    inputs: Optional[List[str]] = typer.Option(None, "--in", help="input stage folder (repeatable)"),
+    out: Optional[str] = typer.Option(None, "--out", help="output stage folder (any fsspec URL)"),
+    reference: Optional[List[str]] = typer.Option(None, "--reference", help="web/seed folder to dedup against"),
+    bench: Optional[List[str]] = typer.Option(None, "--bench", help="benchmark JSONL file or folder to decontaminate against"),
+    ray: bool = typer.Option(False, "--ray", help="run on Ray (RAY_ADDRESS or a local ray.init())"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address"),
+    tasks: Optional[int] = typer.Option(None, help="datatrove tasks per stage"),
+) -> None:
+    """Curate documents with datatrove: quality and synthetic filters, dedup, decontamination."""
+    import os
+
+    from factory.curate import config as C
+    from factory.curate import run
+
+    cfg = C.load(config)
+    data = cfg.model_dump()
+    if inputs:
+        data["inputs"] = list(inputs)
+    if out:
+        data["output"] = out
+    if reference:
+        data["dedup"]["reference"] = list(reference)
+    if bench:
+        data["decont"]["benchmarks"] = list(bench)
+    if ray or address:
+        data["executor"]["ray"] = True
+        data["executor"]["ray_address"] = address or os.environ.get("RAY_ADDRESS") or None
+    elif os.environ.get("RAY_ADDRESS") and not cfg.executor.ray_address:  # inside a Ray job: use the cluster
+        data["executor"]["ray"] = True
+        data["executor"]["ray_address"] = os.environ["RAY_ADDRESS"]
+    if tasks:
+        data["executor"]["tasks"] = tasks
+    from factory.config import validate
+
+    cfg = validate(C.CurateConfig, data, config or str(C.DEFAULT_YAML))
+    m = run(cfg, log=console.log)
+    c = m["counts"]
+    rows = [["in", c.get("in", 0)], ["kept", c.get("kept", 0)]]
+    rows += [[f"dropped: {k}", v] for k, v in sorted(m["dropped"].items(), key=lambda kv: -kv[1])]
+    console.print(table(f"curate -> {cfg.output} ({m.get('executor')})", ["count", "docs"], rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("curate")(curate)

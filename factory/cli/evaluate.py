@@ -1,0 +1,66 @@
+"""`factory eval RUN_DIR --bench DIR...` scores a trained model; `factory evalsets OUT` writes the
+built-in benchmark files (the same files curation decontaminates against)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from factory.errors import FactoryError
+from factory.ui import console, table
+
+
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="a run folder (its hf/ export) or an HF export folder"),
+    bench: List[str] = typer.Option([], "--bench", "-b", help="benchmark folder or lm-eval style JSONL; repeatable (default: the built-ins)"),
+    max_items: Optional[int] = typer.Option(None, help="score only the first N items of each benchmark"),
+    batch_size: int = typer.Option(32, help="sequences per forward pass"),
+    n: int = typer.Option(500, help="items per built-in benchmark when --bench is not given"),
+    out: Optional[Path] = typer.Option(None, help="write the scores as JSON here (default: RUN_DIR/eval.json)"),
+) -> None:
+    """Score a trained model on benchmarks (multiple choice by log-likelihood, greedy exact match, loss)."""
+    from train.eval import BenchmarkError, evaluate as score
+    from train.model import load_for_eval
+
+    if not bench:
+        from factory import evalsets
+
+        bench = list(evalsets.build(run_dir / "benchmarks", n=n)["dirs"].values())
+    try:
+        model, tok = load_for_eval(run_dir)
+    except FileNotFoundError as e:
+        raise FactoryError(str(e), where=str(run_dir), fix="give a run folder with an hf/ export") from None
+    if tok is None:
+        raise FactoryError("no tokenizer.json next to the model", where=str(run_dir), fix="export the run with its tokenizer")
+    try:
+        res = score(model, tok, bench, max_items=max_items, batch_size=batch_size)
+    except BenchmarkError as e:
+        raise FactoryError(str(e), fix="see the benchmark format in the README") from None
+    dest = out or run_dir / "eval.json"
+    dest.write_text(json.dumps(res, indent=1))
+    rows = [[k, v["metric"], f"{v['score']:.4f}", f"{v['stderr']:.4f}", v["n"], v["seconds"]] for k, v in res.items()]
+    console.print(table(f"eval: {run_dir}", ["benchmark", "metric", "score", "stderr", "n", "s"], rows))
+    console.print(f"wrote {dest}")
+
+
+def evalsets(
+    out: Path = typer.Argument(..., help="folder to write one benchmark folder per built-in benchmark into"),
+    n: int = typer.Option(500, help="items per benchmark"),
+    seed: int = typer.Option(0, help="item sampling seed (same seed, same files)"),
+    holdout: Optional[Path] = typer.Option(None, help="file of wiki titles kept out of training, one a line (makes wiki_val)"),
+) -> None:
+    """Write the built-in benchmarks (wiki_mc, wiki_cloze, wiki_cloze_mc, arith_mc, arith_em, wiki_val)."""
+    from factory import evalsets as ev
+
+    titles = [t for t in holdout.read_text().splitlines() if t.strip()] if holdout else None
+    made = ev.build(out, holdout_titles=titles, seed=seed, n=n)
+    rows = [[k, d, sum(1 for _ in open(Path(d) / "data.jsonl"))] for k, d in made["dirs"].items()]
+    console.print(table("benchmarks", ["name", "folder", "items"], rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(evaluate)
+    app.command("evalsets")(evalsets)

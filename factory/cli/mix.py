@@ -1,0 +1,80 @@
+"""`factory mix plan FILE --data DIR`: the Phi-4-style mixture table, and plan.json for the trainer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from factory.ui import console
+
+mix_app = typer.Typer(no_args_is_help=True, help="Plan token mixes (YAML) for training.")
+
+
+def human(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def plan_table(p: dict[str, Any]) -> Table:
+    from factory.mix import totals
+
+    t = Table(title=f"mix {p['mix']}: {human(p['total_tokens'])} tokens, seq_len {p['seq_len']}, vocab {p['vocab_size']}")
+    for c in ("phase", "source", "kind", "share", "unique", "drawn", "epochs", "max ep."):
+        t.add_column(c, justify="left" if c in ("phase", "source", "kind") else "right", no_wrap=True)
+    t.caption = "unique: tokens in the shards; drawn: tokens trained on; epochs: drawn windows / windows"
+    tot = totals(p)
+    multi = len(p["phases"]) > 1
+    for ph in p["phases"]:
+        for s in ph["sources"]:
+            over = s["max_epochs"] is not None and tot[s["name"]]["epochs"] > s["max_epochs"]
+            t.add_row(ph["name"], s["name"], s["kind"], f"{s['share']:.1%}", human(s["unique_tokens"]), human(s["tokens"]),
+                      f"[yellow]{s['epochs']:.2f}[/]" if over else f"{s['epochs']:.2f}",
+                      "-" if s["max_epochs"] is None else f"{s['max_epochs']:g}")
+        t.add_section()
+    if multi:
+        for name, s in tot.items():
+            over = s["max_epochs"] is not None and s["epochs"] > s["max_epochs"]
+            t.add_row("[bold]all", name, s["kind"], f"{s['tokens'] / p['total_tokens']:.1%}", human(s["unique_tokens"]),
+                      human(s["tokens"]), f"[yellow]{s['epochs']:.2f}[/]" if over else f"{s['epochs']:.2f}",
+                      "-" if s["max_epochs"] is None else f"{s['max_epochs']:g}")
+    return t
+
+
+@mix_app.command("plan")
+def plan_cmd(
+    file: Path = typer.Argument(..., help="Mix YAML."),
+    data: Path = typer.Option(Path("."), "--data", help="Root that relative source and tokenizer paths resolve against."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write plan.json here."),
+    tokens: Optional[int] = typer.Option(None, "--tokens", help="Override total_tokens."),
+) -> None:
+    """Count unique tokens per source, print the mixture table, write plan.json."""
+    from factory.mix import make_plan, write_plan
+    from factory.mixspec import load_mix
+
+    cfg = load_mix(file, tokens=tokens)
+    p, warnings = make_plan(cfg, data, str(file))
+    console.print(plan_table(p))
+    for w in warnings:
+        console.print(f"[yellow]warning: {w}[/]")
+    if out:
+        write_plan(p, out)
+        console.print(f"plan written to {out}")
+
+
+@mix_app.command("schema")
+def schema_cmd(out: Path = typer.Option(Path("mixes/schema.json"), "--out")) -> None:
+    """Write the JSON Schema of mix files."""
+    from factory.mixspec import json_schema
+
+    out.write_text(json.dumps(json_schema(), indent=2) + "\n")
+    console.print(f"schema written to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(mix_app, name="mix")

@@ -1,0 +1,56 @@
+"""`factory train RUN.yaml`: pretrain with torchrun (one node or several) or, given --ray-address,
+with Ray Train's TorchTrainer; both run `train.loop.train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from factory.errors import FactoryError
+from factory.ui import console, table
+
+
+def train(
+    config: Path = typer.Argument(..., help="run config YAML (model, data, train, optim, checkpoint, eval)"),
+    nproc: int = typer.Option(2, "--nproc", help="processes (ranks) per node"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. --set optim.lr=1e-3 (repeatable)"),
+    nnodes: int = typer.Option(1, help="nodes (several need --rdzv-endpoint)"),
+    node_rank: int = typer.Option(0, help="this node's rank"),
+    rdzv_endpoint: Optional[str] = typer.Option(None, help="host:port of the rendezvous, the same on every node"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="run on this Ray cluster ('auto' = the local one)"),
+    gpu: bool = typer.Option(False, "--gpu", help="Ray Train: one GPU per worker"),
+) -> None:
+    """Train one model on a mix plan (or random tokens) and export it to HF format."""
+    import json
+
+    from train import config as tcfg
+    from train.launch import TrainFailed, run, run_ray
+
+    try:
+        if ray_address:
+            run_dir = run_ray(config, ray_address, num_workers=nproc * nnodes, use_gpu=gpu, overrides=set_)
+        else:
+            run_dir = run(config, nproc=nproc, overrides=set_, nnodes=nnodes, node_rank=node_rank,
+                          rdzv_endpoint=rdzv_endpoint)
+    except tcfg.ConfigError as e:
+        raise FactoryError(str(e), fix="see the fields in train/config.py") from None
+    except (TrainFailed, ValueError) as e:
+        raise FactoryError(str(e), where=str(config)) from None
+    summary_path = Path(run_dir) / "run.json"
+    if not summary_path.exists():
+        console.print(f"run dir: {run_dir}")
+        return
+    s = json.loads(summary_path.read_text())
+    rows = [["run dir", str(run_dir)], ["device", f"{s['world_size']} x {s['device']} ({s['dtype']})"],
+            ["params", f"{s['model']['params'] / 1e6:.2f}M"], ["steps", s["steps"]],
+            ["final loss", s["final_loss"]], ["val loss", s["val_loss"]], ["train time (s)", s["train_s"]],
+            ["HF export", s["hf_dir"] or "-"]]
+    if s.get("epochs_seen"):
+        rows.append(["epochs seen", ", ".join(f"{k} {v:.2f}" for k, v in s["epochs_seen"].items())])
+    console.print(table("training run", ["", "value"], rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

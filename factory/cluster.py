@@ -1,0 +1,400 @@
+"""Ray for every stage: connect to a cluster (`address` or `RAY_ADDRESS`) or start a small local one.
+
+Token auth, made explicit. Ray 2.60 decides auth per process, and not the same way everywhere:
+`ray.init()` starting a new local cluster turns token auth on and writes `~/.ray/auth_token`
+if missing; `ray start --head` turns it on only if a token already exists; `ray.init(address=...)`
+and the Job SDK send a token only when `RAY_AUTH_MODE=token` is set in their environment. So one
+machine easily ends up with a token cluster and a client that does not send it (401 / 403).
+
+The factory resolves the mode once, with `auth_mode()`, and exports it as `RAY_AUTH_MODE` before
+any Ray call, so `ray start`, `ray.init`, job submission and the job's own processes (which inherit
+the environment) agree:
+  1. `RAY_AUTH_MODE` set by the user: respected as is.
+  2. a token is available (`RAY_AUTH_TOKEN`, the file named by `RAY_AUTH_TOKEN_PATH`, or
+     `~/.ray/auth_token`): "token".
+  3. otherwise: "token" when starting a new local cluster (Ray's default; it writes the token
+     file), "disabled" when connecting (there is nothing to send; a cluster that wants a token
+     answers with an error that says where to put it).
+The token value itself is never logged, stored in job metadata, or forwarded by the factory.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from factory.errors import FactoryError
+
+LOCAL_OBJECT_STORE_BYTES = 300 * 1024**2
+AUTH_ENV, TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+_CONNECT_TIMEOUT_S = 5.0
+# ray.init arguments that only shape a new local Ray; Ray rejects them when connecting, we drop them.
+LOCAL_ONLY = ("num_cpus", "num_gpus", "resources", "labels", "object_store_memory", "include_dashboard",
+              "dashboard_host", "dashboard_port", "_system_config", "_enable_object_reconstruction", "_node_name",
+              "_temp_dir", "_memory", "_plasma_directory")
+
+
+def default_token_path() -> Path:
+    return Path.home() / ".ray" / "auth_token"
+
+
+def token_available(env: dict | None = None) -> bool:
+    """True when Ray would find a token: `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH`, or ~/.ray/auth_token."""
+    env = os.environ if env is None else env
+    if env.get(TOKEN_ENV, "").strip():
+        return True
+    path = env.get(TOKEN_PATH_ENV)
+    path = Path(path) if path else default_token_path()
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def auth_mode(starting_local: bool = False, env: dict | None = None) -> str:
+    """The auth mode the factory uses: "token" or "disabled" (see the module docstring)."""
+    env = os.environ if env is None else env
+    mode = env.get(AUTH_ENV, "").strip().lower()
+    if mode:
+        if mode not in ("token", "disabled"):
+            raise FactoryError(f"unknown {AUTH_ENV} '{mode}'", where="environment", field=AUTH_ENV,
+                               fix="set RAY_AUTH_MODE to 'token' or 'disabled', or unset it")
+        return mode
+    return "token" if (starting_local or token_available(env)) else "disabled"
+
+
+def apply_auth_env(starting_local: bool = False) -> str:
+    """Export the resolved mode as RAY_AUTH_MODE for this process and its children; returns it."""
+    mode = auth_mode(starting_local)
+    if os.environ.get(AUTH_ENV) != mode:
+        os.environ[AUTH_ENV] = mode
+        _refresh_ray_auth()
+    return mode
+
+
+def _refresh_ray_auth() -> None:
+    """Make an already-imported Ray see a changed RAY_AUTH_MODE / token (it caches both)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def ray_env(extra: dict | None = None, starting_local: bool = False) -> dict:
+    """The environment for a Ray subprocess (`ray start`, `ray job ...`): auth mode pinned, no usage stats."""
+    env = dict(os.environ)
+    env[AUTH_ENV] = auth_mode(starting_local, env)
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.update(extra or {})
+    return env
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a GCS (`host:port`), Ray Client (`ray://host:port`) or HTTP address."""
+    if address in ("auto", "local"):
+        return None
+    url = urlparse(address if "://" in address else f"gcs://{address}")
+    if not url.hostname:
+        return None
+    default = {"ray": 10001, "http": 80, "https": 443}.get(url.scheme, 6379)
+    return url.hostname, url.port or default
+
+
+def check_reachable(address: str, what: str = "Ray cluster") -> None:
+    """FactoryError with the fix when nothing listens at `address` (instead of Ray's long retries)."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    try:
+        socket.create_connection(hp, timeout=_CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise FactoryError(
+            f"cannot reach the {what} at {address} ({e.strerror or e})", where="--address / RAY_ADDRESS",
+            fix="start one with `ray start --head` or `ray up cluster.yaml`, or pass the head's address "
+                "(GCS host:6379 for stages, http://host:8265 for `factory submit`)") from None
+
+
+def init_ray(address: str | None = None, **kw) -> dict:
+    """Connect to `address` or `RAY_ADDRESS`, else start a small local Ray; returns cluster resources.
+
+    Idempotent: when Ray is already initialised it only returns the resources. Extra keyword
+    arguments go to `ray.init` (e.g. `runtime_env`, `namespace`); the ones that size a new local
+    Ray (`num_cpus`, `object_store_memory`, ...) apply to a local start and are dropped when
+    connecting, so a stage passes them unconditionally and still runs unchanged inside a Ray job.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return dict(ray.cluster_resources())
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith(("http://", "https://")):
+        raise FactoryError(f"'{address}' is a dashboard (job submission) address", where="--address / RAY_ADDRESS",
+                           fix="stages connect to the GCS address (host:6379) or ray://host:10001")
+    local = address in (None, "local")
+    mode = apply_auth_env(starting_local=local)
+    kw.setdefault("logging_level", logging.WARNING)
+    kw.setdefault("log_to_driver", True)
+    if local:
+        defaults = {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
+                    "object_store_memory": LOCAL_OBJECT_STORE_BYTES}
+        kw.update({k: v for k, v in defaults.items() if kw.get(k) is None})
+        target = "local"
+    else:
+        check_reachable(address)
+        target = address
+        kw = {k: v for k, v in kw.items() if k not in LOCAL_ONLY}
+    try:
+        ray.init(address=target, **kw)
+    except FactoryError:
+        raise
+    except Exception as e:  # Ray raises ConnectionError, RuntimeError, AuthenticationError, ValueError
+        raise FactoryError(f"Ray could not {'start' if local else 'connect to ' + address}: {_first_line(e)}",
+                           where="--address / RAY_ADDRESS", fix=_auth_fix(e, mode)) from None
+    return dict(ray.cluster_resources())
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]
+
+
+def _auth_fix(e: BaseException, mode: str) -> str:
+    """The fix for a failed connection; Ray reports a token mismatch on the GCS only as 'Failed to connect'."""
+    text = " ".join(str(x) for x in (e, e.__cause__, e.__context__) if x).lower()
+    said_auth = any(w in text for w in ("auth", "401", "403", "token"))
+    if mode == "token":
+        tip = ("the cluster's token must be here: copy the head's ~/.ray/auth_token, or set RAY_AUTH_TOKEN_PATH / "
+               "RAY_AUTH_TOKEN (RAY_AUTH_MODE=disabled if the cluster runs without auth)")
+    else:
+        tip = ("a cluster with token auth needs RAY_AUTH_MODE=token and its token here (the head's "
+               "~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN)")
+    if said_auth:
+        return tip
+    return f"check the address and that the head runs Ray {_ray_version()}; if it is right, {tip}"
+
+
+def _ray_version() -> str:
+    try:
+        import ray
+
+        return ray.__version__
+    except ImportError:
+        return "(not installed)"
+
+
+def cluster_info() -> dict:
+    """A summary of the connected cluster: nodes, total and available resources, auth mode."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return {"nodes": len(nodes), "resources": dict(ray.cluster_resources()),
+            "available": dict(ray.available_resources()), "auth_mode": os.environ.get(AUTH_ENV, "")}
+
+
+# ---------------------------------------------------------------- jobs (Ray's Job SDK)
+
+WORKING_DIR_EXCLUDES = [".venv", "venv", "runs", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache",
+                        ".hypothesis", ".ruff_cache", "benchmarks/results", "tmp", "*.gguf", "*.ds", "*.parquet"]
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def dashboard_address(address: str | None = None) -> str:
+    """The Job API URL: `address`, else RAY_API_SERVER_ADDRESS, else RAY_ADDRESS (a GCS address is looked up)."""
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise FactoryError("no cluster address", where="--address", fix="pass --address http://HEAD:8265 or set "
+                           "RAY_API_SERVER_ADDRESS (the head's dashboard, port 8265 by default)")
+    if address.startswith(("http://", "https://")):
+        return address.rstrip("/")
+    if address.startswith("ray://"):
+        from ray.dashboard.utils import ray_client_address_to_api_server_url
+
+        return ray_client_address_to_api_server_url(address)
+    check_reachable(address)
+    apply_auth_env()
+    from ray.dashboard.utils import ray_address_to_api_server_url
+
+    try:
+        return ray_address_to_api_server_url(address)
+    except Exception as e:
+        raise FactoryError(f"no dashboard found through {address}: {_first_line(e)}", where="--address",
+                           fix="start the head with `--include-dashboard true` or pass http://HEAD:8265") from None
+
+
+def job_client(address: str | None = None):
+    """A JobSubmissionClient for the cluster, with the auth mode pinned (see the module docstring)."""
+    from ray.job_submission import JobSubmissionClient
+
+    url = dashboard_address(address)
+    check_reachable(url, "Ray dashboard (Job API)")
+    apply_auth_env()
+    try:
+        return JobSubmissionClient(url)
+    except Exception as e:
+        raise FactoryError(f"the Job API at {url} refused the connection: {_first_line(e)}", where="--address",
+                           fix=_auth_fix(e, os.environ.get(AUTH_ENV, ""))) from None
+
+
+def secret_values(names: list[str] = (), env: dict | None = None) -> dict[str, str]:
+    """Values that must never appear in a job's entrypoint or metadata: named vars and secret-looking ones."""
+    env = os.environ if env is None else env
+    out = {k: v for k, v in env.items() if (_SECRET_NAME.search(k) or k in names) and len(v) >= 6}
+    return out
+
+
+def runtime_env_for(working_dir: str | None, env_vars: list[str] = (), extra: dict | None = None) -> dict:
+    """runtime_env: the working dir (code and configs, minus venvs, runs and data) and forwarded env vars.
+
+    Only variables named in `env_vars` are forwarded, with their values; Ray stores them in the job's
+    runtime_env (readable by anyone who can query the Job API), never in metadata or the entrypoint.
+    """
+    renv: dict = dict(extra or {})
+    if working_dir:
+        wd = Path(working_dir).resolve()
+        if not wd.is_dir():
+            raise FactoryError(f"working dir {working_dir} does not exist", where="--working-dir",
+                               fix="pass the project folder, or --no-working-dir to use the package installed on the cluster")
+        renv["working_dir"] = str(wd)
+        renv["excludes"] = sorted(set(renv.get("excludes", [])) | set(WORKING_DIR_EXCLUDES))
+    missing = [n for n in env_vars if n not in os.environ]
+    if missing:
+        raise FactoryError(f"environment variable(s) {', '.join(missing)} not set here", where="--env-var",
+                           fix="export them before `factory submit`, or drop --env-var")
+    bad = [n for n in env_vars if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
+    if bad:
+        raise FactoryError(f"--env-var takes names, not values: {bad[0][:12]}...", where="--env-var",
+                           fix="pass the variable's NAME (e.g. --env-var OPENAI_API_KEY)")
+    if env_vars:
+        renv["env_vars"] = {**renv.get("env_vars", {}), **{n: os.environ[n] for n in env_vars}}
+    return renv
+
+
+def submit(entrypoint: list[str] | str, address: str | None = None, env_vars: list[str] = (),
+           working_dir: str | None = ".", submission_id: str | None = None, num_cpus: float | None = None,
+           num_gpus: float | None = None, metadata: dict | None = None) -> str:
+    """Submit `entrypoint` (e.g. ["factory", "generate", ...]) as a Ray job; returns the job id."""
+    import shlex
+
+    cmd = entrypoint if isinstance(entrypoint, str) else shlex.join(entrypoint)
+    if not cmd.strip():
+        raise FactoryError("nothing to run", where="factory submit", fix="add the command after `--`, e.g. "
+                           "`factory submit -- factory generate gen.yaml --out s3://bucket/gen`")
+    meta = {"submitted_by": "factory submit", "env_var_names": ",".join(env_vars), **(metadata or {})}
+    meta = {str(k): str(v) for k, v in meta.items()}
+    for name, value in secret_values(list(env_vars)).items():
+        where = "entrypoint" if value in cmd else "metadata" if any(value in v for v in meta.values()) else None
+        if where:
+            raise FactoryError(f"the {where} contains the value of ${name}", where="factory submit",
+                               fix=f"never put secrets on the command line: pass --env-var {name} and let the "
+                                   "config name the variable")
+    renv = runtime_env_for(working_dir, list(env_vars))
+    client = job_client(address)
+    try:
+        return client.submit_job(entrypoint=cmd, runtime_env=renv, metadata=meta, submission_id=submission_id,
+                                 entrypoint_num_cpus=num_cpus, entrypoint_num_gpus=num_gpus)
+    except Exception as e:
+        raise FactoryError(f"the cluster rejected the job: {_first_line(e)}", where="factory submit",
+                           fix=_auth_fix(e, os.environ.get(AUTH_ENV, ""))) from None
+
+
+def redacted(info) -> dict:
+    """A job's info as a dict, with forwarded env var values replaced by '***'."""
+    d = info.model_dump() if hasattr(info, "model_dump") else info.dict() if hasattr(info, "dict") else dict(info)
+    renv = dict(d.get("runtime_env") or {})
+    if renv.get("env_vars"):
+        renv["env_vars"] = {k: "***" for k in renv["env_vars"]}
+    d["runtime_env"] = renv
+    d["status"] = str(getattr(d.get("status"), "value", d.get("status")))
+    return d
+
+
+def _job_call(fn, job_id: str, *args):
+    try:
+        return fn(job_id, *args)
+    except RuntimeError as e:
+        if "does not exist" in str(e) or "404" in str(e):
+            raise FactoryError(f"no job '{job_id}' on this cluster", where="job id",
+                               fix="list jobs with `factory jobs list`") from None
+        raise
+
+
+def job_status(job_id: str, address: str | None = None) -> dict:
+    c = job_client(address)
+    return redacted(_job_call(c.get_job_info, job_id))
+
+
+def job_logs(job_id: str, address: str | None = None) -> str:
+    return _job_call(job_client(address).get_job_logs, job_id)
+
+
+def follow_logs(job_id: str, address: str | None = None, write=print) -> str:
+    """Stream the job's logs until it ends; returns its final status."""
+    import asyncio
+
+    c = job_client(address)
+    _job_call(c.get_job_status, job_id)
+
+    async def tail():
+        async for chunk in c.tail_job_logs(job_id):
+            write(chunk)
+
+    asyncio.run(tail())
+    return str(c.get_job_status(job_id).value)
+
+
+def stop_job(job_id: str, address: str | None = None, wait_s: float = 30.0) -> str:
+    """Ask Ray to stop the job (SIGTERM, then SIGKILL after Ray's grace period); returns its status."""
+    import time
+
+    c = job_client(address)
+    _job_call(c.stop_job, job_id)
+    deadline = time.time() + wait_s
+    while (status := str(c.get_job_status(job_id).value)) not in TERMINAL and time.time() < deadline:
+        time.sleep(0.5)
+    return status
+
+
+def wait_job(job_id: str, address: str | None = None, timeout_s: float = 600.0, poll_s: float = 1.0) -> str:
+    import time
+
+    c = job_client(address)
+    deadline = time.time() + timeout_s
+    while (status := str(_job_call(c.get_job_status, job_id).value)) not in TERMINAL:
+        if time.time() > deadline:
+            raise FactoryError(f"job {job_id} still {status} after {timeout_s:.0f}s", where="factory submit --wait",
+                               fix="follow it with `factory jobs logs ID --follow` or stop it with `factory jobs stop ID`")
+        time.sleep(poll_s)
+    return status
+
+
+def list_jobs(address: str | None = None) -> list[dict]:
+    return [redacted(j) for j in job_client(address).list_jobs()]
+
+
+def auth_report(env: dict | None = None) -> dict:
+    """The resolved auth mode and the token's source (names and paths only, never the value)."""
+    env = os.environ if env is None else env
+    if env.get(TOKEN_ENV, "").strip():
+        source = f"${TOKEN_ENV}"
+    elif env.get(TOKEN_PATH_ENV):
+        source = f"${TOKEN_PATH_ENV} = {env[TOKEN_PATH_ENV]}"
+    else:
+        source = str(default_token_path())
+    return {f"{AUTH_ENV} (set)": env.get(AUTH_ENV, "(unset)"), "mode when connecting": auth_mode(False, env),
+            "mode when starting a local Ray": auth_mode(True, env), "token source": source,
+            "token found": "yes" if token_available(env) else "no"}

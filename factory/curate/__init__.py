@@ -1,0 +1,148 @@
+"""Curation: datatrove filters, synthetic-specific filters, dedup and decontamination, on one
+machine (LocalPipelineExecutor) or on Ray (RayPipelineExecutor) with the same output.
+
+Entry point: `run(cfg) -> manifest`. The output stage folder holds the kept shards (DOC_SCHEMA,
+provenance untouched), `rejected/` (the same rows plus `reason` and `detail`), `report.json` and
+`report.md` (counts, examples per reason, the dedup clusters removed), a dataset card and
+`manifest.json` (counts per reason, timings).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from factory.curate.config import CurateConfig, load
+from factory.errors import FactoryError
+
+__all__ = ["CurateConfig", "load", "run"]
+
+
+def _rows(fs, files: list[str]) -> int:
+    n = 0
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            n += pq.ParquetFile(fh).metadata.num_rows
+    return n
+
+
+def _ray_session(cfg: CurateConfig) -> bool:
+    """Connect to (or start) Ray when asked; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    from factory.curate.raysession import init
+
+    init(cfg.executor.ray_address)
+    return True
+
+
+def run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, Any]:
+    """Curate `cfg.inputs` into the stage folder `cfg.output`; return its manifest.
+
+    `log(str)` receives one line per finished job. `inject(jobs)` may edit the compiled datatrove
+    jobs before they run: it exists for fault and latency injection in tests.
+    """
+    from factory.curate.decont import benchmark_files, build_index
+    from factory.curate.io import shard_files
+    from factory.curate.pipeline import WORK, compile_jobs, run_jobs
+    from factory.curate.report import build, fs_root, markdown, read_rejected
+    from factory.stage import StageDir, write_card
+
+    if not cfg.output:
+        raise FactoryError("no output folder given", field="output", fix="set output: PATH (or --out)")
+    if not cfg.inputs:
+        raise FactoryError("no inputs given", field="inputs", fix="list one or more stage folders of document rows")
+    inputs = [shard_files(u) for u in cfg.inputs]
+    refs = [shard_files(u) for u in cfg.dedup.reference]
+    bench = benchmark_files(cfg.decont.benchmarks) if cfg.decont.enabled and cfg.decont.benchmarks else []
+    stage = StageDir(cfg.output, "curate", cfg.output_hash_view(), inputs=cfg.inputs + cfg.dedup.reference)
+    old = StageDir.read_manifest(stage.url)
+    if old and old.get("status") == "done":
+        return old
+    fs, out = stage.fs, stage.root
+    work = f"{out}/{WORK}"
+    t0 = time.time()
+    index_dir = None
+    if bench:
+        index_dir = f"{work}/decont_index"
+        hashes = build_index(bench, index_dir, cfg.decont.text_fields, cfg.decont.n_grams, cfg.decont.min_words,
+                             cfg.language)
+        stage.extra["decont_index"] = hashes
+    stage.timings["decont_index_s"] = round(time.time() - t0, 3)
+
+    n_in = sum(_rows(fs, [f"{root}/{f}" for f in files]) for root, files in inputs)
+    jobs = compile_jobs(cfg, inputs, refs, out, index_dir)
+    if inject:
+        inject(jobs)
+    started = _ray_session(cfg) if cfg.executor.use_ray else False
+    try:
+        def on_job(name: str, secs: float) -> None:
+            stage.timings[f"{name}_s"] = round(secs, 3)
+            if log:
+                log(f"curate: {name} done in {secs:.1f}s")
+
+        run_jobs(cfg, jobs, out, on_job, n_in)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+    # finalize: complete shards appear under their final names, all at once
+    for part in sorted(fs.glob(f"{work}/kept/*.parquet.part")):
+        fs.mv(part, f"{out}/{part.rsplit('/', 1)[1].removesuffix('.part')}")
+    fs.makedirs(f"{out}/rejected", exist_ok=True)
+    for part in sorted(fs.glob(f"{work}/rejected/*.parquet.part")):
+        fs.mv(part, f"{out}/rejected/{part.rsplit('/', 1)[1].removesuffix('.part')}")
+    kept_files = sorted(fs.glob(f"{out}/*.parquet"))
+    rej_files = sorted(fs.glob(f"{out}/rejected/*.parquet"))
+    rejected = read_rejected(fs, rej_files)
+    n_kept = _rows(fs, kept_files)
+    dropped = Counter(r["reason"] for r in rejected)
+    detail = Counter(f"{r['reason']}:{_detail_key(r)}" for r in rejected)
+    if n_in != n_kept + len(rejected):
+        raise FactoryError(f"{n_in} documents in but {n_kept} kept + {len(rejected)} rejected",
+                           where=stage.url, fix="delete the output folder and rerun; report this as a bug")
+    stage.counts.update({"in": n_in, "kept": n_kept, "rejected": len(rejected),
+                         "reference": sum(_rows(fs, [f"{r}/{f}" for f in files]) for r, files in refs)})
+    stage.dropped.update(dropped)
+    report = build(fs, out, work, rejected, kept_files, cfg.dedup.report_clusters)
+    summary = {"documents in": n_in, "kept": n_kept, "rejected": len(rejected),
+               "executor": "ray" if cfg.executor.use_ray else "local", "dropped": dict(dropped)}
+    stage.write_json("report.json", {"summary": summary, "dropped_detail": dict(detail), **report})
+    stage.write_bytes("report.md", markdown(summary, report).encode())
+    recipes = Counter()
+    for f in kept_files:
+        with fs.open(f, "rb") as fh:
+            t = pq.read_table(fh, columns=["meta"])
+        recipes.update(m.get("recipe") or "-" for m in t.column("meta").to_pylist())
+    write_card(stage, "Curated documents", {
+        "documents": n_kept, "rejected": len(rejected),
+        "removed by reason": ", ".join(f"{k} {v}" for k, v in dropped.most_common()) or "none",
+        "recipes": ", ".join(f"{k} {v}" for k, v in recipes.most_common()) or "-",
+        "dedup clusters removed": report["clusters_total"], "report": "report.md"}, cfg.licence)
+    if not cfg.keep_work:
+        for sub in ("filtered", "sigs", "dups", "clusters", "kept", "rejected"):
+            if fs.exists(f"{work}/{sub}"):
+                fs.rm(f"{work}/{sub}", recursive=True)
+    return stage.finish(dropped_detail=dict(detail), report="report.md",
+                        executor="ray" if cfg.executor.use_ray else "local")
+
+
+def _detail_key(r: dict) -> str:
+    d = r.get("detail") or ""
+    if r["reason"] in ("gopher_quality", "gopher_repetition", "fineweb_quality", "c4_quality", "length"):
+        return d.split(":")[0]
+    if r["reason"] == "contamination":
+        try:
+            return json.loads(d).get("task", "")
+        except ValueError:
+            return ""
+    return r["reason"] if r["reason"].endswith("dup") or r["reason"].endswith("reference") else (d[:40] if d else "")

@@ -1,0 +1,174 @@
+"""The curation config: which filters run, how dedup and decontamination are tuned, which executor.
+
+Loaded from YAML (`factory/curate/default.yaml` shows every option). Datatrove's own filters take
+their keyword arguments under `options`, checked when the pipeline is compiled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from factory.config import load_config, validate
+
+DEFAULT_YAML = Path(__file__).with_name("default.yaml")
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Toggle(_M):
+    """A datatrove filter: on or off, with its constructor keyword arguments."""
+
+    enabled: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LengthCfg(_M):
+    enabled: bool = True
+    min_chars: int = Field(50, ge=0)
+    max_chars: int = Field(200_000, ge=1)
+    min_words: int = Field(10, ge=0)
+    max_words: int = Field(50_000, ge=1)
+
+
+class RefusalCfg(_M):
+    """Refusals and assistant chatter, as case-insensitive regexes (multiline: `^` is a line start)."""
+
+    enabled: bool = True
+    patterns: list[str] = Field(default_factory=lambda: [
+        r"\bas an ai\b",
+        r"\bas an? (?:ai )?(?:large )?language model\b",
+        r"^\W*(?:sure|certainly|of course|absolutely)[!,.]*\s+(?:here is|here's|here are|i can|i'd be)",
+        r"^\W*i (?:cannot|can't|can not|am unable to|won't|will not)\b",
+        r"\bi (?:cannot|can't|am unable to) (?:help|assist|provide|fulfil|fulfill|comply|create|generate|write)\b",
+        r"^\W*i'?m sorry,? but\b",
+        r"\b(?:i hope this helps|let me know if you (?:have|need|want|would like))\b",
+    ])
+
+
+class TruncatedCfg(_M):
+    enabled: bool = True
+    finish_reasons: list[str] = Field(default_factory=lambda: ["length"])
+
+
+class LeakageCfg(_M):
+    """Prompt or template text that leaked into the output."""
+
+    enabled: bool = True
+    patterns: list[str] = Field(default_factory=lambda: [
+        r"\{\{|\}\}|\{%|%\}|\{#|#\}",
+        r"<\|(?:im_start|im_end|system|user|assistant|endoftext|eot_id|start_header_id|end_header_id)\|>",
+        r"\[/?INST\]|<</?SYS>>",
+        r"^\s*(?:system|user|assistant)\s*:",
+    ])
+    instruction_phrases: list[str] = Field(default_factory=list, description="phrases that must never appear")
+    recipe_phrases: bool = Field(True, description="also the literal instruction sentences of each doc's recipe")
+    min_phrase_words: int = Field(6, ge=3)
+
+
+class VerificationCfg(_M):
+    """Drop documents whose `meta.extra.verdicts` hold a failed verdict (False, 'fail', ...)."""
+
+    enabled: bool = True
+    fail_values: list[str] = Field(default_factory=lambda: ["fail", "failed", "false", "error", "timeout"])
+
+
+class LanguageCfg(_M):
+    enabled: bool = False
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    threshold: float = Field(0.65, ge=0, le=1)
+
+
+class FiltersCfg(_M):
+    length: LengthCfg = Field(default_factory=LengthCfg)
+    truncated: TruncatedCfg = Field(default_factory=TruncatedCfg)
+    verification: VerificationCfg = Field(default_factory=VerificationCfg)
+    leakage: LeakageCfg = Field(default_factory=LeakageCfg)
+    refusal: RefusalCfg = Field(default_factory=RefusalCfg)
+    language: LanguageCfg = Field(default_factory=LanguageCfg)
+    gopher_quality: Toggle = Field(default_factory=lambda: Toggle(enabled=True))
+    gopher_repetition: Toggle = Field(default_factory=lambda: Toggle(enabled=True))
+    fineweb_quality: Toggle = Field(default_factory=Toggle)
+    c4_quality: Toggle = Field(default_factory=Toggle)
+
+
+class MinhashCfg(_M):
+    """LSH over word n-gram shingles: a pair with Jaccard s is found with 1-(1-s^r)^b (b buckets, r hashes)."""
+
+    enabled: bool = True
+    n_grams: int = Field(3, ge=1)
+    num_buckets: int = Field(40, ge=1)
+    hashes_per_bucket: int = Field(3, ge=1)
+    seed: int = 1
+    threshold: float = Field(0.3, ge=0, le=1, description="min Jaccard estimated on the whole signature; 0: LSH only")
+
+
+class DedupCfg(_M):
+    exact: bool = True
+    minhash: MinhashCfg = Field(default_factory=MinhashCfg)
+    reference: list[str] = Field(
+        default_factory=list,
+        description="stage folders (web corpus, seeds) indexed for dedup; their documents are never removed",
+    )
+    report_clusters: int = Field(20, ge=0, description="clusters shown with examples in the report")
+
+
+class DecontCfg(_M):
+    enabled: bool = True
+    benchmarks: list[str] = Field(default_factory=list, description="JSONL files or folders of *.jsonl")
+    text_fields: list[str] = Field(default_factory=lambda: ["question", "choices", "answer_text", "answer", "text"])
+    n_grams: int = Field(13, ge=3)
+    min_words: int = Field(8, ge=3, description="benchmark texts shorter than n_grams but this long match whole")
+    action: Literal["remove", "flag"] = "remove"
+
+
+class ExecutorCfg(_M):
+    ray: bool = Field(False, description="run on Ray (local `ray.init()` unless `ray_address` is set)")
+    ray_address: str | None = None
+    tasks: int = Field(2, ge=1, description="datatrove tasks per stage; the kept set does not depend on it")
+    workers: int = Field(-1, description="tasks at once; -1: as many as CPUs (at most tasks)")
+    cpus_per_task: int = Field(1, ge=1)
+    mem_per_cpu_gb: float = Field(0.5, gt=0)
+    tasks_per_job: int = Field(0, ge=0, description="Ray: tasks per actor; 0: spread tasks over the workers")
+
+    @property
+    def use_ray(self) -> bool:
+        return self.ray or bool(self.ray_address)
+
+
+class CurateConfig(_M):
+    inputs: list[str] = Field(default_factory=list, description="stage folders or parquet files of document rows")
+    output: str = ""
+    language: str = "en"
+    filters: FiltersCfg = Field(default_factory=FiltersCfg)
+    dedup: DedupCfg = Field(default_factory=DedupCfg)
+    decont: DecontCfg = Field(default_factory=DecontCfg)
+    executor: ExecutorCfg = Field(default_factory=ExecutorCfg)
+    keep_work: bool = Field(False, description="keep intermediate files (signatures, filtered shards) after success")
+    licence: str = "see the seed licences"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "CurateConfig":
+        f = self.filters.length
+        if f.min_chars > f.max_chars or f.min_words > f.max_words:
+            raise ValueError("filters.length: min above max")
+        return self
+
+    def output_hash_view(self) -> dict[str, Any]:
+        """The settings that decide the output (executor placement does not), for the stage folder hash."""
+        return self.model_dump(mode="json", exclude={"executor": {"ray", "ray_address", "workers", "cpus_per_task",
+                                                                  "mem_per_cpu_gb", "tasks_per_job"},
+                                                     "keep_work": True})
+
+
+def load(path: str | Path | None = None, **overrides: Any) -> CurateConfig:
+    """A CurateConfig from YAML (the packaged default when `path` is None), with top-level overrides."""
+    if path is None:
+        from factory.config import read_yaml
+
+        return validate(CurateConfig, {**read_yaml(DEFAULT_YAML), **overrides}, str(DEFAULT_YAML))
+    return load_config(CurateConfig, path, overrides or None)

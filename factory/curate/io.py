@@ -1,0 +1,180 @@
+"""Reader and writer adapters between our document rows (DOC_SCHEMA) and datatrove Documents.
+
+A row's `kind`, `source` and `meta` travel untouched in `Document.metadata`, so the kept shards
+come out with exactly the provenance they came in with. Rejected documents get `reason` and
+`detail` columns next to the document columns.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+from datatrove.data import Document
+from datatrove.pipeline.readers import JsonlReader, ParquetReader
+from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
+from datatrove.utils.word_tokenizers import WordTokenizer, load_word_tokenizer
+
+from factory.errors import FactoryError
+from factory.schema import DOC_SCHEMA
+
+REJECTED_SCHEMA = pa.schema(list(DOC_SCHEMA) + [pa.field("reason", pa.string()), pa.field("detail", pa.string())])
+EMPTY = "\u2205"  # placeholder text for an empty row, so datatrove keeps it until the `empty` filter rejects it
+_KEEP = ("kind", "source", "meta")
+
+
+class SharedTokenizer(WordTokenizer):
+    """Datatrove's word tokenizer for a language, shared by every step of a process.
+
+    Steps hold this handle instead of their own tokenizer: pickling or deep-copying it yields the
+    handle again, so a worker loads spaCy once, not once per step and task.
+    """
+
+    def __init__(self, language: str):
+        super().__init__(language)
+
+    def __reduce__(self):
+        return (SharedTokenizer, (self.language,))
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __hash__(self):
+        return hash(("shared-tokenizer", self.language))
+
+    def __eq__(self, other):
+        return isinstance(other, SharedTokenizer) and other.language == self.language
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return load_word_tokenizer(self.language).word_tokenize(text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return load_word_tokenizer(self.language).sent_tokenize(text)
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return load_word_tokenizer(self.language).span_tokenize(text)
+
+
+def row_to_doc(self, data: dict, path: str, id_in_file: int | str) -> dict:
+    """ParquetReader adapter: a DOC_SCHEMA row -> Document fields."""
+    text = data.get("text") or ""
+    md = {k: data.get(k) for k in _KEEP}
+    if not text.strip():
+        md["_empty"] = True
+    return {"text": text if text.strip() else EMPTY, "id": data.get("id") or f"{path}/{id_in_file}", "metadata": md}
+
+
+def doc_to_row(doc: Document) -> dict[str, Any]:
+    md = doc.metadata
+    return {"id": doc.id, "text": "" if md.get("_empty") else doc.text, "kind": md.get("kind"),
+            "source": md.get("source"), "meta": md.get("meta")}
+
+
+def _write_adapter(self, doc: Document) -> dict:
+    return doc_to_row(doc)
+
+
+def _reject_adapter(self, doc: Document) -> dict:
+    rej = doc.metadata.get("_reject") or {}
+    detail = rej.get("detail")
+    if detail is None and doc.metadata.get("filter_reason"):
+        detail = doc.metadata["filter_reason"]
+    return {**doc_to_row(doc), "reason": rej.get("reason") or self.reason,
+            "detail": detail if isinstance(detail, str) or detail is None else json.dumps(detail, sort_keys=True)}
+
+
+def reject(doc: Document, reason: str, detail: Any = None) -> tuple[bool, str]:
+    """Mark a document as rejected (for a BaseFilter.filter return value)."""
+    doc.metadata["_reject"] = {"reason": reason, "detail": detail}
+    return False, reason
+
+
+def doc_reader(files: list[str], root: str) -> ParquetReader:
+    """A datatrove ParquetReader over the given shard files (paths relative to `root`), sharded by rank."""
+    return _ListReader(root, files)
+
+
+class _ListReader(ParquetReader):
+    """ParquetReader that takes its file list directly (no glob, no paths file on disk)."""
+
+    name = "📒 Rows"
+
+    def __init__(self, root: str, files: list[str]):
+        super().__init__(root, adapter=row_to_doc, recursive=False)
+        self.files = list(files)
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        if data:
+            yield from data
+        for doc in self.read_files_shard(self.files[rank::world_size]):
+            doc.metadata.pop("file_path", None)
+            self.update_doc_stats(doc)
+            yield doc
+
+
+class RankJsonlReader(JsonlReader):
+    """Reads back exactly the intermediate file its own rank wrote (`{rank:05d}.jsonl.gz`), if any."""
+
+    name = "🐿 Rank jsonl"
+
+    def __init__(self, folder: str):
+        super().__init__(folder)
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        if data:
+            yield from data
+        name = f"{rank:05d}.jsonl.gz"
+        if self.data_folder.exists(name):
+            for doc in self.read_files_shard([name]):
+                doc.metadata.pop("file_path", None)
+                yield doc
+
+
+def work_writer(folder: str) -> JsonlWriter:
+    """Intermediate shards between stages (not parquet, so readers of the stage folder never see them)."""
+    return JsonlWriter(folder, output_filename="${rank}.jsonl.gz", compression="gzip")
+
+
+class DocWriter(ParquetWriter):
+    """Kept documents in DOC_SCHEMA, one shard per rank, zstd; a `.part` name until the stage finishes."""
+
+    name = "📒 Kept rows"
+
+    def __init__(self, folder: str):
+        super().__init__(folder, output_filename="${rank}.parquet.part", compression="zstd", adapter=_write_adapter,
+                         schema=DOC_SCHEMA, max_file_size=-1, use_content_defined_chunking=False)
+
+
+class RejectWriter(ParquetWriter):
+    """Rejected documents of one step, with `reason` (the step) and `detail` (the step's own reason)."""
+
+    name = "📒 Rejected rows"
+
+    def __init__(self, folder: str, reason: str):
+        super().__init__(folder, output_filename=f"{reason}-${{rank}}.parquet.part", compression="zstd",
+                         adapter=_reject_adapter, schema=REJECTED_SCHEMA, max_file_size=-1,
+                         use_content_defined_chunking=False)
+        self.reason = reason
+
+
+def shard_files(url: str) -> tuple[str, list[str]]:
+    """(root, document shard paths relative to root) of a stage folder or one parquet file."""
+    fs, root = fsspec.core.url_to_fs(str(url).rstrip("/"))
+    if not fs.exists(root):
+        raise FactoryError("input not found", where=str(url), field="inputs", fix="check the path, or run the stage that writes it")
+    if root.endswith(".parquet") and fs.isfile(root):
+        parent, name = root.rsplit("/", 1)
+        return _join(url, parent, fs), [name]
+    files = sorted(fs.glob(f"{root}/**/*.parquet"))
+    files = [f for f in files if "/rejected/" not in f and "/.tmp-" not in f and "/_work/" not in f]
+    if not files:
+        raise FactoryError("no parquet shards in this folder", where=str(url), field="inputs",
+                           fix="point at a stage folder that holds document rows")
+    return _join(url, root, fs), [f[len(root) + 1:] for f in files]
+
+
+def _join(url: str, root: str, fs) -> str:
+    proto = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    return root if proto in ("file", "local") else f"{proto}://{root}"

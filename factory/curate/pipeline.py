@@ -1,0 +1,182 @@
+"""Compile a CurateConfig into datatrove pipelines and run them, locally or on Ray.
+
+Five datatrove jobs, each a list of steps run by the same executor class:
+
+1. filter     (tasks)        read rows -> filters -> decont -> intermediate shards, doc index, MinHash signatures
+2. reference  (tasks)        read reference rows -> doc index, MinHash signatures (never filtered or removed)
+3. buckets    (num_buckets)  MinhashDedupBuckets: candidate pairs per LSH bucket
+4. decide     (1)            MinhashDedupCluster + our Decide: which synthetic docs go, per rank
+5. write      (tasks)        intermediate shards -> ApplyDecisions -> kept rows in DOC_SCHEMA
+
+Every filter's rejects go to `rejected/` with their reason. Datatrove's per-task completion
+markers (under `_work/logs/<job>/completions`) make a rerun or a retried Ray task skip finished work.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from factory.curate.config import CurateConfig
+from factory.errors import FactoryError
+
+WORK = "_work"
+
+
+@dataclass
+class Job:
+    name: str
+    steps: list[Any]
+    tasks: int
+    skip: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _datatrove_filter(cls: type, options: dict[str, Any], name: str, writer, language: str):
+    try:
+        step = cls(exclusion_writer=writer, **({"language": language} if _takes(cls, "language") else {}), **options)
+    except TypeError as e:
+        raise FactoryError(f"bad option for {cls.__name__}: {e}", field=f"filters.{name}.options",
+                           fix=f"use the keyword arguments of datatrove's {cls.__name__}") from None
+    step.reason = name
+    return step
+
+
+def _takes(cls: type, arg: str) -> bool:
+    import inspect
+
+    return arg in inspect.signature(cls.__init__).parameters
+
+
+def filter_steps(cfg: CurateConfig, rejected: str, index_dir: str | None) -> list[Any]:
+    """The filter and decontamination steps, in order, each with its own exclusion writer."""
+    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
+                                            GopherRepetitionFilter)
+
+    from factory.curate import filters as F
+    from factory.curate.decont import Decontaminate
+    from factory.curate.io import RejectWriter, SharedTokenizer
+
+    tok = SharedTokenizer(cfg.language)
+    f = cfg.filters
+    w = lambda reason: RejectWriter(rejected, reason)  # noqa: E731
+    steps: list[Any] = [F.EmptyFilter(w("empty"))]
+    if f.length.enabled:
+        L = f.length
+        steps.append(F.LengthFilter(L.min_chars, L.max_chars, L.min_words, L.max_words, w("length")))
+    if f.truncated.enabled:
+        steps.append(F.TruncatedFilter(f.truncated.finish_reasons, w("truncated")))
+    if f.verification.enabled:
+        steps.append(F.VerificationFilter(f.verification.fail_values, w("verification")))
+    if f.leakage.enabled:
+        lk = f.leakage
+        steps.append(F.LeakageFilter(lk.patterns, lk.instruction_phrases, lk.recipe_phrases, lk.min_phrase_words,
+                                     w("leakage")))
+    if f.refusal.enabled:
+        steps.append(F.RefusalFilter(f.refusal.patterns, w("refusal")))
+    if f.language.enabled:
+        F.lid_model_path()  # a clear error now rather than inside a worker
+        lf = F.OfflineLanguageFilter(languages=f.language.languages, language_threshold=f.language.threshold,
+                                     exclusion_writer=w("language"))
+        steps.append(lf)
+    for name, cls in (("gopher_quality", GopherQualityFilter), ("gopher_repetition", GopherRepetitionFilter),
+                      ("fineweb_quality", FineWebQualityFilter), ("c4_quality", C4QualityFilter)):
+        t = getattr(f, name)
+        if t.enabled:
+            steps.append(_datatrove_filter(cls, t.options, name, w(name), tok))
+    if index_dir is not None:
+        steps.append(Decontaminate(index_dir, cfg.decont.n_grams, cfg.decont.action, tok,
+                                   exclusion_writer=w("contamination")))
+    return steps
+
+
+def compile_jobs(cfg: CurateConfig, inputs: list[tuple[str, list[str]]], refs: list[tuple[str, list[str]]],
+                 out: str, index_dir: str | None) -> list[Job]:
+    """The five datatrove jobs for this config (paths under the stage folder `out`)."""
+    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
+                                                  MinhashDedupSignature)
+
+    from factory.curate.dedup import ApplyDecisions, Decide, DocIndex, OffsetSignature, VerifyPairs
+    from factory.curate.io import DocWriter, RankJsonlReader, RejectWriter, SharedTokenizer, doc_reader, work_writer
+
+    work = f"{out}/{WORK}"
+    rejected = f"{work}/rejected"
+    mh = cfg.dedup.minhash
+    mcfg = MinhashConfig(n_grams=mh.n_grams, num_buckets=mh.num_buckets, hashes_per_bucket=mh.hashes_per_bucket,
+                         seed=mh.seed)
+    tasks = cfg.executor.tasks
+    tok = SharedTokenizer(cfg.language)
+    readers = [doc_reader(files, root) for root, files in inputs]
+    sig = [MinhashDedupSignature(f"{work}/sigs", config=mcfg, language=tok)] if mh.enabled else []
+    filter_job = readers + filter_steps(cfg, rejected, index_dir) + [
+        work_writer(f"{work}/filtered"), DocIndex(f"{work}/index"), *sig]
+    ref_job = [doc_reader(files, root) for root, files in refs] + [DocIndex(f"{work}/index", prefix="ref-", snippets=True)]
+    if mh.enabled:
+        ref_job.append(OffsetSignature(f"{work}/sigs", config=mcfg, language=tok))
+    decide = []
+    if mh.enabled:
+        dups = f"{work}/dups"
+        if mh.threshold > 0:
+            decide.append(VerifyPairs(f"{work}/sigs", dups, f"{work}/dups_verified", mh.num_buckets,
+                                      mh.hashes_per_bucket, mh.threshold))
+            dups = f"{work}/dups_verified"
+        decide.append(MinhashDedupCluster(dups, f"{work}/clusters", config=mcfg, save_cluster_id=True))
+    decide.append(Decide(f"{work}/index", f"{work}/clusters" if mh.enabled else None, f"{work}/decide",
+                         exact=cfg.dedup.exact))
+    dedup_on = mh.enabled or cfg.dedup.exact
+    return [
+        Job("filter", filter_job, tasks),
+        Job("reference", ref_job, tasks, skip=not refs or not dedup_on),
+        Job("buckets", [MinhashDedupBuckets(f"{work}/sigs", f"{work}/dups", config=mcfg)], mh.num_buckets,
+            skip=not mh.enabled),
+        Job("decide", decide, 1, skip=not dedup_on),
+        Job("write", [RankJsonlReader(f"{work}/filtered"),
+                      ApplyDecisions(f"{work}/decide", RejectWriter(rejected, "dedup")), DocWriter(f"{work}/kept")],
+            tasks),
+    ]
+
+
+SMALL = 3000  # below this many input documents, auto workers run the tasks in-process, one after another
+
+
+def _workers(cfg: CurateConfig, tasks: int, n_docs: int) -> int:
+    w = cfg.executor.workers
+    if w == -1:
+        w = 1 if n_docs < SMALL and not cfg.executor.use_ray else (os.cpu_count() or 1)
+    return max(1, min(w, tasks))
+
+
+def make_executor(cfg: CurateConfig, job: Job, logs: str, n_docs: int = SMALL):
+    ex = cfg.executor
+    workers = _workers(cfg, job.tasks, n_docs)
+    if ex.use_ray:
+        from datatrove.executor.ray import RayPipelineExecutor
+
+        per_job = ex.tasks_per_job or -(-job.tasks // workers)
+        return RayPipelineExecutor(job.steps, tasks=job.tasks, workers=workers, logging_dir=logs,
+                                   cpus_per_task=ex.cpus_per_task, mem_per_cpu_gb=ex.mem_per_cpu_gb,
+                                   tasks_per_job=per_job)
+    from datatrove.executor.local import LocalPipelineExecutor
+
+    return LocalPipelineExecutor(job.steps, tasks=job.tasks, workers=workers, logging_dir=logs)
+
+
+def run_jobs(cfg: CurateConfig, jobs: list[Job], out: str, on_job: Callable[[str, float], None] | None = None,
+             n_docs: int = SMALL) -> None:
+    """Run the jobs in order; a job that leaves tasks unfinished stops the run with a clear error."""
+    import time
+
+    for job in jobs:
+        if job.skip:
+            continue
+        t0 = time.time()
+        executor = make_executor(cfg, job, f"{out}/{WORK}/logs/{job.name}", n_docs)
+        executor.run()
+        left = executor.get_incomplete_ranks(skip_completed=True)
+        if left:
+            raise FactoryError(f"curation job '{job.name}' left {len(left)} of {job.tasks} tasks unfinished "
+                               f"(ranks {left[:8]})", where=f"{out}/{WORK}/logs/{job.name}",
+                               fix="read the task logs there; rerun the same command to resume")
+        if on_job:
+            on_job(job.name, time.time() - t0)

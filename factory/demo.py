@@ -1,0 +1,186 @@
+"""`factory demo`: the whole path on the embedded defaults, every stage thin but real.
+
+corpus (Wikipedia summaries) -> local llama.cpp teacher -> generate on Ray -> curate with datatrove
+-> tokenize (BPE + .ds) -> plan two mixes -> train one model per mix (FSDP2, torchrun, 2 gloo
+ranks) -> knowledge benchmarks -> table + plot. Each stage writes its own folder under `out`, so a
+rerun skips what is finished.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from factory.errors import FactoryError
+from factory.stage import StageDir, write_card
+from factory.ui import console, table, timed
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class DemoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    out: str = "runs/demo"
+    web_docs: int = Field(3000, ge=50, description="Wikipedia summaries in the web source")
+    holdout: int = Field(200, ge=0, description="summaries kept out of training (validation loss)")
+    seeds: int = Field(40, ge=1, description="web passages that seed the recipes")
+    recipes: list[str] = ["textbook", "qa_rewrite", "wiki_rewrite"]
+    samples_per_seed: int = 1
+    replicas: int = Field(2, ge=1, description="llama.cpp teacher processes")
+    max_tokens: int = Field(256, ge=16)
+    mixes: list[str] = ["mixes/web_only.yaml", "mixes/phi4.yaml"]
+    tokens: int | None = Field(None, description="training tokens per model (default: the mix's total_tokens)")
+    vocab_size: int = 4096
+    preset: str = "tiny"
+    nproc: int = 2
+    global_batch: int = 16
+    micro_batch: int = 8
+    eval_items: int = 400
+    seed: int = 0
+
+
+def _corpus(cfg: DemoConfig, out: Path) -> dict[str, Any]:
+    """Split the summaries into web / held-out / seed sets, and write the web and seed folders."""
+    from factory.seeds import WIKI_LICENCE, load_wiki_summaries, wiki_rows
+
+    recs = load_wiki_summaries()
+    rng = random.Random(cfg.seed)
+    picked = rng.sample(recs, min(len(recs), cfg.web_docs + cfg.holdout))
+    held, web = picked[: cfg.holdout], sorted(picked[cfg.holdout :], key=lambda r: r["title"])
+    seeds = rng.sample(web, min(cfg.seeds, len(web)))
+    for name, recs_ in (("web", web), ("seeds", seeds)):
+        st = StageDir(str(out / name), name, {"n": len(recs_), "seed": cfg.seed, "web_docs": cfg.web_docs, "holdout": cfg.holdout})
+        if not st.done("part-0.parquet"):
+            st.write_docs("part-0.parquet", wiki_rows(records=recs_))
+        st.counts["out"] = len(recs_)
+        write_card(st, f"Wikipedia summaries ({name})", {"rows": len(recs_)}, WIKI_LICENCE)
+        st.finish()
+    return {"web_titles": [r["title"] for r in web], "held_titles": [r["title"] for r in held], "seeds": len(seeds)}
+
+
+def _curate_config(cfg: DemoConfig, out: Path, bench_files: list[str]):
+    from factory.config import read_yaml, validate
+    from factory.curate.config import DEFAULT_YAML, CurateConfig
+
+    data = read_yaml(DEFAULT_YAML)
+    data.update(inputs=[str(out / "generated")], output=str(out / "curated"))
+    data.setdefault("dedup", {})["reference"] = [str(out / "seeds"), str(out / "web")]
+    data.setdefault("decont", {})["benchmarks"] = bench_files
+    return validate(CurateConfig, data, str(DEFAULT_YAML))
+
+
+def _mix_share(plan: dict[str, Any], kinds: tuple[str, ...] = ("synthetic", "rewrite", "qa", "code")) -> float:
+    """Share of the planned tokens that is synthetic (teacher-made) data."""
+    total = sum(s["tokens"] for ph in plan["phases"] for s in ph["sources"])
+    syn = sum(s["tokens"] for ph in plan["phases"] for s in ph["sources"] if s["kind"] in kinds)
+    return round(syn / total, 3) if total else 0.0
+
+
+def run(cfg: DemoConfig) -> dict[str, Any]:
+    from factory import curate, evalsets, generate, mix, report, tokenize
+    from factory.ablate import default_eval
+    from factory.cli.mix import plan_table
+    from factory.teacher.config import local_config
+    from factory.teacher.server import LocalTeacher
+    from train.launch import run as train_run
+
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t: dict[str, float] = {}
+    summary: dict[str, Any] = {}
+
+    with timed("corpus", t):
+        corpus = _corpus(cfg, out)
+        console.print(f"web {len(corpus['web_titles'])} docs, held out {len(corpus['held_titles'])}, seeds {corpus['seeds']}")
+    with timed("benchmarks", t):
+        built = evalsets.build(out / "benchmarks", holdout_titles=corpus["held_titles"], titles=corpus["web_titles"],
+                               n=cfg.eval_items, seed=cfg.seed, benches=("wiki_mc", "wiki_cloze_mc", "arith_mc", "wiki_val"))
+        bench_dirs = list(built["dirs"].values())
+    with timed("generate", t):
+        with LocalTeacher(replicas=cfg.replicas) as teacher:
+            gcfg = generate.GenerateConfig(
+                seeds=str(out / "seeds"), recipes=cfg.recipes, samples_per_seed=cfg.samples_per_seed,
+                shards=4, teacher=local_config(teacher.endpoints, teacher.model),
+                recipe_sampling={"max_tokens": cfg.max_tokens}, out=str(out / "generated"),
+                workers=cfg.replicas, concurrency=2,
+            )
+            summary["generate"] = generate.run(gcfg)
+    with timed("curate", t):
+        ccfg = _curate_config(cfg, out, [str(Path(d) / "data.jsonl") for d in bench_dirs if (Path(d) / "data.jsonl").exists()])
+        summary["curate"] = curate.run(ccfg)
+    with timed("tokenize", t):
+        tcfg = tokenize.TokenizeConfig(
+            sources={
+                "web": {"path": str(out / "web")},
+                "synthetic": {"path": str(out / "curated"), "kinds": ["synthetic", "qa", "code"]},
+                "rewrite": {"path": str(out / "curated"), "kinds": ["rewrite"]},
+            },
+            tokenizer={"train": {"vocab_size": cfg.vocab_size}},
+            out=str(out / "tokens"),
+        )
+        summary["tokenize"] = tokenize.run(tcfg)
+    plans: dict[str, dict[str, Any]] = {}
+    with timed("mix", t):
+        for mix_file in cfg.mixes:
+            path = Path(mix_file) if Path(mix_file).is_absolute() else REPO / mix_file
+            name = path.stem
+            plans[name] = mix.plan(path, out / "tokens", tokens=cfg.tokens, out=out / "mixes" / name / "plan.json")
+            console.print(plan_table(plans[name]))
+    results = []
+    for name, plan in plans.items():
+        with timed(f"train {name}", t):
+            run_dir = out / "train" / name
+            rcfg = {
+                "run_dir": str(run_dir), "seed": cfg.seed, "model": {"preset": cfg.preset},
+                "data": {"source": "plan", "plan": str(out / "mixes" / name / "plan.json")},
+                "train": {"steps": 0, "global_batch": cfg.global_batch, "micro_batch": cfg.micro_batch, "tensorboard": False},
+                "optim": {"lr": 2e-3, "warmup_steps": 10},
+            }
+            if not (run_dir / "hf" / "config.json").exists():
+                train_run(rcfg, nproc=cfg.nproc)
+        with timed(f"eval {name}", t):
+            scores = default_eval(str(run_dir), bench_dirs, cfg.eval_items, 32)
+            val = json.loads((run_dir / "run.json").read_text()).get("val_loss") if (run_dir / "run.json").exists() else None
+            if val is not None:
+                scores["val_loss_mix"] = {"score": float(val), "n": 1, "higher_is_better": False}
+            results.append({"cell": name, "seed": cfg.seed, "params": {"mix": name, "synthetic_share": _mix_share(plan)}, "scores": scores})
+    with timed("report", t):
+        (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+        paths = report.write(results, out / "report", x="synthetic_share", title="Demo: web-only vs Phi-4-style mix",
+                             notes="One tiny model per mix on the same token budget; knowledge = facts of the web source.")
+    _print_results(results, t, paths)
+    (out / "timings.json").write_text(json.dumps(t, indent=2))
+    return {"results": results, "timings": t, "report": paths}
+
+
+def _print_results(results: list[dict], t: dict[str, float], paths: dict[str, str]) -> None:
+    benches = sorted({b for r in results for b in r["scores"]})
+    rows = [[r["cell"], r["params"]["synthetic_share"], *[_fmt(r["scores"].get(b)) for b in benches]] for r in results]
+    console.print(table("mixes compared", ["mix", "synthetic share", *benches], rows))
+    console.print(table("stage wall times", ["stage", "seconds"], [[k, v] for k, v in t.items()] + [["total", round(sum(t.values()), 1)]]))
+    console.print(f"report: {paths['report_md']}\nplot:   {paths['png']}")
+
+
+def _fmt(s: dict | None) -> str:
+    if not s:
+        return "-"
+    v = s["score"]
+    return f"{100 * v:.1f}%" if s.get("higher_is_better", True) and v <= 1 else f"{v:.3f}"
+
+
+def check_ready() -> None:
+    """Fail fast, before any work, when a part of the embedded default is missing."""
+    from factory.seeds import _wiki_file
+    from factory.teacher.server import find_model
+
+    _wiki_file("en-us")
+    find_model()
+    for mod in ("llama_cpp.server", "datatrove", "ray", "torch"):
+        try:
+            __import__(mod)
+        except ImportError as e:
+            raise FactoryError(f"{mod} is not installed ({e})", where="demo", fix="run `make demo` (it installs .venv)") from None

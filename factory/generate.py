@@ -1,0 +1,200 @@
+"""The generate stage: seeds x recipes x samples through the teacher, on Ray, resumable.
+
+Seeds are split into shards; Ray actors (async, one TeacherClient each, the teacher limits split
+between them) take shards from the driver and run each shard's items concurrently. A shard is
+written atomically when complete (see factory.teacher.shard); a rerun skips finished shards and
+answers every request already paid for from the per-shard request cache. Inside a Ray job the
+cluster is picked up from RAY_ADDRESS; without one a small local Ray starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from factory.config import load_config
+from factory.errors import FactoryError
+from factory.stage import StageDir, read_docs, write_card
+from factory.teacher.config import TeacherConfig, local_config
+from factory.teacher.shard import ACCOUNT_KEYS, REJECT_SCHEMA, reject_row, seed_id_of, shard_name
+
+LOCAL_OBJECT_STORE = 200 * 1024**2
+
+
+class GenerateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seeds: str = Field(description="a stage folder of seed rows, a parquet file, or a JSONL file")
+    recipes: list[str] = Field(min_length=1, description="recipe names or paths")
+    samples_per_seed: int = Field(1, ge=1)
+    limit: int | None = Field(None, ge=1, description="use only the first N seeds")
+    shards: int = Field(8, ge=1)
+    teacher: TeacherConfig | str = Field(description="a TeacherConfig, or the path of its YAML file")
+    recipe_sampling: dict[str, Any] = Field(default_factory=dict, description="overrides for every recipe step, e.g. max_tokens")
+    out: str
+    cache_dir: str | None = Field(None, description="request cache folder (default <out>/cache; a shared filesystem on clusters)")
+    ray_address: str | None = None
+    workers: int = Field(2, ge=1, description="Ray actors sending requests")
+    concurrency: int = Field(16, ge=1, description="items in flight per worker")
+    worker_cpus: float = Field(0.25, ge=0)
+
+
+def teacher_config(cfg: GenerateConfig, where: str = "generate config") -> TeacherConfig:
+    if isinstance(cfg.teacher, TeacherConfig):
+        return cfg.teacher
+    return load_config(TeacherConfig, Path(cfg.teacher))
+
+
+def identity(cfg: GenerateConfig, tcfg: TeacherConfig) -> dict[str, Any]:
+    """What decides the output (hashed into the manifest); endpoints, limits and workers do not."""
+    models = sorted({e.model for e in tcfg.endpoints}) or ["local"]
+    return {"seeds": cfg.seeds, "recipes": cfg.recipes, "samples_per_seed": cfg.samples_per_seed, "limit": cfg.limit,
+            "shards": cfg.shards, "recipe_sampling": cfg.recipe_sampling, "teacher_models": models,
+            "teacher_sampling": tcfg.sampling, "teacher_seed": tcfg.seed, "mode": tcfg.mode}
+
+
+# seeds ---------------------------------------------------------------------------------------
+def load_seeds(cfg: GenerateConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(good rows, quarantined rows): a seed needs non-empty `text` and an id (`id` or meta.seed_id)."""
+    src = cfg.seeds
+    if src.endswith(".jsonl"):
+        p = Path(src)
+        if not p.exists():
+            raise FactoryError("seed file not found", where=src, field="seeds", fix="run `factory seeds` or fix the path")
+        rows: list[Any] = []
+        for i, line in enumerate(p.read_text().splitlines()):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as e:
+                    rows.append({"_bad": f"line {i + 1}: not JSON ({e})"})
+    else:
+        rows = read_docs(src).to_pylist()
+    good, bad = [], []
+    for i, r in enumerate(rows):
+        problem = None
+        if not isinstance(r, dict) or "_bad" in r:
+            problem = r.get("_bad") if isinstance(r, dict) else "not an object"
+        elif not isinstance(r.get("text"), str) or not r["text"].strip():
+            problem = "missing or empty text"
+        elif not seed_id_of(r):
+            problem = "no id or meta.seed_id"
+        elif r.get("meta") is not None and not isinstance(r["meta"], dict):
+            problem = "meta is not an object"
+        if problem:
+            sid = seed_id_of(r) if isinstance(r, dict) else ""
+            bad.append(reject_row(sid or f"row:{i}", "", 0, "malformed_seed", {"row": i, "problem": problem}))
+        else:
+            r.setdefault("meta", {})
+            good.append(r)
+        if cfg.limit and len(good) >= cfg.limit:
+            break
+    return good, bad
+
+
+def split(rows: list[dict[str, Any]], shards: int) -> list[list[dict[str, Any]]]:
+    return [rows[k::shards] for k in range(shards)]
+
+
+# teacher ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def teacher_endpoints(tcfg: TeacherConfig) -> Iterator[TeacherConfig]:
+    """The config as given, or pointing at N local replicas started for the duration."""
+    if tcfg.endpoints:
+        yield tcfg
+        return
+    from factory.teacher.server import LocalTeacher
+
+    with LocalTeacher(replicas=tcfg.local_replicas) as lt:
+        yield local_config(lt.endpoints, lt.model, **tcfg.model_dump(exclude={"endpoints", "local_replicas"}))
+
+
+def probe(tcfg: TeacherConfig, where: str) -> None:
+    """Check every endpoint before any work starts: one clear error for each bad one."""
+    from factory.teacher.client import TeacherClient
+
+    async def go() -> None:
+        c = TeacherClient(tcfg, where=where)
+        try:
+            await c.start(probe=True)
+        finally:
+            await c.close()
+
+    asyncio.run(go())
+
+
+# run ---------------------------------------------------------------------------------------------
+def run(cfg: GenerateConfig, where: str = "generate config", show_progress: bool = True) -> dict[str, Any]:
+    """Generate; returns the manifest. Raises FactoryError on bad input and when shards failed."""
+    from factory.recipes import load_recipe
+
+    tcfg = teacher_config(cfg, where)
+    recipes = [load_recipe(r, **cfg.recipe_sampling) for r in cfg.recipes]
+    stage = StageDir(cfg.out, "generate", identity(cfg, tcfg), inputs=[cfg.seeds])
+    cache_dir = cfg.cache_dir or stage.path("cache")
+    if not Path(cache_dir).is_absolute() and "://" in cfg.out:
+        raise FactoryError("the request cache needs a filesystem path", field="cache_dir",
+                           fix="set cache_dir to a local or shared filesystem folder")
+    seeds, bad = load_seeds(cfg)
+    if bad:
+        stage.write_table("rejected/seeds.parquet", pa.Table.from_pylist(bad, schema=REJECT_SCHEMA))
+    shards = split(seeds, cfg.shards)
+    todo = [k for k in range(cfg.shards) if not stage.done(shard_name(k))]
+    this_run: dict[str, Any] = {"failed_shards": []}
+    t0 = time.time()
+    if todo:
+        with teacher_endpoints(tcfg) as live:
+            probe(live, where)
+            if live.mode == "batch":
+                from factory.teacher.batch import run_batch
+
+                this_run.update(run_batch(live, {k: shards[k] for k in todo}, recipes, cfg.samples_per_seed, stage,
+                                          cache_dir, cfg.concurrency))
+            else:
+                from factory.teacher.workers import run_on_ray
+
+                this_run.update(run_on_ray(cfg, live, {k: shards[k] for k in todo}, recipes, stage, cache_dir,
+                                           show_progress=show_progress))
+    return finish(cfg, stage, len(seeds), bad, this_run, time.time() - t0)
+
+
+def finish(cfg: GenerateConfig, stage: StageDir, n_seeds: int, bad: list[dict], this_run: dict[str, Any], wall: float) -> dict[str, Any]:
+    totals: dict[str, Any] = {k: 0 for k in (*ACCOUNT_KEYS, "units", "docs", "duplicates")}
+    totals["cost"] = 0.0
+    reasons: dict[str, int] = {"malformed_seed": len(bad)} if bad else {}
+    done = 0
+    for k in range(cfg.shards):
+        if not stage.done(shard_name(k)):
+            continue
+        done += 1
+        with stage.fs.open(stage.path(f"stats/shard-{k:05d}.json")) as f:
+            st = json.loads(f.read())
+        for key in totals:
+            totals[key] += st.get(key, 0)
+        for r, n in st.get("rejected_by_reason", {}).items():
+            reasons[r] = reasons.get(r, 0) + n
+    totals["cost"] = round(totals["cost"], 6)
+    stage.counts.update({"seeds": n_seeds, "shards": cfg.shards, "shards_done": done, "docs": totals["docs"],
+                         "units": totals["units"], "rejected": sum(reasons.values())})
+    stage.dropped.update(reasons)
+    stage.timings["wall_s"] = round(wall, 3)
+    failed = this_run.get("failed_shards") or []
+    if done == cfg.shards:
+        write_card(stage, "Synthetic documents", {"documents": totals["docs"], "seeds": n_seeds,
+                   "recipes": ", ".join(cfg.recipes), "samples per seed": cfg.samples_per_seed,
+                   "teacher": ", ".join(stage.config["teacher_models"])}, licence="other")
+        manifest = stage.finish(accounting=totals, this_run=this_run)
+    else:
+        stage.extra.update(accounting=totals, this_run=this_run)
+        stage._write_manifest(status="incomplete")
+        manifest = StageDir.read_manifest(stage.url) or {}
+    if failed:
+        raise FactoryError(f"{len(failed)} shard(s) did not finish ({failed[0].get('error', '')[:200]})", where=cfg.out,
+                           fix="rerun the same command: finished shards are kept and paid requests come from the cache")
+    return manifest

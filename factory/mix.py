@@ -1,0 +1,183 @@
+"""Plan a mix: count each source's unique tokens, split every phase into samples, cost the epochs.
+
+`plan(mix_path, data_root)` reads a mix YAML (see `factory.mixspec`), checks the tokenized shards
+against the tokenizer, and returns plan.json's dict, which `train.loader.MixLoader` draws exactly:
+
+- A phase of T tokens is N = T // seq_len samples (each trains seq_len targets). Token budgets
+  come off first; the shares split the remaining samples by largest remainder, so the counts sum to
+  N exactly. A source's `tokens` in the plan is its sample count times seq_len; its `share` is the
+  share it actually gets (count / N).
+- `unique_tokens` counts the source's `.ds` shards. A source of U tokens has W = (U-1) // seq_len
+  windows of seq_len+1 tokens; `epochs` is samples / W for that phase. The epoch limit
+  (`max_epochs`) applies to the sum over phases, because all phases draw from the same windows.
+- Impossible plans are errors: a source drawn from that cannot fill one window, shards missing or
+  made by another tokenizer, or (with `strict: true`) a source over its epoch limit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from factory.errors import FactoryError
+from factory.mixspec import MixConfig, load_mix, phase_shares
+from factory.tokenize import file_sha
+
+
+def _resolve(p: str, root: str | Path) -> Path:
+    q = Path(p).expanduser()
+    return (q if q.is_absolute() else Path(root) / q).resolve()
+
+
+def _token_size(meta: Path) -> int | None:
+    if not meta.exists():
+        return None
+    head = meta.read_text().splitlines()[0] if meta.read_text() else ""
+    tail = head.rsplit("|", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def scan_source(folder: Path, vocab_size: int, tok_sha: str, where: str, field: str) -> dict[str, Any]:
+    """Docs and unique tokens of one tokenized source, after checking its shards fit the tokenizer."""
+    files = sorted(folder.glob("*.ds"))
+    if not folder.is_dir() or not files:
+        raise FactoryError(f"no .ds shards in {folder}", where=where, field=field,
+                           fix="run `factory tokenize` for this source, or fix the path (relative paths resolve against --data)")
+    want = 4 if vocab_size > 65536 else 2
+    dtype = np.uint16 if want == 2 else np.uint32
+    info = folder / "source.json"
+    if info.exists():
+        made_with = json.loads(info.read_text()).get("tokenizer_sha256")
+        if made_with and made_with != tok_sha:
+            raise FactoryError(f"the shards in {folder} were made with another tokenizer (sha256 {made_with[:12]}, "
+                               f"the mix's tokenizer is {tok_sha[:12]})", where=where, field="tokenizer",
+                               fix="point `tokenizer` at the tokenizer.json these shards were made with, or re-tokenize")
+    tokens = docs = 0
+    for f in files:
+        size = _token_size(Path(f"{f}.metadata"))
+        if size is not None and size != want:
+            raise FactoryError(f"{f.name} holds {size}-byte tokens, the tokenizer (vocab {vocab_size}) needs {want}-byte ones",
+                               where=where, field="tokenizer", fix="use the tokenizer that made these shards, or re-tokenize")
+        nbytes = f.stat().st_size
+        if nbytes % want:
+            raise FactoryError(f"{f.name} is {nbytes} bytes, not a whole number of {want}-byte tokens",
+                               where=where, field=field, fix="re-tokenize this source")
+        n = nbytes // want
+        index = Path(f"{f}.index")
+        if not index.exists():
+            raise FactoryError(f"{f.name} has no .index file", where=where, field=field, fix="re-tokenize this source")
+        ends = np.fromfile(index, dtype="<u8")
+        if len(ends) and int(ends[-1]) != n:
+            raise FactoryError(f"{index.name} ends at token {int(ends[-1])}, the shard holds {n}", where=where, field=field,
+                               fix="re-tokenize this source (the shard is truncated)")
+        if n:
+            top = int(np.memmap(f, dtype=dtype, mode="r").max())
+            if top >= vocab_size:
+                raise FactoryError(f"{f.name} holds token id {top}, the tokenizer has only {vocab_size}", where=where,
+                                   field="tokenizer", fix="use the tokenizer these shards were made with")
+        tokens += n
+        docs += len(ends)
+    return {"unique_tokens": tokens, "docs": docs, "files": len(files)}
+
+
+def _split(n: int, shares: dict[str, float], budgets: dict[str, int], seq_len: int, names: list[str]) -> dict[str, int]:
+    """Sample counts per source for a phase of n samples: budgets first, then shares by largest remainder."""
+    counts = {k: budgets[k] // seq_len for k in budgets}
+    rest = n - sum(counts.values())
+    exact = {k: shares[k] * rest for k in shares}
+    floor = {k: int(np.floor(v)) for k, v in exact.items()}
+    left = rest - sum(floor.values())
+    for k in sorted(floor, key=lambda k: (-(exact[k] - floor[k]), names.index(k)))[:left]:
+        floor[k] += 1
+    counts.update(floor)
+    return {k: counts.get(k, 0) for k in names}
+
+
+def make_plan(cfg: MixConfig, data_root: str | Path, where: str = "<mix>") -> tuple[dict[str, Any], list[str]]:
+    """plan.json's dict for a validated mix, and warnings (sources over their epoch limit)."""
+    from tokenizers import Tokenizer
+
+    tok_path = _resolve(cfg.tokenizer, data_root)
+    if not tok_path.is_file():
+        raise FactoryError(f"no tokenizer at {tok_path}", where=where, field="tokenizer",
+                           fix="give the tokenizer.json written by `factory tokenize` (relative to --data)")
+    vocab = Tokenizer.from_file(str(tok_path)).get_vocab_size()
+    sha = file_sha(tok_path)
+    names = [s.name for s in cfg.sources]
+    scans = {s.name: scan_source(_resolve(s.path, data_root), vocab, sha, where, f"sources[{i}].path")
+             for i, s in enumerate(cfg.sources)}
+    L = cfg.seq_len
+    windows = {k: max(0, (v["unique_tokens"] - 1) // L) for k, v in scans.items()}
+    specs = phase_shares(cfg)
+    total = cfg.total_tokens
+    sizes = [t if t is not None else int(round(f * total)) for _, t, f, _, _ in specs]
+    if total is not None and all(f is not None for _, _, f, _, _ in specs):
+        sizes[-1] = total - sum(sizes[:-1])  # fractions that sum to 1 cover total_tokens exactly
+    phases, drawn = [], dict.fromkeys(names, 0)
+    for j, ((pname, _, _, shares, budgets), size) in enumerate(zip(specs, sizes)):
+        n = size // L
+        field = f"phases[{j}]" if cfg.phases else "total_tokens"
+        if n <= 0:
+            raise FactoryError(f"phase {pname!r} has {size} tokens, less than one sample of seq_len {L}", where=where,
+                               field=field, fix="give the phase more tokens or use a shorter seq_len")
+        if sum(b // L for b in budgets.values()) > n:
+            raise FactoryError("token budgets exceed the phase", where=where, field=field, fix="lower the budgets")
+        counts = _split(n, shares, budgets, L, names)
+        rows = []
+        for i, s in enumerate(cfg.sources):
+            c = counts[s.name]
+            if c and windows[s.name] == 0:
+                raise FactoryError(f"source {s.name!r} has {scans[s.name]['unique_tokens']} tokens, too few for one "
+                                   f"window of {L + 1}, but phase {pname!r} draws {c * L} tokens from it", where=where,
+                                   field=f"sources[{i}].path", fix="give it data, set its share to 0, or lower seq_len")
+            drawn[s.name] += c
+            rows.append({"name": s.name, "path": str(_resolve(s.path, data_root)), "kind": s.kind,
+                         "share": round(c / n, 6), "unique_tokens": scans[s.name]["unique_tokens"], "tokens": c * L,
+                         "epochs": round(c / windows[s.name], 4) if windows[s.name] else 0.0, "max_epochs": s.max_epochs})
+        phases.append({"name": pname, "tokens": n * L, "sources": rows})
+    warnings = []
+    for i, s in enumerate(cfg.sources):
+        ep = drawn[s.name] / windows[s.name] if windows[s.name] else 0.0
+        if s.max_epochs is not None and ep > s.max_epochs:
+            msg = f"source {s.name!r} is drawn {ep:.2f} epochs, over its max_epochs {s.max_epochs:g}"
+            if cfg.strict:
+                raise FactoryError(msg, where=where, field=f"sources[{i}].max_epochs",
+                                   fix="raise max_epochs, lower its share or total_tokens, or add data")
+            warnings.append(msg)
+    plan = {"mix": cfg.name, "seq_len": L, "seed": cfg.seed, "tokenizer": str(tok_path), "vocab_size": vocab,
+            "total_tokens": sum(p["tokens"] for p in phases), "phases": phases}
+    return plan, warnings
+
+
+def plan(mix_path: str | Path, data_root: str | Path = ".", tokens: int | None = None,
+         out: str | Path | None = None) -> dict[str, Any]:
+    """Plan the mix in `mix_path` against the tokenized sources under `data_root`; write `out` if given."""
+    cfg = load_mix(mix_path, tokens=tokens)
+    p, _ = make_plan(cfg, data_root, str(mix_path))
+    if out:
+        write_plan(p, out)
+    return p
+
+
+def write_plan(p: dict[str, Any], out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}")
+    tmp.write_text(json.dumps(p, indent=2) + "\n")
+    tmp.rename(out)
+    return out
+
+
+def totals(p: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per source over all phases: kind, unique tokens, tokens drawn, epochs, max_epochs."""
+    out: dict[str, dict[str, Any]] = {}
+    for ph in p["phases"]:
+        for s in ph["sources"]:
+            t = out.setdefault(s["name"], {"kind": s["kind"], "unique_tokens": s["unique_tokens"], "tokens": 0,
+                                            "epochs": 0.0, "max_epochs": s["max_epochs"]})
+            t["tokens"] += s["tokens"]
+            t["epochs"] = round(t["epochs"] + s["epochs"], 4)
+    return out

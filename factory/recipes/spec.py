@@ -1,0 +1,198 @@
+"""The recipe file format (YAML), validated with pydantic; templates are checked at load time.
+
+A recipe is data: a user adds one by adding a YAML file (and optional .j2 templates next to it).
+Names resolve to the built-in folder first, then to the user folders given, then to a path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from factory.config import read_yaml, validate
+from factory.errors import FactoryError
+
+BUILTIN = Path(__file__).parent / "builtin"
+USER_DIRS_ENV = "FACTORY_RECIPES"  # os.pathsep-separated folders of user recipes
+
+SAMPLING_KEYS = {
+    "temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty",
+    "response_format", "n", "top_k", "min_p", "repeat_penalty",
+}
+
+
+def _check_sampling(v: dict[str, Any]) -> dict[str, Any]:
+    bad = sorted(set(v) - SAMPLING_KEYS)
+    if bad:
+        raise ValueError(f"unknown sampling keys {bad}; allowed: {sorted(SAMPLING_KEYS)}")
+    return v
+
+
+class StepSpec(BaseModel):
+    """One teacher call (or `repeat` independent calls) with its templates and parser."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    system: str | None = None
+    system_file: str | None = None
+    user: str | None = None
+    user_file: str | None = None
+    sampling: dict[str, Any] = {}
+    parse: Literal["text", "json", "code", "qa"] = "text"
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    constrain: bool = False  # ask the server to constrain decoding to the JSON schema
+    lang: str = "python"
+    min_pairs: int = Field(1, ge=1)
+    repeat: int = Field(1, ge=1, le=64)
+
+    _check = field_validator("sampling")(classmethod(lambda cls, v: _check_sampling(v)))
+
+    @model_validator(mode="after")
+    def _one_user(self) -> "StepSpec":
+        if (self.user is None) == (self.user_file is None):
+            raise ValueError("give exactly one of `user` (inline template) or `user_file` (.j2 file)")
+        if self.system is not None and self.system_file is not None:
+            raise ValueError("give at most one of `system` and `system_file`")
+        return self
+
+
+class OutputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    step: str | None = None  # default: the last step
+    template: str | None = None  # Jinja2 composing the document from all step outputs
+
+
+class VerifySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["python_exec", "sympy_answer", "code_match", "vote"]
+    step: str | None = None  # whose output to check (default: the last step)
+    on_fail: Literal["reject", "keep"] = "reject"
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    memory_mb: int = Field(512, ge=64, le=8192)
+    threshold: float = Field(0.6, ge=0, le=1)  # code_match similarity
+    require_answer: bool = False  # sympy_answer: fail when no `Answer:` line
+    min_agree: float = Field(0.0, ge=0, le=1)  # vote: keep when min_agree < agreement < max_agree
+    max_agree: float = Field(1.0, ge=0, le=1)
+
+
+class FilterSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_chars: int = Field(0, ge=0)
+    max_chars: int | None = Field(None, ge=1)
+    min_words: int = Field(0, ge=0)
+
+
+class RecipeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str
+    kind: Literal["synthetic", "rewrite", "qa", "code"]
+    seed_kinds: list[str] = ["web"]  # which seed rows it accepts (e.g. ["code"])
+    requires: list[str] = []  # keys the seed's meta.extra must have (e.g. tests)
+    variables: dict[str, list[str]] = {}
+    sampling: dict[str, Any] = {"temperature": 0.8, "max_tokens": 512}
+    steps: list[StepSpec] = Field(min_length=1)
+    output: OutputSpec = OutputSpec()
+    verify: list[VerifySpec] = []
+    filters: FilterSpec = FilterSpec()
+
+    _check = field_validator("sampling")(classmethod(lambda cls, v: _check_sampling(v)))
+
+    @field_validator("variables")
+    @classmethod
+    def _nonempty(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for k, vals in v.items():
+            if not vals:
+                raise ValueError(f"variable {k!r} has no values to sample")
+        return v
+
+    @model_validator(mode="after")
+    def _refs(self) -> "RecipeSpec":
+        names = [s.name for s in self.steps]
+        if len(set(names)) != len(names):
+            raise ValueError(f"step names must be unique: {names}")
+        clash = set(names) & set(self.variables)
+        if clash:
+            raise ValueError(f"step names clash with variable names: {sorted(clash)}")
+        for ref in [self.output.step] + [v.step for v in self.verify]:
+            if ref is not None and ref not in names:
+                raise ValueError(f"unknown step {ref!r}; steps are {names}")
+        return self
+
+
+def environment(folder: Path) -> SandboxedEnvironment:
+    """Sandboxed Jinja2 with strict undefineds; `{% include %}` resolves next to the recipe."""
+    from jinja2 import FileSystemLoader
+
+    env = SandboxedEnvironment(
+        undefined=StrictUndefined, loader=FileSystemLoader([str(folder), str(BUILTIN)]),
+        keep_trailing_newline=False, trim_blocks=True, lstrip_blocks=True,
+    )
+    env.filters["words"] = lambda s, n: " ".join(str(s).split()[: int(n)])
+    return env
+
+
+def user_dirs(extra: list[str | Path] | None = None) -> list[Path]:
+    dirs = [Path(d) for d in (extra or [])]
+    dirs += [Path(d) for d in os.environ.get(USER_DIRS_ENV, "").split(os.pathsep) if d]
+    return dirs
+
+
+def resolve(name_or_path: str | Path, dirs: list[str | Path] | None = None) -> Path:
+    """Built-in name first, then `<dir>/<name>.yaml` in user folders, then a file path."""
+    s = str(name_or_path)
+    for folder in [BUILTIN, *user_dirs(dirs)]:
+        p = folder / f"{s}.yaml"
+        if p.is_file():
+            return p
+    p = Path(s)
+    if p.is_file():
+        return p
+    known = ", ".join(sorted(n for n, _ in list_paths(dirs)))
+    raise FactoryError(f"no recipe named {s!r}", where=s, fix=f"use one of: {known}, or a path to a recipe YAML")
+
+
+def list_paths(dirs: list[str | Path] | None = None) -> list[tuple[str, Path]]:
+    seen: dict[str, Path] = {}
+    for folder in [BUILTIN, *user_dirs(dirs)]:
+        for p in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            seen.setdefault(p.stem, p)  # built-ins win
+    return sorted(seen.items())
+
+
+def load_spec(path: Path) -> tuple[RecipeSpec, dict[str, Any]]:
+    """Validate a recipe file; return the spec and its compiled templates, keyed by field path."""
+    spec = validate(RecipeSpec, read_yaml(path), str(path))
+    env = environment(path.parent)
+    templates: dict[str, Any] = {}
+
+    def compile_(field: str, source: str | None, file: str | None) -> None:
+        if file is not None:
+            fp = path.parent / file
+            if not fp.is_file():
+                fp = BUILTIN / file
+            if not fp.is_file():
+                raise FactoryError("template file not found", where=str(path), field=field + "_file",
+                                   fix=f"put {file} next to the recipe")
+            source = fp.read_text()
+        if source is None:
+            return
+        try:
+            templates[field] = env.from_string(source)
+        except TemplateSyntaxError as e:
+            raise FactoryError(f"template error: {e.message} (line {e.lineno})", where=str(path), field=field,
+                               fix="correct the Jinja2 syntax") from None
+
+    for i, step in enumerate(spec.steps):
+        compile_(f"steps.{i}.system", step.system, step.system_file)
+        compile_(f"steps.{i}.user", step.user, step.user_file)
+    compile_("output.template", spec.output.template, None)
+    for k, vals in spec.variables.items():
+        for j, v in enumerate(vals):
+            compile_(f"variables.{k}.{j}", v, None)
+    return spec, templates

@@ -1,0 +1,230 @@
+"""TeacherClient: chat completions against one or more OpenAI-compatible endpoints.
+
+It balances requests over endpoints by in-flight load, keeps to RPM/TPM limits, retries what
+can succeed later (429 honouring Retry-After, 5xx, timeouts, connection resets, malformed
+bodies) with exponential backoff and jitter, never retries other 4xx, takes out endpoints that
+keep failing (and probes them back), and reads/writes the request cache so nothing is paid twice.
+The openai client's own retries are off (max_retries=0): this policy replaces them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import openai
+
+from factory.errors import FactoryError
+from factory.schema import sha
+from factory.teacher.cache import CompletionCache, request_key
+from factory.teacher.config import TeacherConfig
+from factory.teacher.limits import Balancer, EndpointState, RateLimiter
+from factory.teacher.types import Completion, TeacherError
+
+RETRY_STATUS = {408, 409, 429}
+
+
+def retry_after_s(headers: Any) -> float | None:
+    """Seconds from a Retry-After (or retry-after-ms) header, if any."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    val = headers.get("retry-after")
+    if not val:
+        return None
+    try:
+        return max(0.0, float(val))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(val)
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def classify(exc: BaseException) -> tuple[str, bool, float | None, int | None]:
+    """(reason, retryable, retry_after_s, status) for an exception raised by a request."""
+    if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError)):
+        return "timeout", True, None, None
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection", True, None, None
+    if isinstance(exc, openai.APIStatusError):
+        st = exc.status_code
+        ra = retry_after_s(exc.response.headers) if exc.response is not None else None
+        if st in RETRY_STATUS or st >= 500:
+            return f"http_{st}", True, ra, st
+        return f"http_{st}", False, None, st
+    if isinstance(exc, (openai.APIResponseValidationError, ValueError, KeyError, TypeError, IndexError, AttributeError)):
+        return "malformed", True, None, None  # json.JSONDecodeError is a ValueError
+    return type(exc).__name__, False, None, None
+
+
+class TeacherClient:
+    """`async with TeacherClient(cfg) as t: c = await t.complete(messages, sampling, sample)`."""
+
+    def __init__(self, cfg: TeacherConfig, cache: CompletionCache | None = None, where: str = "teacher config"):
+        if not cfg.endpoints:
+            raise FactoryError("no teacher endpoints (start local replicas first)", where=where, field="endpoints",
+                               fix="list endpoints, or set local_replicas and run through `factory generate`")
+        self.cfg, self.cache, self.where = cfg, cache, where
+        self.keys = [e.api_key(where) for e in cfg.endpoints]  # FactoryError when an env var is missing
+        self.model_id = "|".join(sorted({e.model for e in cfg.endpoints}))
+        self.stats: Counter[str] = Counter()
+        self.cost = 0.0
+        self._clients: list[openai.AsyncOpenAI] = []
+        self._inflight: dict[str, asyncio.Future] = {}
+        self._rng = random.Random(cfg.seed)
+        self._started = False
+
+    # lifecycle --------------------------------------------------------------------------------
+    async def start(self, probe: bool = True) -> "TeacherClient":
+        """Create the HTTP clients (in this event loop) and check each endpoint serves its model."""
+        if self._started:
+            return self
+        r = self.cfg.retry
+        self._clients = [openai.AsyncOpenAI(base_url=e.base_url, api_key=k, max_retries=0, timeout=self.cfg.timeout_s)
+                         for e, k in zip(self.cfg.endpoints, self.keys)]
+        states = [EndpointState(i, e.max_in_flight or self.cfg.max_in_flight, r.eject_after, r.probe_after_s)
+                  for i, e in enumerate(self.cfg.endpoints)]
+        self.endpoints = states
+        self.balancer = Balancer(states)
+        self.limiter = RateLimiter(self.cfg.rpm, self.cfg.tpm)
+        self._started = True
+        if probe:
+            await asyncio.gather(*(self._probe(i) for i in range(len(self._clients))))
+        return self
+
+    async def _probe(self, i: int) -> None:
+        ep = self.cfg.endpoints[i]
+        try:
+            models = [m.id async for m in self._clients[i].models.list()]
+        except openai.AuthenticationError:
+            raise FactoryError(f"endpoint {ep.base_url} refused the API key", where=self.where,
+                               field=f"endpoints.{i}.api_key_env", fix=f"check the value of {ep.api_key_env}") from None
+        except (openai.APIConnectionError, openai.APIStatusError) as e:
+            raise FactoryError(f"cannot reach teacher endpoint {ep.base_url} ({type(e).__name__}: {e})", where=self.where,
+                               field=f"endpoints.{i}.base_url",
+                               fix="start the server (`factory teacher serve`) or correct base_url") from None
+        if ep.model not in models:
+            raise FactoryError(f"model '{ep.model}' is not served by {ep.base_url} (it serves: {', '.join(models) or 'nothing'})",
+                               where=self.where, field=f"endpoints.{i}.model", fix=f"use one of: {', '.join(models)}")
+
+    async def close(self) -> None:
+        for c in self._clients:
+            await c.close()
+        self._clients, self._started = [], False
+
+    async def __aenter__(self) -> "TeacherClient":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # calls ------------------------------------------------------------------------------------
+    def sampling_for(self, sampling: dict[str, Any] | None) -> dict[str, Any]:
+        return {**self.cfg.sampling, **(sampling or {})}
+
+    def key(self, messages: list[dict[str, Any]], sampling: dict[str, Any] | None = None, sample: int = 0) -> str:
+        return request_key(self.model_id, messages, self.sampling_for(sampling), sample, self.cfg.seed)
+
+    def request_seed(self, key: str) -> int | None:
+        """A per-request seed derived from the config's seed and the request key (reproducible)."""
+        return None if self.cfg.seed is None else int(sha(self.cfg.seed, key, n=8), 16) & 0x7FFFFFFF
+
+    async def complete(self, messages: list[dict[str, Any]], sampling: dict[str, Any] | None = None, sample: int = 0,
+                       *, cache: CompletionCache | None | str = "default") -> Completion:
+        """One completion: from the cache if it was ever paid for, else from the teacher.
+
+        `sample` tells apart independent samples of the same prompt (it is part of the cache key
+        and of the derived request seed); `cache` overrides the client's cache for this call.
+        """
+        if not self._started:
+            await self.start()
+        if cache == "default":
+            cache = self.cache
+        samp = self.sampling_for(sampling)
+        key = request_key(self.model_id, messages, samp, sample, self.cfg.seed)
+        if cache is not None and (hit := cache.get(key)) is not None:
+            self.stats["cache_hits"] += 1
+            return hit
+        if key in self._inflight:  # the same request already on its way: share its answer
+            self.stats["coalesced"] += 1
+            return await asyncio.shield(self._inflight[key])
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            result = await self._request(messages, samp, self.request_seed(key))
+            if cache is not None:
+                cache.put(key, result)
+            fut.set_result(result)
+            return result
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # mark retrieved
+            raise
+        finally:
+            self._inflight.pop(key, None)
+
+    async def _request(self, messages: list[dict[str, Any]], sampling: dict[str, Any], seed: int | None) -> Completion:
+        r = self.cfg.retry
+        est = len(json.dumps(messages)) // 4 + int(sampling.get("max_tokens") or 256)
+        last = "unknown"
+        for attempt in range(1, r.max_attempts + 1):
+            state = await self.balancer.acquire()
+            ep = self.cfg.endpoints[state.index]
+            wait: float | None = None
+            try:
+                slot = await self.limiter.acquire(est)
+                self.stats["requests"] += 1
+                kw = dict(sampling)
+                if seed is not None:
+                    kw.setdefault("seed", seed)
+                resp = await asyncio.wait_for(
+                    self._clients[state.index].chat.completions.create(model=ep.model, messages=messages, **kw),
+                    timeout=self.cfg.timeout_s + 5)
+                choice = resp.choices[0]
+                text = choice.message.content
+                if text is None or not isinstance(text, str):
+                    raise ValueError("response without message content")
+                usage = resp.usage
+                pt, ct = (usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else (0, 0)
+                self.limiter.settle(slot, pt + ct)
+                state.ok()
+                self.stats["prompt_tokens"] += pt
+                self.stats["completion_tokens"] += ct
+                self.stats["ok"] += 1
+                self.cost += self.cfg.price.cost(pt, ct)
+                return Completion(text=text, finish_reason=choice.finish_reason or "stop", prompt_tokens=pt,
+                                  completion_tokens=ct, model=resp.model or ep.model)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - classified below
+                reason, retryable, wait, status = classify(e)
+                last = f"{reason}: {str(e)[:200]}"
+                self.stats[f"error_{reason}"] += 1
+                if not retryable:
+                    raise TeacherError(reason, str(e)[:500], retryable=False, status=status) from None
+                if reason != "http_429" and self.balancer.failed(state):
+                    self.stats["ejections"] += 1
+            finally:
+                await self.balancer.release(state)
+            if attempt < r.max_attempts:
+                self.stats["retries"] += 1
+                backoff = min(r.max_s, r.base_s * 2 ** (attempt - 1))
+                backoff = backoff * (1 - r.jitter) + backoff * r.jitter * self._rng.random()
+                await asyncio.sleep(max(backoff, wait or 0.0))
+        raise TeacherError("retries_exhausted", f"{r.max_attempts} attempts, last: {last}", retryable=True)
+
+    def accounting(self) -> dict[str, Any]:
+        s = self.stats
+        return {"requests": s["requests"], "retries": s["retries"], "cache_hits": s["cache_hits"],
+                "prompt_tokens": s["prompt_tokens"], "completion_tokens": s["completion_tokens"],
+                "cost": round(self.cost, 6), "errors": {k[6:]: v for k, v in s.items() if k.startswith("error_")},
+                "ejections": s["ejections"]}

@@ -1,0 +1,103 @@
+"""Teacher configuration (YAML -> pydantic): endpoints, limits, retry policy, sampling, prices.
+
+Secrets never live here: an endpoint names the environment variable that holds its API key.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from factory.errors import FactoryError
+
+
+class Endpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base_url: str = Field(description="OpenAI-compatible base URL, ending in /v1")
+    model: str
+    api_key_env: str | None = Field(None, description="name of the env var holding the API key (none for local servers)")
+    max_in_flight: int | None = Field(None, ge=1, description="overrides TeacherConfig.max_in_flight")
+
+    def api_key(self, where: str = "teacher config") -> str:
+        if not self.api_key_env:
+            return "none"
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise FactoryError(f"environment variable {self.api_key_env} (API key for {self.base_url}) is not set",
+                               where=where, field="endpoints.api_key_env",
+                               fix=f"export {self.api_key_env}=... before running")
+        return key
+
+
+class RetryPolicy(BaseModel):
+    """Exponential backoff with full jitter; Retry-After from the server wins when longer."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_attempts: int = Field(8, ge=1)
+    base_s: float = Field(0.5, gt=0)
+    max_s: float = Field(30.0, gt=0)
+    jitter: float = Field(0.5, ge=0, le=1, description="fraction of the delay drawn at random")
+    eject_after: int = Field(5, ge=1, description="consecutive failures that take an endpoint out")
+    probe_after_s: float = Field(10.0, gt=0, description="when an ejected endpoint gets a probe request")
+
+
+class Price(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt_per_1k: float = Field(0.0, ge=0)
+    completion_per_1k: float = Field(0.0, ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return prompt_tokens / 1000 * self.prompt_per_1k + completion_tokens / 1000 * self.completion_per_1k
+
+
+class BatchOptions(BaseModel):
+    """OpenAI Batch API mode: upload requests as JSONL, poll, merge results into outputs and cache."""
+
+    model_config = ConfigDict(extra="forbid")
+    poll_s: float = Field(30.0, gt=0)
+    completion_window: str = "24h"
+    max_rounds: int = Field(8, ge=1, description="batch rounds (multi-step recipes need one per step)")
+
+
+class TeacherConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    endpoints: list[Endpoint] = Field(default_factory=list)
+    local_replicas: int = Field(0, ge=0, description="start N local llama.cpp replicas when no endpoints are given")
+    mode: Literal["online", "batch"] = "online"
+    max_in_flight: int = Field(4, ge=1, description="concurrent requests per endpoint")
+    rpm: float | None = Field(None, gt=0, description="requests per minute over all endpoints")
+    tpm: float | None = Field(None, gt=0, description="tokens (prompt + completion) per minute over all endpoints")
+    timeout_s: float = Field(120.0, gt=0)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    sampling: dict[str, Any] = Field(default_factory=lambda: {"temperature": 0.7, "top_p": 0.95, "max_tokens": 512})
+    seed: int | None = Field(0, description="base seed; each request gets a seed derived from it and the request")
+    price: Price = Field(default_factory=Price)
+    batch: BatchOptions = Field(default_factory=BatchOptions)
+
+    @model_validator(mode="after")
+    def _has_teacher(self) -> "TeacherConfig":
+        if not self.endpoints and not self.local_replicas:
+            raise ValueError("give at least one endpoint, or local_replicas >= 1")
+        if self.mode == "batch" and len(self.endpoints) != 1:
+            raise ValueError("batch mode takes exactly one endpoint")
+        return self
+
+    def scaled(self, workers: int) -> "TeacherConfig":
+        """This config's share for one of `workers` clients running at once (limits split evenly)."""
+        if workers <= 1:
+            return self
+        upd: dict[str, Any] = {"max_in_flight": max(1, -(-self.max_in_flight // workers))}
+        if self.rpm:
+            upd["rpm"] = self.rpm / workers
+        if self.tpm:
+            upd["tpm"] = self.tpm / workers
+        eps = [e.model_copy(update={"max_in_flight": max(1, -(-e.max_in_flight // workers))}) if e.max_in_flight else e
+               for e in self.endpoints]
+        return self.model_copy(update={**upd, "endpoints": eps})
+
+
+def local_config(endpoints: list[str], model: str, **kw: Any) -> TeacherConfig:
+    """A TeacherConfig pointing at local servers (e.g. a started LocalTeacher)."""
+    return TeacherConfig(endpoints=[Endpoint(base_url=u, model=model) for u in endpoints], **kw)

@@ -1,0 +1,119 @@
+"""Client-side rate limits (requests and tokens per minute) and endpoint health.
+
+RPM is enforced by spacing requests 60/rpm seconds apart (no bursts), so the rate a server
+sees matches the configured one closely. TPM uses a sliding 60 s window of estimated tokens,
+corrected with the real usage once a response arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+
+class RateLimiter:
+    def __init__(self, rpm: float | None = None, tpm: float | None = None):
+        self.interval = 60.0 / rpm if rpm else 0.0
+        self.tpm = tpm
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+        self._window: collections.deque[list[float]] = collections.deque()  # [t, tokens]
+
+    async def acquire(self, est_tokens: int = 0) -> list[float] | None:
+        """Wait for a request slot; returns a handle to correct the token estimate later."""
+        async with self._lock:
+            if self.interval:
+                now = time.monotonic()
+                wait = self._next - now
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._next = max(time.monotonic(), self._next) + self.interval
+            if not self.tpm:
+                return None
+            while True:
+                now = time.monotonic()
+                while self._window and now - self._window[0][0] > 60.0:
+                    self._window.popleft()
+                used = sum(e[1] for e in self._window)
+                if not self._window or used + est_tokens <= self.tpm:
+                    entry = [now, float(est_tokens)]
+                    self._window.append(entry)
+                    return entry
+                await asyncio.sleep(max(0.05, 60.0 - (now - self._window[0][0])))
+
+    @staticmethod
+    def settle(entry: list[float] | None, tokens: int) -> None:
+        if entry is not None:
+            entry[1] = float(tokens)
+
+
+class EndpointState:
+    """In-flight count and health of one endpoint; ejected after repeated failures, then probed."""
+
+    def __init__(self, index: int, limit: int, eject_after: int, probe_after_s: float):
+        self.index, self.limit = index, limit
+        self.eject_after, self.probe_after_s = eject_after, probe_after_s
+        self.in_flight = 0
+        self.failures = 0  # consecutive
+        self.ejections = 0
+        self.ejected_until = 0.0
+        self.probing = False
+
+    @property
+    def ejected(self) -> bool:
+        return self.ejected_until > 0
+
+    def available(self, now: float) -> bool:
+        if self.ejected:  # half-open: one probe request once the wait is over
+            return not self.probing and now >= self.ejected_until and self.in_flight == 0
+        return self.in_flight < self.limit
+
+    def ok(self) -> None:
+        self.failures, self.ejected_until, self.probing, self.ejections = 0, 0.0, False, 0
+
+    def failed(self, others_healthy: bool = True) -> bool:
+        """Record a failure; True when this takes the endpoint out (never the last healthy one:
+        with nowhere else to go, the retry backoff alone paces the requests)."""
+        self.failures += 1
+        self.probing = False
+        if self.ejected or (self.failures >= self.eject_after and others_healthy):
+            self.ejections += 1
+            self.ejected_until = time.monotonic() + min(300.0, self.probe_after_s * 2 ** (self.ejections - 1))
+            return True
+        return False
+
+
+class Balancer:
+    """Picks the available endpoint with the fewest requests in flight; waits when none is."""
+
+    def __init__(self, states: list[EndpointState]):
+        self.states = states
+        self._cond = asyncio.Condition()
+        self._rr = 0
+
+    async def acquire(self) -> EndpointState:
+        async with self._cond:
+            while True:
+                now = time.monotonic()
+                free = [s for s in self.states if s.available(now)]
+                if free:
+                    self._rr += 1
+                    best = min(free, key=lambda s: (s.in_flight, (s.index - self._rr) % len(self.states)))
+                    best.in_flight += 1
+                    if best.ejected:
+                        best.probing = True
+                    return best
+                wake = [s.ejected_until - now for s in self.states if s.ejected and s.ejected_until > now]
+                try:
+                    await asyncio.wait_for(self._cond.wait(), timeout=min(wake) if wake else None)
+                except asyncio.TimeoutError:
+                    pass
+
+    def failed(self, state: EndpointState) -> bool:
+        return state.failed(others_healthy=any(not s.ejected for s in self.states if s is not state))
+
+    async def release(self, state: EndpointState) -> None:
+        async with self._cond:
+            state.in_flight -= 1
+            self._cond.notify_all()

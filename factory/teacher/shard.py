@@ -1,0 +1,126 @@
+"""One shard of generation: every (seed, recipe, sample) of the shard, run concurrently against
+the teacher, written atomically when all are done.
+
+Outputs per shard k (the docs parquet is written last and is the shard's completion marker):
+  rejected/shard-k.parquet  quarantined items: seed_id, recipe, sample, reason, detail (JSON)
+  stats/shard-k.json        accounting of the run that finished the shard
+  shard-k.parquet           the documents, sorted by id, ids unique
+The request cache is `<cache_dir>/shard-k.jsonl` (see factory.teacher.cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from factory.errors import FactoryError
+from factory.stage import StageDir
+from factory.teacher.cache import CompletionCache
+from factory.teacher.client import TeacherClient
+from factory.teacher.types import Deferred, TeacherError
+
+REJECT_SCHEMA = pa.schema([("seed_id", pa.string()), ("recipe", pa.string()), ("sample", pa.int64()),
+                           ("reason", pa.string()), ("detail", pa.string())])
+ACCOUNT_KEYS = ("requests", "retries", "cache_hits", "prompt_tokens", "completion_tokens")
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}.parquet"
+
+
+def reject_row(seed_id: str, recipe: str, sample: int, reason: str, detail: Any) -> dict[str, Any]:
+    return {"seed_id": seed_id, "recipe": recipe, "sample": sample, "reason": reason,
+            "detail": json.dumps(detail, sort_keys=True, default=str)[:4000]}
+
+
+def seed_id_of(row: dict[str, Any]) -> str:
+    return str((row.get("meta") or {}).get("seed_id") or row.get("id") or "")
+
+
+class Progress:
+    """Counters a driver can poll while shards run."""
+
+    def __init__(self) -> None:
+        self.units = self.docs = self.rejected = self.completion_tokens = self.requests = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], samples: int, client: TeacherClient,
+                        stage: StageDir, cache_dir: str | Path, concurrency: int,
+                        progress: Progress | None = None, complete_factory: Callable | None = None) -> dict[str, Any]:
+    """Run shard `k` and write its outputs; returns its stats. Raises TeacherError(retryable) to
+    leave the shard unfinished (a later attempt or run redoes it, served from the cache)."""
+    t0 = time.time()
+    progress = progress or Progress()
+    before = dict(client.stats)
+    cost0 = client.cost
+    docs: dict[str, dict[str, Any]] = {}
+    rejected: list[dict[str, Any]] = []
+    dup = deferred = 0
+    sem = asyncio.Semaphore(concurrency)
+    with CompletionCache(Path(cache_dir) / f"shard-{k:05d}.jsonl") as cache:
+        complete = complete_factory(cache) if complete_factory else functools.partial(client.complete, cache=cache)
+
+        async def unit(row: dict[str, Any], recipe: Any, sample: int) -> None:
+            nonlocal dup, deferred
+            sid = seed_id_of(row)
+            async with sem:
+                try:
+                    res = await recipe.run(row, sample, complete)
+                except Deferred:
+                    deferred += 1
+                    return
+                except TeacherError as e:
+                    if e.retryable:
+                        raise
+                    rejected.append(reject_row(sid, recipe.name, sample, f"teacher_{e.reason}", {"detail": e.detail}))
+                    progress.rejected += 1
+                    return
+                except (FactoryError, asyncio.CancelledError):
+                    raise
+                except Exception as e:  # a recipe bug on one item must not sink the shard
+                    rejected.append(reject_row(sid, recipe.name, sample, "recipe_error", {"error": f"{type(e).__name__}: {e}"}))
+                    progress.rejected += 1
+                    return
+            for d in res.docs:
+                if d["id"] in docs:
+                    dup += 1
+                    continue
+                docs[d["id"]] = d
+                progress.completion_tokens += int(d["meta"].get("completion_tokens") or 0)
+            for reason, detail in res.rejected:
+                rejected.append(reject_row(sid, recipe.name, sample, reason, detail))
+            progress.units += 1
+            progress.docs += len(res.docs)
+            progress.rejected += len(res.rejected)
+
+        tasks = [asyncio.create_task(unit(r, rc, s)) for r in rows for rc in recipes for s in range(samples)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+    if deferred:
+        return {"shard": k, "deferred": deferred}
+    stats = {k2: client.stats.get(k2, 0) - before.get(k2, 0) for k2 in ACCOUNT_KEYS}
+    stats["cost"] = round(client.cost - cost0, 6)
+    stats.update(shard=k, seeds=len(rows), units=len(tasks), docs=len(docs), duplicates=dup,
+                 rejected=len(rejected), wall_s=round(time.time() - t0, 3))
+    stats["rejected_by_reason"] = {}
+    for r in rejected:
+        stats["rejected_by_reason"][r["reason"]] = stats["rejected_by_reason"].get(r["reason"], 0) + 1
+    name = shard_name(k)
+    stage.write_table(f"rejected/{name}", pa.Table.from_pylist(rejected, schema=REJECT_SCHEMA))
+    stage.write_json(f"stats/shard-{k:05d}.json", stats)
+    stage.write_docs(name, [docs[i] for i in sorted(docs)])
+    return stats

@@ -1,0 +1,112 @@
+"""Generation on Ray: async actors, each with one TeacherClient, take shards from the driver.
+
+The driver hands a shard to an idle actor, polls all actors for live counters (docs/s, tok/s,
+ETA in the progress bar) and collects per-shard stats. Actors restart and re-run their shard if
+their process dies (Ray's max_restarts / max_task_retries); a shard that fails for good is left
+unfinished, reported, and redone by the next run (served from the request cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from factory.stage import StageDir
+from factory.teacher.config import TeacherConfig
+
+
+class GenWorker:
+    """A Ray actor (async): one TeacherClient kept across shards, so endpoint health persists."""
+
+    def __init__(self, tcfg: TeacherConfig, stage_url: str, identity: dict[str, Any], recipes: list[str],
+                 recipe_sampling: dict[str, Any], samples: int, cache_dir: str, concurrency: int):
+        from factory.recipes import load_recipe
+        from factory.teacher.client import TeacherClient
+        from factory.teacher.shard import Progress
+
+        self.tcfg, self.samples, self.cache_dir, self.concurrency = tcfg, samples, cache_dir, concurrency
+        self.stage = StageDir(stage_url, "generate", identity)
+        self.recipes = [load_recipe(r, **recipe_sampling) for r in recipes]
+        self.client = TeacherClient(tcfg)
+        self.progress = Progress()
+
+    async def process(self, k: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        from factory.teacher.shard import process_shard
+
+        await self.client.start(probe=False)
+        return await process_shard(k, rows, self.recipes, self.samples, self.client, self.stage, self.cache_dir,
+                                   self.concurrency, self.progress)
+
+    async def poll(self) -> dict[str, Any]:
+        return {**self.progress.snapshot(), "requests": self.client.stats["requests"],
+                "retries": self.client.stats["retries"], "cost": self.client.cost}
+
+
+def run_on_ray(cfg: Any, tcfg: TeacherConfig, shards: dict[int, list[dict[str, Any]]], recipes: list[Any],
+               stage: StageDir, cache_dir: str, show_progress: bool = True) -> dict[str, Any]:
+    """Process `shards` ({index: rows}) on Ray; returns this run's accounting and failed shards."""
+    import ray
+
+    from factory.cluster import init_ray
+    from factory.ui import progress as make_progress
+
+    started = not ray.is_initialized()
+    init_ray(cfg.ray_address, num_cpus=2, object_store_memory=200 * 1024**2)
+    n_workers = max(1, min(cfg.workers, len(shards)))
+    actor = ray.remote(GenWorker).options(num_cpus=cfg.worker_cpus, max_concurrency=4, max_restarts=2, max_task_retries=2)
+    share = tcfg.scaled(n_workers)
+    workers = [actor.remote(share, stage.url, stage.config, cfg.recipes, cfg.recipe_sampling, cfg.samples_per_seed,
+                            str(cache_dir), cfg.concurrency) for _ in range(n_workers)]
+    queue = sorted(shards)
+    total_units = sum(len(r) for r in shards.values()) * len(recipes) * cfg.samples_per_seed
+    running: dict[Any, tuple[int, Any]] = {}
+    attempts: dict[int, int] = {}
+    results: dict[int, dict[str, Any]] = {}
+    failed: list[dict[str, Any]] = []
+    idle = list(workers)
+    polled: dict[Any, dict[str, Any]] = {}
+    t0 = time.time()
+    bar = make_progress()
+    try:
+        with bar:
+            task = bar.add_task("generate", total=total_units, info="starting")
+            while queue or running:
+                while queue and idle:
+                    k, w = queue.pop(0), idle.pop()
+                    attempts[k] = attempts.get(k, 0) + 1
+                    running[w.process.remote(k, shards[k])] = (k, w)
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+                for ref in ready:
+                    k, w = running.pop(ref)
+                    idle.append(w)
+                    try:
+                        results[k] = ray.get(ref)
+                    except Exception as e:  # noqa: BLE001 - retry once, then report
+                        if attempts[k] < 2:
+                            queue.append(k)
+                        else:
+                            failed.append({"shard": k, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
+                try:
+                    for w, snap in zip(workers, ray.get([w.poll.remote() for w in workers], timeout=5)):
+                        polled[w] = snap
+                except Exception:  # noqa: BLE001 - a restarting actor: keep the last numbers
+                    pass
+                units = sum(s["units"] for s in polled.values())
+                docs = sum(s["docs"] for s in polled.values())
+                toks = sum(s["completion_tokens"] for s in polled.values())
+                dt = max(1e-6, time.time() - t0)
+                cost = sum(s["cost"] for s in polled.values())
+                bar.update(task, completed=min(units, total_units),
+                           info=f"{docs / dt:.2f} docs/s  {toks / dt:.0f} tok/s  ${cost:.4f}  retries {sum(s['retries'] for s in polled.values())}")
+    finally:
+        for w in workers:
+            ray.kill(w)
+        if started:
+            ray.shutdown()
+    acc = {k: sum(r.get(k, 0) for r in results.values()) for k in ("requests", "retries", "cache_hits", "prompt_tokens",
+                                                                   "completion_tokens", "docs", "units")}
+    acc["cost"] = round(sum(r.get("cost", 0) for r in results.values()), 6)
+    acc.update(shards_run=sorted(results), failed_shards=failed, wall_s=round(time.time() - t0, 3),
+               completion_tok_per_s=round(acc["completion_tokens"] / max(1e-6, time.time() - t0), 2), workers=n_workers)
+    return acc

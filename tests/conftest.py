@@ -1,0 +1,34 @@
+"""Shared fixtures: one real local teacher (llama.cpp, SmolLM2-135M) for the whole test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# test helpers shared across folders (fault-injecting proxy, fake Batch API) import by module name
+sys.path.insert(0, str(Path(__file__).parent / "teacher"))
+sys.path.insert(0, str(Path(__file__).parent / "generate"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def teacher():
+    """A started LocalTeacher with one replica; `.endpoints` (base URLs with /v1) and `.model`."""
+    from factory.teacher.server import LocalTeacher
+
+    with LocalTeacher(replicas=1) as t:
+        yield t
+
+
+@pytest.fixture(scope="session")
+def teacher_config(teacher):
+    """A TeacherConfig for the session teacher with short outputs (tests stay fast)."""
+    from factory.teacher.config import local_config
+
+    return local_config(teacher.endpoints, teacher.model, timeout_s=60,
+                        sampling={"temperature": 0.0, "max_tokens": 32})

@@ -1,0 +1,24 @@
+"""Helpers for generation tests: seed rows and the test recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def seed_rows(n: int) -> list[dict]:
+    from factory.schema import make_doc
+
+    topics = ["volcano", "river", "piano", "comet", "forest", "bridge", "honey", "glacier", "desert", "violin",
+              "harbor", "orchid", "lighthouse", "canyon", "owl", "meteor", "castle", "coral", "tundra", "kite"]
+    rows = []
+    for i in range(n):
+        t = f"{topics[i % len(topics)]} {i}"
+        rows.append(make_doc(f"A {t} is a thing people often describe in simple words. Item number {i}.", "web", "test",
+                             seed_id=f"test:{t}", extra={"title": t.title(), "topic": "nature"}))
+    return rows
+
+
+def recipe(name: str) -> str:
+    return str(RECIPES / f"{name}.yaml")

@@ -1,0 +1,88 @@
+"""The generate stage end to end: real Ray, the real llama.cpp teacher, faults in between."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from gen_helpers import recipe
+from factory.errors import FactoryError
+from factory.generate import GenerateConfig, run
+from factory.schema import extra
+from factory.stage import read_docs
+from factory.teacher.config import Endpoint, RetryPolicy, TeacherConfig
+from factory.teacher.server import free_port
+from fault_proxy import FaultProxy
+
+
+def gen_cfg(seeds: str, out, urls, model, **kw) -> GenerateConfig:
+    tk = kw.pop("teacher_kw", {})
+    tk.setdefault("retry", RetryPolicy(base_s=0.05, max_s=0.5, max_attempts=12))
+    teacher = TeacherConfig(endpoints=[Endpoint(base_url=u, model=model) for u in urls], timeout_s=kw.pop("timeout_s", 30),
+                            sampling={"temperature": 0.0}, **tk)
+    kw.setdefault("recipes", [recipe("tiny_fact")])
+    kw.setdefault("shards", 3)
+    kw.setdefault("workers", 2)
+    kw.setdefault("concurrency", 2)
+    return GenerateConfig(seeds=seeds, out=str(out), teacher=teacher, **kw)
+
+
+def ids(out) -> list[str]:
+    return read_docs(str(out)).column("id").to_pylist()
+
+
+def test_generate_writes_docs_with_provenance_and_resumes(teacher, ray_local, seeds_file, tmp_path):
+    seeds = seeds_file(5, bad=[{"id": "x", "text": ""}, {"meta": {"seed_id": "y"}}])
+    cfg = gen_cfg(seeds, tmp_path / "out", teacher.endpoints, teacher.model, samples_per_seed=2,
+                  teacher_kw={"price": {"prompt_per_1k": 0.001, "completion_per_1k": 0.002}})
+    m = run(cfg, show_progress=False)
+    got = ids(tmp_path / "out")
+    assert len(got) == len(set(got)) == 10  # 5 seeds x 2 samples, none lost or duplicated
+    assert m["status"] == "done" and m["counts"]["docs"] == 10 and m["dropped"] == {"malformed_seed": 2}
+    acc = m["accounting"]
+    assert acc["requests"] == 10 and acc["completion_tokens"] > 0 and acc["cost"] > 0
+    row = read_docs(str(tmp_path / "out")).to_pylist()[0]
+    meta = row["meta"]
+    assert meta["recipe"] == "tiny_fact" and meta["seed_id"].startswith("test:") and meta["teacher_model"]
+    assert meta["prompt_sha"] and meta["completion_tokens"] > 0 and meta["finish_reason"] in ("stop", "length")
+    assert "sample" in extra(row)
+    bad = pq.read_table(tmp_path / "out" / "rejected" / "seeds.parquet").to_pylist()
+    assert {b["reason"] for b in bad} == {"malformed_seed"}
+    # a rerun skips every finished shard and pays for nothing
+    m2 = run(cfg, show_progress=False)
+    assert sorted(ids(tmp_path / "out")) == sorted(got) and m2["this_run"]["failed_shards"] == []
+    assert "requests" not in m2["this_run"]
+    # a lost shard is redone from the cache: no teacher call
+    (tmp_path / "out" / "shard-00001.parquet").unlink()
+    m3 = run(cfg, show_progress=False)
+    assert sorted(ids(tmp_path / "out")) == sorted(got)
+    assert m3["this_run"]["requests"] == 0 and m3["this_run"]["cache_hits"] > 0
+
+
+def test_faults_lose_and_duplicate_nothing(teacher, ray_local, seeds_file, tmp_path):
+    seeds = seeds_file(12)
+    clean = gen_cfg(seeds, tmp_path / "clean", teacher.endpoints, teacher.model)
+    run(clean, show_progress=False)
+    with FaultProxy(teacher.endpoints[0], p429=0.1, p500=0.1, phang=0.05, ptrunc=0.02, hang_s=5, seed=3) as px:
+        faulty = gen_cfg(seeds, tmp_path / "faulty", [px.base_url], teacher.model, timeout_s=3)
+        m = run(faulty, show_progress=False)
+    out = px.outcomes()
+    assert out["429"] + out["500"] + out["hang"] + out["trunc"] > 0
+    got = ids(tmp_path / "faulty")
+    assert len(got) == len(set(got)) and sorted(got) == sorted(ids(tmp_path / "clean"))
+    assert m["accounting"]["retries"] > 0
+
+
+def test_bad_teacher_configs_fail_before_any_work(teacher, seeds_file, tmp_path, monkeypatch):
+    seeds = seeds_file(2)
+    with pytest.raises(FactoryError, match="cannot reach teacher endpoint"):
+        run(gen_cfg(seeds, tmp_path / "a", [f"http://127.0.0.1:{free_port()}/v1"], teacher.model), show_progress=False)
+    with pytest.raises(FactoryError, match="not served"):
+        run(gen_cfg(seeds, tmp_path / "b", teacher.endpoints, "no-such-model"), show_progress=False)
+    monkeypatch.delenv("FACTORY_TEST_KEY", raising=False)
+    cfg = gen_cfg(seeds, tmp_path / "c", teacher.endpoints, teacher.model)
+    cfg.teacher.endpoints[0].api_key_env = "FACTORY_TEST_KEY"
+    with pytest.raises(FactoryError, match="FACTORY_TEST_KEY"):
+        run(cfg, show_progress=False)
+    with pytest.raises(FactoryError, match="no recipe named"):
+        run(gen_cfg(seeds, tmp_path / "d", teacher.endpoints, teacher.model, recipes=["no_such_recipe"]), show_progress=False)

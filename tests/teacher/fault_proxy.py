@@ -1,0 +1,119 @@
+"""A fault-injecting HTTP proxy on loopback, placed in front of the real teacher in tests.
+
+Chat-completion requests are answered, at the given rates, with 429 (+Retry-After) or 500,
+held past the client's timeout, or cut short (truncated JSON); the rest pass through to the
+upstream server. Every request is logged, so tests can count teacher calls and repeats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, *, p429: float = 0.0, p500: float = 0.0, phang: float = 0.0,
+                 ptrunc: float = 0.0, p400: float = 0.0, hang_s: float = 5.0, retry_after: str = "1", seed: int = 0):
+        self.upstream = upstream.rstrip("/").removesuffix("/v1")
+        self.rates = [("429", p429), ("500", p500), ("hang", phang), ("trunc", ptrunc), ("400", p400)]
+        self.hang_s, self.retry_after = hang_s, retry_after
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.log: list[tuple[float, str, str]] = []  # (time, body sha, outcome)
+        self.forwarded: Counter[str] = Counter()  # body sha -> times the teacher answered it
+        self._http = httpx.Client(timeout=300)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):  # quiet
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                r = proxy._http.get(proxy.upstream + self.path)
+                self._send(r.status_code, r.content)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if not self.path.endswith("/chat/completions"):
+                    r = proxy._http.post(proxy.upstream + self.path, content=body, headers={"content-type": "application/json"})
+                    return self._send(r.status_code, r.content)
+                key = hashlib.sha256(body).hexdigest()[:16]
+                fault = proxy._draw()
+                proxy._record(key, fault or "ok")
+                if fault == "429":
+                    return self._send(429, b'{"error":{"message":"rate limited (injected)"}}', {"retry-after": proxy.retry_after})
+                if fault == "400":
+                    return self._send(400, b'{"error":{"message":"bad request (injected)"}}')
+                if fault == "500":
+                    return self._send(500, b'{"error":{"message":"server error (injected)"}}')
+                if fault == "hang":
+                    time.sleep(proxy.hang_s)
+                    self.close_connection = True
+                    return None
+                r = proxy._http.post(proxy.upstream + self.path, content=body, headers={"content-type": "application/json"})
+                if r.status_code == 200:
+                    with proxy._lock:
+                        proxy.forwarded[key] += 1
+                content = r.content[: len(r.content) // 2] if fault == "trunc" else r.content
+                self._send(r.status_code, content)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _draw(self) -> str | None:
+        with self._lock:
+            x = self._rng.random()
+        acc = 0.0
+        for name, p in self.rates:
+            acc += p
+            if x < acc:
+                return name
+        return None
+
+    def _record(self, key: str, outcome: str) -> None:
+        with self._lock:
+            self.log.append((time.monotonic(), key, outcome))
+
+    def set_faults(self, **rates: float) -> None:
+        self.rates = [(n, rates.get(f"p{n}", 0.0)) for n, _ in self.rates]
+
+    # counts ------------------------------------------------------------------------------------
+    @property
+    def teacher_calls(self) -> int:
+        return sum(self.forwarded.values())
+
+    @property
+    def repeated_calls(self) -> int:
+        """Completions the teacher computed more than once for the same request body."""
+        return sum(n - 1 for n in self.forwarded.values() if n > 1)
+
+    def outcomes(self) -> Counter[str]:
+        return Counter(o for _, _, o in self.log)
+
+    def __enter__(self) -> "FaultProxy":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._http.close()

@@ -1,0 +1,155 @@
+"""TeacherClient against the real local teacher, with faults injected by a loopback proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from factory.errors import FactoryError
+from factory.teacher.cache import CompletionCache
+from factory.teacher.client import TeacherClient, retry_after_s
+from factory.teacher.config import Endpoint, RetryPolicy, TeacherConfig
+from factory.teacher.limits import RateLimiter
+from factory.teacher.server import free_port
+from factory.teacher.types import TeacherError
+from fault_proxy import FaultProxy
+
+FAST = {"temperature": 0.0, "max_tokens": 12}
+
+
+def cfg_for(urls, model, **kw):
+    kw.setdefault("sampling", FAST)
+    kw.setdefault("retry", RetryPolicy(base_s=0.05, max_s=0.5, max_attempts=10))
+    return TeacherConfig(endpoints=[Endpoint(base_url=u, model=model) for u in urls], **kw)
+
+
+def msgs(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"Name one fact about the number {i}."}]
+
+
+async def _run(cfg, n, cache=None, concurrency=None):
+    async with TeacherClient(cfg, cache=cache) as t:
+        res = await asyncio.gather(*(t.complete(msgs(i)) for i in range(n)))
+        return t, res
+
+
+def test_complete_and_cache(teacher, tmp_path):
+    cfg = cfg_for(teacher.endpoints, teacher.model)
+    with CompletionCache(tmp_path / "c.jsonl") as cache:
+        t, res = asyncio.run(_run(cfg, 2, cache))
+    assert all(r.text and r.completion_tokens > 0 and r.model and not r.cached for r in res)
+    assert t.stats["requests"] == 2 and len(cache) == 2
+    with CompletionCache(tmp_path / "c.jsonl") as cache:  # a new process reads the same file
+        t2, res2 = asyncio.run(_run(cfg, 2, cache))
+    assert t2.stats["requests"] == 0 and t2.stats["cache_hits"] == 2
+    assert [r.text for r in res2] == [r.text for r in res] and all(r.cached for r in res2)
+
+
+def test_torn_cache_line_is_skipped(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"key": "a", "completion": {"text": "x", "finish_reason": "stop", "prompt_tokens": 1, '
+                 '"completion_tokens": 1, "model": "m"}}\n{"key": "b", "compl')
+    with CompletionCache(p) as c:
+        assert c.torn_lines == 1 and "a" in c and "b" not in c
+        from factory.teacher.types import Completion
+        c.put("c", Completion("y", "stop", 1, 1, "m"))
+    with CompletionCache(p) as c:
+        assert "a" in c and "c" in c
+
+
+def test_faults_are_retried_until_every_request_succeeds(teacher):
+    with FaultProxy(teacher.endpoints[0], p429=0.1, p500=0.1, phang=0.05, ptrunc=0.02, hang_s=4, seed=1) as px:
+        cfg = cfg_for([px.base_url], teacher.model, timeout_s=2.5, max_in_flight=2)
+        t, res = asyncio.run(_run(cfg, 16))
+    assert len(res) == 16 and all(r.text for r in res)
+    out = px.outcomes()
+    assert out["429"] + out["500"] > 0 and t.stats["retries"] >= out["429"] + out["500"] + out["hang"] + out["trunc"]
+    assert t.stats["ok"] == 16
+
+
+def test_other_4xx_is_never_retried(teacher):
+    with FaultProxy(teacher.endpoints[0], p400=1.0) as px:
+        cfg = cfg_for([px.base_url], teacher.model)
+        with pytest.raises(TeacherError) as ei:
+            asyncio.run(_run(cfg, 1))
+    assert ei.value.reason.startswith("http_4") and not ei.value.retryable
+    assert len(px.log) == 1
+
+
+def test_retry_after_is_honoured(teacher):
+    with FaultProxy(teacher.endpoints[0], p429=1.0, retry_after="2") as px:
+        cfg = cfg_for([px.base_url], teacher.model, retry=RetryPolicy(base_s=0.01, max_s=0.02, max_attempts=2))
+        with pytest.raises(TeacherError, match="retries_exhausted"):
+            asyncio.run(_run(cfg, 1))
+    (t1, _, _), (t2, _, _) = px.log
+    assert t2 - t1 >= 1.9
+
+
+def test_retry_after_header_forms():
+    assert retry_after_s({"retry-after": "3"}) == 3.0
+    assert retry_after_s({"retry-after-ms": "250"}) == 0.25
+    assert retry_after_s({}) is None
+
+
+def test_failing_endpoint_is_ejected_and_probed_back(teacher):
+    with FaultProxy(teacher.endpoints[0]) as good, FaultProxy(teacher.endpoints[0], p500=1.0) as bad:
+        cfg = cfg_for([good.base_url, bad.base_url], teacher.model, max_in_flight=1,
+                      retry=RetryPolicy(base_s=0.01, max_s=0.05, max_attempts=20, eject_after=2, probe_after_s=0.5))
+
+        async def go():
+            async with TeacherClient(cfg) as t:
+                for i in range(8):
+                    await t.complete(msgs(i))
+                n_bad = len(bad.log)
+                bad.set_faults()  # the endpoint recovers
+                await asyncio.sleep(1.2)
+                await asyncio.gather(*(t.complete(msgs(100 + i)) for i in range(6)))
+                return t, n_bad
+
+        t, n_bad = asyncio.run(go())
+    assert t.stats["ejections"] >= 1 and t.stats["ok"] == 14
+    assert n_bad <= 4  # taken out after 2 failures, probed (and failing) at most a couple of times
+    assert bad.outcomes()["ok"] >= 1  # probed back in and used again
+
+
+def test_missing_api_key_env(teacher, monkeypatch):
+    monkeypatch.delenv("FACTORY_TEST_KEY", raising=False)
+    cfg = TeacherConfig(endpoints=[Endpoint(base_url=teacher.endpoints[0], model=teacher.model, api_key_env="FACTORY_TEST_KEY")])
+    with pytest.raises(FactoryError, match="FACTORY_TEST_KEY"):
+        TeacherClient(cfg)
+
+
+def test_unknown_endpoint():
+    cfg = cfg_for([f"http://127.0.0.1:{free_port()}/v1"], "m")
+    with pytest.raises(FactoryError, match="cannot reach teacher endpoint"):
+        asyncio.run(_run(cfg, 1))
+
+
+def test_wrong_model_name(teacher):
+    cfg = cfg_for(teacher.endpoints, "gpt-nope")
+    with pytest.raises(FactoryError, match=f"gpt-nope.*{teacher.model}"):
+        asyncio.run(_run(cfg, 1))
+
+
+def test_config_needs_a_teacher():
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError):
+        TeacherConfig()
+
+
+def test_rate_limiter_spaces_requests():
+    async def go():
+        rl = RateLimiter(rpm=600)
+        t0 = time.monotonic()
+        for _ in range(11):
+            await rl.acquire()
+        return time.monotonic() - t0
+    assert asyncio.run(go()) >= 0.99  # 10 gaps of 0.1 s: no burst
+
+
+def test_limits_are_split_between_workers():
+    cfg = TeacherConfig(endpoints=[Endpoint(base_url="http://x/v1", model="m")], max_in_flight=8, rpm=60, tpm=1000)
+    s = cfg.scaled(4)
+    assert (s.max_in_flight, s.rpm, s.tpm) == (2, 15, 250)

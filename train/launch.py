@@ -1,0 +1,159 @@
+"""Start a training run: `torchrun` as a subprocess (one node or several), or Ray Train's TorchTrainer.
+
+Both run the same `train.loop.train(cfg)` body. `run(...)` streams the ranks' output, keeps it in
+`run_dir/train.log`, and raises `TrainFailed` with the log's tail when the run fails.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from train import config as config_mod
+
+# Kept set in every launch: NVLink multicast off (it can take shared GPUs out of service).
+SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
+            "HF_HUB_OFFLINE": "1"}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+_CAUSE = re.compile(r"^(error: |[\w.]*(Error|Exception|Mismatch): )")
+
+
+class TrainFailed(RuntimeError):
+    """A training run exited non-zero; the message holds the tail of its log."""
+
+
+def prepare(config: dict | str | Path | config_mod.RunConfig, overrides=None) -> config_mod.RunConfig:
+    """Resolve the config (+ overrides), make run_dir absolute, write run_dir/config.yaml."""
+    cfg = config_mod.load(config, overrides)
+    cfg.run_dir = str(Path(cfg.run_dir).resolve())
+    if cfg.data.plan:
+        cfg.data.plan = str(Path(cfg.data.plan).resolve())
+        if cfg.data.source == "plan" and not Path(cfg.data.plan).exists():
+            raise config_mod.ConfigError(f"field data.plan: {cfg.data.plan} not found; write it with "
+                                         "`factory mix plan` or fix the path")
+    for key in ("tokenizer", "val_plan"):
+        if getattr(cfg.data, key):
+            setattr(cfg.data, key, str(Path(getattr(cfg.data, key)).resolve()))
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    config_mod.dump(cfg, Path(cfg.run_dir) / "config.yaml")
+    return cfg
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(SAFE_ENV)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def torchrun_cmd(cfg_path: Path, nproc: int, nnodes: int = 1, node_rank: int = 0,
+                 rdzv_endpoint: str | None = None, rdzv_id: str = "factory-train") -> list[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    if nnodes == 1 and not rdzv_endpoint:
+        cmd += ["--standalone", "--nnodes=1"]
+    else:
+        if not rdzv_endpoint:
+            raise ValueError("several nodes need rdzv_endpoint=host:port (the same on every node)")
+        cmd += [f"--nnodes={nnodes}", f"--node_rank={node_rank}", "--rdzv_backend=c10d",
+                f"--rdzv_endpoint={rdzv_endpoint}", f"--rdzv_id={rdzv_id}"]
+    return cmd + ["-m", "train.loop", "--config", str(cfg_path)]
+
+
+def run(config: dict | str | Path, nproc: int = 2, overrides: list[str] | dict[str, Any] | None = None, *,
+        nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: str | None = None,
+        env: dict[str, str] | None = None, echo: Callable[[str], None] | None = print,
+        timeout: float | None = None) -> Path:
+    """Train with torchrun in a subprocess; returns the run dir (metrics.jsonl, run.json, hf/, ...).
+
+    `echo` receives each output line (None: quiet). Raises TrainFailed with the log tail on failure.
+    """
+    cfg = prepare(config, overrides)
+    config_mod.grad_accum(cfg, nproc * nnodes)  # fail before starting processes
+    run_dir = Path(cfg.run_dir)
+    cmd = torchrun_cmd(run_dir / "config.yaml", nproc, nnodes, node_rank, rdzv_endpoint)
+    tail: collections.deque[str] = collections.deque(maxlen=25)
+    causes: list[str] = []  # the ranks' own error lines, ahead of torchrun's report
+    deadline = time.monotonic() + timeout if timeout else None
+    with open(run_dir / "train.log", "a") as logf:
+        proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=child_env(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+        try:
+            for line in proc.stdout:  # type: ignore[union-attr]
+                logf.write(line)
+                tail.append(line.rstrip("\n"))
+                if _CAUSE.match(line) and "ChildFailedError" not in line and line not in causes:
+                    causes.append(line)
+                if echo is not None:
+                    echo(line.rstrip("\n"))
+                if deadline and time.monotonic() > deadline:
+                    raise TimeoutError(f"training exceeded {timeout}s")
+            rc = proc.wait()
+        except BaseException:
+            _kill(proc)
+            raise
+    if rc != 0:
+        cause = f": {causes[0].strip()}" if causes else ""
+        raise TrainFailed(f"training failed (exit {rc}){cause}\nsee {run_dir / 'train.log'}; last lines:\n"
+                          + "\n".join(tail))
+    return run_dir
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    import signal
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# --------------------------------------------------------------------------- Ray Train
+
+def _ray_worker(loop_config: dict) -> None:
+    import ray.train
+
+    ctx = ray.train.get_context()
+    os.environ["LOCAL_RANK"] = str(ctx.get_local_rank())
+    for k, v in SAFE_ENV.items():
+        os.environ.setdefault(k, v)
+    from train.loop import train
+    train(config_mod.load(loop_config["config"]))
+
+
+def run_ray(config: dict | str | Path, address: str | None = None, num_workers: int = 2,
+            use_gpu: bool | None = None, overrides=None) -> Path:
+    """Train with Ray Train's TorchTrainer on the cluster at `address` (same loop inside)."""
+    try:
+        import ray
+        from ray.train import RunConfig as RayRunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+    except ImportError as e:
+        raise TrainFailed(f"Ray Train is not available ({e}); install 'ray[train]' or use torchrun") from None
+    cfg = prepare(config, overrides)
+    if use_gpu is None:
+        use_gpu = cfg.train.device == "cuda"
+    if not ray.is_initialized():
+        ray.init(address=address, runtime_env={"env_vars": dict(SAFE_ENV)})
+    trainer = TorchTrainer(
+        _ray_worker, train_loop_config={"config": cfg.to_dict()},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RayRunConfig(name=Path(cfg.run_dir).name, storage_path=str(Path(cfg.run_dir) / "ray")))
+    result = trainer.fit()
+    if getattr(result, "error", None):
+        raise TrainFailed(f"Ray Train run failed: {result.error}")
+    return Path(cfg.run_dir)

@@ -1,0 +1,392 @@
+"""The FSDP2 pretraining loop: `torchrun --nproc_per_node N -m train.loop --config run.yaml [k=v ...]`.
+
+Read top to bottom: set up ranks -> build and shard the model -> optimizer and schedule -> data ->
+resume -> train steps (accumulate, clip, step, log, checkpoint) -> validate -> final checkpoint,
+HF export and run.json -> clean exit. `train(cfg)` is the same body that Ray Train workers run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from train import checkpoint, config as config_mod
+from train.config import RunConfig
+from train.metrics import MetricsLog, device_name, peak_flops
+from train.model import Transformer, model_args
+
+
+# --------------------------------------------------------------------------- ranks and devices
+
+def init_distributed(device_pref: str = "auto") -> torch.device:
+    """Start the process group (NCCL on GPU, gloo on CPU) unless a launcher already did."""
+    use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if not dist.is_initialized():
+        for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(k, v)
+        if "MASTER_PORT" not in os.environ:
+            import socket
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- data
+
+class RandomData:
+    """Learnable synthetic tokens: x[t+1] = x[t] + one of 4 fixed offsets (mod V), so the loss floor
+    is ln 4. Sample i of the global stream depends only on (seed, i): the same global batch on any
+    number of ranks."""
+
+    def __init__(self, seed: int, vocab: int, seq_len: int, rank: int, world: int, micro: int, split: str = "train"):
+        self.seed, self.V, self.T = seed, vocab, seq_len
+        self.rank, self.world, self.micro = rank, world, micro
+        g = torch.Generator().manual_seed(seed)
+        self.offsets = torch.randint(1, vocab, (4,), generator=g)
+        self.base = (seed * 1_000_003 + (0 if split == "train" else 10**12))
+        self.cursor = 0  # micro-batches drawn by this rank
+
+    def sample(self, i: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.base + i)
+        x0 = torch.randint(0, self.V, (1,), generator=g)
+        steps = self.offsets[torch.randint(0, 4, (self.T,), generator=g)]
+        return torch.cat([x0, (x0 + steps.cumsum(0)) % self.V])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        first = (self.cursor * self.world + self.rank) * self.micro
+        self.cursor += 1
+        return torch.stack([self.sample(first + j) for j in range(self.micro)])
+
+    def state_dict(self) -> dict:
+        return {"step": self.cursor}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.cursor = int(d["step"])
+
+
+def make_data(cfg: RunConfig, rank: int, world: int):
+    """(this rank's batch source, info: seq_len, vocab_size, plan, tokenizer)."""
+    d = cfg.data
+    if d.source == "random":
+        T = d.seq_len or 128
+        return RandomData(cfg.seed, d.vocab_size, T, rank, world, cfg.train.micro_batch), \
+            {"seq_len": T, "vocab_size": d.vocab_size, "plan": None, "tokenizer": d.tokenizer}
+    from train.loader import MixLoader  # reads plan.json + the .ds shards
+    plan = json.loads(Path(d.plan).read_text())
+    if d.seq_len and d.seq_len != plan["seq_len"]:
+        raise config_mod.ConfigError(f"field data.seq_len: {d.seq_len} differs from the plan's "
+                                     f"{plan['seq_len']}; drop it")
+    loader = MixLoader(plan, rank, world, cfg.train.micro_batch, phase=d.phase)
+    tok = d.tokenizer or plan.get("tokenizer")
+    if tok and not Path(tok).is_absolute():
+        tok = str((Path(d.plan).parent / tok).resolve())
+    return loader, {"seq_len": plan["seq_len"], "vocab_size": plan["vocab_size"], "plan": plan, "tokenizer": tok}
+
+
+def plan_steps(cfg: RunConfig, data, accum: int) -> int:
+    """Optimizer steps: train.steps, or all the plan holds less the tail kept for validation."""
+    if cfg.data.source == "random":
+        return cfg.train.steps
+    avail = data.steps_total(cfg.train.global_batch)
+    if cfg.train.steps > avail:
+        raise config_mod.ConfigError(f"field train.steps: {cfg.train.steps} steps of {cfg.train.global_batch} "
+                                     f"sequences exceed the plan's {avail}; lower it or plan more tokens")
+    held = 0 if cfg.data.val_plan else cfg.eval.batches
+    return cfg.train.steps or max(1, avail - held)
+
+
+def val_stream(cfg: RunConfig, rank: int, world: int, accum: int):
+    """Held-out batches: fresh random samples, data.val_plan, or the last batches of the plan
+    (eval.batches global batches, the same samples on any number of ranks)."""
+    if cfg.data.source == "random":
+        return RandomData(cfg.seed, cfg.data.vocab_size, cfg.data.seq_len or 128, rank, world,
+                          cfg.train.micro_batch, split="val")
+    from train.loader import MixLoader
+    loader = MixLoader(cfg.data.val_plan or cfg.data.plan, rank, world, cfg.train.micro_batch,
+                       phase=None if cfg.data.val_plan else cfg.data.phase)
+    if not cfg.data.val_plan:
+        loader.load_state_dict({"step": max(0, loader.steps_total() - cfg.eval.batches * accum)})
+    return iter(loader)
+
+
+# --------------------------------------------------------------------------- model, optimizer, schedule
+
+def build_model(cfg: RunConfig, vocab: int, seq_len: int, device: torch.device, dtype: torch.dtype):
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    m = cfg.model
+    over = {k: getattr(m, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta",
+                                       "norm_eps", "tie_embeddings", "init_std")}
+    args = model_args(m.preset, vocab_size=m.vocab_size or vocab, max_seq_len=max(seq_len, 2048), **over)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank, whatever the world size
+    model = Transformer(args).to(device)
+    if cfg.train.compile:
+        for blk in model.layers:
+            blk.forward = torch.compile(blk.forward)
+        model.head_loss = torch.compile(model.head_loss)
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype != torch.float32 else None
+    kw = {"mp_policy": mp} if mp else {}
+    for i, blk in enumerate(model.layers):
+        fully_shard(blk, reshard_after_forward=i < len(model.layers) - 1, **kw)
+    fully_shard(model, **kw)
+    return model, args
+
+
+def build_optimizer(cfg: RunConfig, model, device: torch.device):
+    o = cfg.optim
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kw = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    if device.type == "cuda":
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kw)
+        except (RuntimeError, TypeError):
+            pass
+    return torch.optim.AdamW(groups, foreach=True, **kw)
+
+
+def lr_factor(cfg: RunConfig, step: int, total: int) -> float:
+    """Multiplier of optim.lr after `step` completed steps: linear warmup, then cosine/WSD/constant."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    lo = o.min_lr_ratio
+    if o.schedule == "constant":
+        return 1.0
+    if o.schedule == "cosine":
+        t = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * t))
+    decay_start = total - int(round(o.decay_frac * total))  # wsd: warmup, stable, linear decay
+    if step < decay_start:
+        return 1.0
+    return 1.0 - (1 - lo) * min(1.0, (step - decay_start + 1) / max(1, total - decay_start))
+
+
+# --------------------------------------------------------------------------- steps
+
+def all_sum(*vals: float | torch.Tensor, device) -> list[float]:
+    t = torch.tensor([float(v) for v in vals], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def train_step(model, optim, batches: list[torch.Tensor], device, grad_clip: float) -> dict:
+    """One optimizer step over this rank's micro-batches; loss is normalised by the global token count."""
+    world = dist.get_world_size()
+    batches = [b.to(device, non_blocking=True) for b in batches]
+    local_tokens = sum(int((b[:, 1:] != -100).sum()) for b in batches)
+    (global_tokens,) = all_sum(local_tokens, device=device)
+    scale = world / max(global_tokens, 1.0)  # FSDP averages gradients over ranks
+    loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+    for i, b in enumerate(batches):
+        model.set_requires_gradient_sync(i == len(batches) - 1)
+        ls = model(b[:, :-1], b[:, 1:])
+        (ls * scale).backward()
+        loss_sum += ls.detach()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    optim.step()
+    optim.zero_grad(set_to_none=True)
+    local_loss = float(loss_sum) / max(local_tokens, 1)
+    total_loss, = all_sum(loss_sum, device=device)
+    return {"loss": total_loss / max(global_tokens, 1.0), "grad_norm": float(norm),
+            "tokens": int(global_tokens), "local_loss": local_loss}
+
+
+@torch.no_grad()
+def evaluate(model, data, batches: int, device) -> float:
+    model.eval()
+    s = n = 0.0
+    for _ in range(batches):
+        b = next(data).to(device)
+        s += float(model(b[:, :-1], b[:, 1:]))
+        n += int((b[:, 1:] != -100).sum())
+    model.train()
+    s, n = all_sum(s, n, device=device)
+    return s / max(n, 1.0)
+
+
+def params_sha(model) -> str:
+    """sha256 of the full weights as this rank sees them (all ranks take part in the gather)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode())
+        h.update(sd[k].detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- the run
+
+def train(cfg: RunConfig) -> dict:
+    """Train per cfg on the ranks of the current process group; returns the run summary (run.json)."""
+    t_start = time.time()
+    device = init_distributed(cfg.train.device)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    use_bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and device.type == "cuda")
+    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    run_dir = Path(cfg.run_dir)
+    ckpt_root = run_dir / "checkpoints"
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_mod.dump(cfg, run_dir / "config.yaml")
+    accum = config_mod.grad_accum(cfg, world)
+
+    data, info = make_data(cfg, rank, world)
+    seq_len = info["seq_len"]
+    model, args = build_model(cfg, info["vocab_size"], seq_len, device, dtype)
+    optim = build_optimizer(cfg, model, device)
+    total = plan_steps(cfg, data, accum)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(cfg, s, total))
+
+    start, resumed_from = 0, None
+    res = cfg.checkpoint.resume
+    src = checkpoint.latest(ckpt_root) if res == "auto" else (None if res == "none" else Path(res))
+    if src is not None:
+        meta = checkpoint.load(src, model, optim)
+        start, resumed_from = int(meta["step"]), str(src)
+        sched.load_state_dict(meta["scheduler"])
+        data.load_state_dict(meta["loader"] if meta.get("world_size") == world else {"step": start * accum})
+        if rank == 0:
+            print(f"[train] resumed from {src} at step {start}", flush=True)
+
+    batches_it = iter(data)
+    log = MetricsLog(run_dir, rank == 0, cfg.train.tensorboard, resume_step=start)
+    flops_tok = model.flops_per_token(seq_len)
+    peak = peak_flops(device, cfg.train.peak_flops)
+    if rank == 0:
+        print(f"[train] {args.n_layers}x{args.dim} model, {model.num_params() / 1e6:.2f}M params, "
+              f"{world} rank(s) on {device.type} {dtype}, {total} steps x {cfg.train.global_batch} seqs "
+              f"x {seq_len} tokens, accum {accum}", flush=True)
+
+    def save_ckpt(step):
+        checkpoint.save(ckpt_root, step, model, optim, {
+            "scheduler": sched.state_dict(), "loader": data.state_dict(), "config": cfg.to_dict()},
+            keep=cfg.checkpoint.keep)
+
+    rec, first_local = {}, None
+    t_train = time.time()
+    for step in range(start + 1, total + 1):
+        t0 = time.perf_counter()
+        batches = [next(batches_it) for _ in range(accum)]
+        out = train_step(model, optim, batches, device, cfg.optim.grad_clip)
+        lr = sched.get_last_lr()[0]
+        sched.step()
+        dt = time.perf_counter() - t0
+        first_local = out["local_loss"] if first_local is None else first_local
+        tps = out["tokens"] / dt
+        rec = {"step": step, "loss": out["loss"], "grad_norm": out["grad_norm"], "lr": lr,
+               "tokens": out["tokens"] * step, "step_s": round(dt, 5),
+               "tokens_per_s": round(tps, 1), "mfu": round(tps * flops_tok / (peak * world), 5) if peak else None}
+        if cfg.eval.every and step % cfg.eval.every == 0:
+            rec["val_loss"] = evaluate(model, val_stream(cfg, rank, world, accum), cfg.eval.batches * accum, device)
+        if step % cfg.train.log_every == 0 or step == total:
+            log.log(rec)
+            if rank == 0:
+                mfu = f" mfu {rec['mfu']:.3f}" if rec["mfu"] is not None else ""
+                print(f"[train] step {step}/{total} loss {out['loss']:.4f} gnorm {out['grad_norm']:.3f} "
+                      f"lr {lr:.2e} {tps:,.0f} tok/s{mfu}", flush=True)
+        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < total:
+            save_ckpt(step)
+    train_s = time.time() - t_train
+
+    val_loss = None
+    if cfg.eval.batches:
+        val_loss = evaluate(model, val_stream(cfg, rank, world, accum), cfg.eval.batches * accum, device)
+        log.log({"step": total, "val_loss": val_loss})
+    if cfg.checkpoint.final and total > start:
+        save_ckpt(total)
+    small = model.num_params() < 50_000_000
+    ranks = [None] * world
+    mine = {"rank": rank, "loss": rec.get("loss"), "first_local_loss": first_local,
+            "params_sha": params_sha(model) if small else None}
+    dist.all_gather_object(ranks, mine)
+    hf_dir = None
+    if cfg.train.export:
+        from train.export import export_model
+        hf_dir = export_model(model, run_dir / "hf", args, info["tokenizer"], seq_len)
+    log.close()
+
+    summary = {
+        "status": "done", "config": cfg.to_dict(), "model": vars(args) | {"params": model.num_params()},
+        "world_size": world, "device": device_name(device), "dtype": str(dtype).replace("torch.", ""),
+        "steps": total, "resumed_from": resumed_from, "final_loss": rec.get("loss"), "val_loss": val_loss,
+        "tokens_per_step": cfg.train.global_batch * seq_len, "train_s": round(train_s, 2),
+        "wall_time_s": round(time.time() - t_start, 2), "hf_dir": str(hf_dir) if hf_dir else None,
+        "plan": info["plan"], "ranks": ranks, "torch": torch.__version__,
+    }
+    if hasattr(data, "check_against_plan"):
+        summary["epochs_seen"] = data.epochs_seen()
+        summary["tokens_drawn"] = data.tokens_drawn()
+        summary["plan_check"] = data.check_against_plan(total * accum)
+    if rank == 0:
+        (run_dir / "run.json").write_text(json.dumps(summary, indent=1, default=str))
+    dist.barrier()
+    return summary
+
+
+def die_with_parent() -> None:
+    """Linux: have the kernel kill this rank when its launcher dies (torchrun starts ranks in their
+    own sessions, so killing the launcher's process group would otherwise leave them running)."""
+    if sys.platform != "linux" or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() == 1:  # the launcher is already gone
+        os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """torchrun entry: `--config PATH` then `section.key=value` overrides; always exits the process."""
+    import argparse
+    die_with_parent()
+    ap = argparse.ArgumentParser(prog="train.loop")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("overrides", nargs="*", help="section.key=value")
+    ns = ap.parse_args(argv)
+    code = 0
+    try:
+        train(config_mod.load(ns.config, ns.overrides))
+    except config_mod.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        code = 2
+    except BaseException:  # noqa: BLE001 - report, then exit without hanging the other ranks
+        traceback.print_exc()
+        code = 1
+    try:
+        if dist.is_initialized():
+            if code == 0:
+                dist.barrier()
+            dist.destroy_process_group()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # gloo's threads can abort a normal interpreter exit
+
+
+if __name__ == "__main__":
+    main()
