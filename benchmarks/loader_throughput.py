@@ -35,15 +35,17 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
+    """The CPU the loader runs on (and the GPU next to it, if any)."""
+    cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
+                cpu = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    cpu += f" ({os.cpu_count()} cores)"
+    return cpu + (f", host of {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
 
 
 def write_sources(root: Path, total: int, vocab: int, seed: int = 0) -> dict[str, Path]:

@@ -31,9 +31,10 @@ class DemoConfig(BaseModel):
     recipes: list[str] = ["textbook", "qa_rewrite", "wiki_rewrite"]
     samples_per_seed: int = 1
     replicas: int = Field(2, ge=1, description="llama.cpp teacher processes")
-    max_tokens: int = Field(256, ge=16)
+    max_tokens: int = Field(320, ge=16)
     mixes: list[str] = ["mixes/web_only.yaml", "mixes/phi4.yaml"]
     tokens: int | None = Field(None, description="training tokens per model (default: the mix's total_tokens)")
+    seq_len: int | None = Field(None, description="override the mixes' sequence length")
     vocab_size: int = 4096
     preset: str = "tiny"
     nproc: int = 2
@@ -84,6 +85,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     from factory import curate, evalsets, generate, mix, report, tokenize
     from factory.ablate import default_eval
     from factory.cli.mix import plan_table
+    from factory.mixspec import load_mix
     from factory.teacher.config import local_config
     from factory.teacher.server import LocalTeacher
     from train.launch import run as train_run
@@ -128,7 +130,11 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         for mix_file in cfg.mixes:
             path = Path(mix_file) if Path(mix_file).is_absolute() else REPO / mix_file
             name = path.stem
-            plans[name] = mix.plan(path, out / "tokens", tokens=cfg.tokens, out=out / "mixes" / name / "plan.json")
+            over = {"seq_len": cfg.seq_len} if cfg.seq_len else {}
+            plans[name], warns = mix.make_plan(load_mix(path, tokens=cfg.tokens, **over), out / "tokens", str(path))
+            for w in warns:
+                console.print(f"[yellow]warning: {w}")
+            mix.write_plan(plans[name], out / "mixes" / name / "plan.json")
             console.print(plan_table(plans[name]))
     results = []
     for name, plan in plans.items():
@@ -144,9 +150,6 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                 train_run(rcfg, nproc=cfg.nproc)
         with timed(f"eval {name}", t):
             scores = default_eval(str(run_dir), bench_dirs, cfg.eval_items, 32)
-            val = json.loads((run_dir / "run.json").read_text()).get("val_loss") if (run_dir / "run.json").exists() else None
-            if val is not None:
-                scores["val_loss_mix"] = {"score": float(val), "n": 1, "higher_is_better": False}
             results.append({"cell": name, "seed": cfg.seed, "params": {"mix": name, "synthetic_share": _mix_share(plan)}, "scores": scores})
     with timed("report", t):
         (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))

@@ -48,7 +48,10 @@ class GenerateConfig(BaseModel):
 def teacher_config(cfg: GenerateConfig, where: str = "generate config") -> TeacherConfig:
     if isinstance(cfg.teacher, TeacherConfig):
         return cfg.teacher
-    return load_config(TeacherConfig, Path(cfg.teacher))
+    p = Path(cfg.teacher)
+    if not p.is_absolute() and not p.exists() and Path(where).is_file():
+        p = Path(where).parent / p  # relative to the generate config
+    return load_config(TeacherConfig, p)
 
 
 def identity(cfg: GenerateConfig, tcfg: TeacherConfig) -> dict[str, Any]:

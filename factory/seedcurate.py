@@ -10,11 +10,11 @@ TF-IDF vectors when there is none.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 import re
+import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Literal
@@ -113,10 +113,10 @@ def heuristic_scores(text: str) -> dict[str, float]:
 
 # classifier ---------------------------------------------------------------------------------
 def _hash(tok: str, dim: int) -> int:
-    return int.from_bytes(hashlib.blake2b(tok.encode(), digest_size=8).digest(), "little") % dim
+    return zlib.crc32(tok.encode()) % dim
 
 
-def hashed_features(text: str, dim: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
+def hashed_features(text: str, dim: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
     """Indices and l2-normalized log-tf values of hashed unigrams and bigrams."""
     ws = [w.lower() for w in words(text)]
     counts: dict[int, float] = defaultdict(float)
@@ -131,7 +131,7 @@ def hashed_features(text: str, dim: int = 1 << 18) -> tuple[np.ndarray, np.ndarr
 class HashedLogReg:
     """Binary logistic regression over hashed n-grams, trained by full-batch Adam (numpy only)."""
 
-    def __init__(self, dim: int = 1 << 18, l2: float = 1e-4):
+    def __init__(self, dim: int = 1 << 16, l2: float = 1e-4):
         self.dim, self.l2 = dim, l2
         self.w = np.zeros(dim)
         self.b = 0.0
@@ -149,7 +149,7 @@ class HashedLogReg:
         r, c, v = X
         return np.bincount(r, weights=v * self.w[c], minlength=n) + self.b
 
-    def fit(self, texts: list[str], labels: list[int] | np.ndarray, epochs: int = 200, lr: float = 0.1) -> "HashedLogReg":
+    def fit(self, texts: list[str], labels: list[int] | np.ndarray, epochs: int = 100, lr: float = 0.1) -> "HashedLogReg":
         y = np.asarray(labels, dtype=np.float64)
         if len(set(y.tolist())) < 2:
             raise ValueError("need both positive and negative labels to train")

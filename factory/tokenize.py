@@ -2,7 +2,17 @@
 
 Trains a byte-level BPE tokenizer (`tokenizers`) on the texts of all sources, or loads a given
 tokenizer.json, then writes every source with datatrove's `DocumentTokenizer` (document order
-kept: the mixed loader shuffles windows itself). Output folder:
+kept: the mixed loader shuffles windows itself).
+
+    # factory tokenize tokenize.yaml   (or: factory tokenize --source web=runs/seeds --vocab 4096 --out ...)
+    out: runs/demo/tokens
+    sources:
+      web: {path: runs/demo/seeds}
+      synthetic: {path: runs/demo/curated, kinds: [synthetic, qa]}
+      rewrite: {path: runs/demo/curated, kinds: [rewrite]}
+    tokenizer: {train: {vocab_size: 4096, min_frequency: 2}}   # or {path: some/tokenizer.json}
+
+Output folder:
 
     out/tokenizer.json            the tokenizer (no post-processor; the EOS is added per document)
     out/manifest.json             stage manifest: config, per-source docs/tokens, tokenizer sha256

@@ -146,8 +146,10 @@ def run_ray(config: dict | str | Path, address: str | None = None, num_workers: 
     cfg = prepare(config, overrides)
     if use_gpu is None:
         use_gpu = cfg.train.device == "cuda"
-    if not ray.is_initialized():
-        ray.init(address=address, runtime_env={"env_vars": dict(SAFE_ENV)})
+    if not ray.is_initialized():  # ship the train package itself, so any cluster can import it
+        env = {"env_vars": dict(SAFE_ENV), "py_modules": [str(REPO_ROOT / "train")]}
+        ray.init(address=address, runtime_env=env,
+                 **({} if address else {"num_cpus": max(2, num_workers + 1)}))
     trainer = TorchTrainer(
         _ray_worker, train_loop_config={"config": cfg.to_dict()},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),

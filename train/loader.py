@@ -27,7 +27,6 @@ import bisect
 import functools
 import json
 import zlib
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,8 +40,7 @@ class PlanMismatch(ValueError):
 
 def blend_schedule(counts: list[int]) -> np.ndarray:
     """See `_blend`; cached per process (a trainer's train and validation loaders share it)."""
-    out = _blend(tuple(int(c) for c in counts))
-    return out
+    return _blend(tuple(int(c) for c in counts))
 
 
 @functools.lru_cache(maxsize=8)
@@ -167,7 +165,6 @@ class MixLoader:
             self.phase_bounds[ph["name"]] = (start, start + sum(counts))
             start += sum(counts)
         self.src = np.concatenate(parts) if parts else np.zeros(0, np.int16)
-        self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         # n-th draw of its source, and the window it reads, for every global sample
         self.nth = np.empty(len(self.src), dtype=np.int64)
         self.win = np.empty(len(self.src), dtype=np.int64)
@@ -201,15 +198,9 @@ class MixLoader:
 
     # sampling ----------------------------------------------------------------------------------
     def _perm(self, s: int, epoch: int) -> np.ndarray:
-        key = (s, epoch)
-        p = self._perms.get(key)
-        if p is None:
-            rng = np.random.Generator(np.random.PCG64([self.seed, self._salt[s], epoch]))
-            p = rng.permutation(self.streams[s].windows)
-            self._perms[key] = p
-            if len(self._perms) > 2 * len(self.streams) + 2:
-                self._perms.popitem(last=False)
-        return p
+        """The order of source s's windows in `epoch`."""
+        rng = np.random.Generator(np.random.PCG64([self.seed, self._salt[s], epoch]))
+        return rng.permutation(self.streams[s].windows)
 
     def window_of(self, g: int) -> tuple[int, int, int]:
         """(source index, epoch, window) of global sample g."""

@@ -134,6 +134,14 @@ def build_model(cfg: RunConfig, vocab: int, seq_len: int, device: torch.device, 
     over = {k: getattr(m, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta",
                                        "norm_eps", "tie_embeddings", "init_std")}
     args = model_args(m.preset, vocab_size=m.vocab_size or vocab, max_seq_len=max(seq_len, 2048), **over)
+    sdpa = cfg.train.sdpa
+    if sdpa == "auto" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9:
+        sdpa = "cudnn"  # on H100 as fast as flash, faster than torch's default pick (train_mfu.py)
+    if device.type == "cuda" and sdpa != "auto":  # only the chosen kernel (math as fallback)
+        b = torch.backends.cuda
+        b.enable_flash_sdp(sdpa == "flash")
+        b.enable_cudnn_sdp(sdpa == "cudnn")
+        b.enable_mem_efficient_sdp(sdpa == "efficient")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank, whatever the world size
     model = Transformer(args).to(device)
     if cfg.train.compile:

@@ -25,14 +25,14 @@ def submit(
     wait: bool = typer.Option(False, "--wait", help="stream the logs until the job ends; exit 1 unless it succeeded"),
 ) -> None:
     """Submit a factory stage to a Ray cluster as a job (Ray's Job SDK) and print its id."""
-    from factory import cluster
+    from factory.cluster import jobs as job_api
 
-    job_id = cluster.submit(entrypoint, address=address, env_vars=env_var,
+    job_id = job_api.submit(entrypoint, address=address, env_vars=env_var,
                             working_dir=None if no_working_dir else working_dir, submission_id=submission_id,
                             num_cpus=num_cpus, num_gpus=num_gpus)
     typer.echo(job_id)
     if wait:
-        status = cluster.follow_logs(job_id, address, write=lambda s: typer.echo(s, nl=False))
+        status = job_api.follow_logs(job_id, address, write=lambda s: typer.echo(s, nl=False))
         console.print(f"job {job_id}: {status}")
         raise typer.Exit(0 if status == "SUCCEEDED" else 1)
 
@@ -48,9 +48,9 @@ def _when(ms) -> str:
 def status(job_id: str, address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
            as_json: bool = typer.Option(False, "--json", help="print the whole job info as JSON")) -> None:
     """A job's status, entrypoint, metadata and times (forwarded env var values are never shown)."""
-    from factory import cluster
+    from factory.cluster import jobs as job_api
 
-    info = cluster.job_status(job_id, address)
+    info = job_api.job_status(job_id, address)
     if as_json:
         typer.echo(json.dumps(info, default=str, indent=1))
         return
@@ -66,30 +66,30 @@ def status(job_id: str, address: Optional[str] = typer.Option(None, help=ADDRESS
 def logs(job_id: str, address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
          follow: bool = typer.Option(False, "--follow", "-f", help="stream until the job ends")) -> None:
     """The job's driver logs (stdout and stderr of the entrypoint)."""
-    from factory import cluster
+    from factory.cluster import jobs as job_api
 
     if follow:
-        cluster.follow_logs(job_id, address, write=lambda s: typer.echo(s, nl=False))
+        job_api.follow_logs(job_id, address, write=lambda s: typer.echo(s, nl=False))
     else:
-        typer.echo(cluster.job_logs(job_id, address), nl=False)
+        typer.echo(job_api.job_logs(job_id, address), nl=False)
 
 
 @jobs.command("stop")
 def stop(job_id: str, address: Optional[str] = typer.Option(None, help=ADDRESS_HELP)) -> None:
     """Stop a running job; finished shards stay, so resubmitting the same command resumes."""
-    from factory import cluster
+    from factory.cluster import jobs as job_api
 
-    typer.echo(cluster.stop_job(job_id, address))
+    typer.echo(job_api.stop_job(job_id, address))
 
 
 @jobs.command("list")
 def list_(address: Optional[str] = typer.Option(None, help=ADDRESS_HELP)) -> None:
     """Every job the cluster knows, newest first."""
-    from factory import cluster
+    from factory.cluster import jobs as job_api
 
     from rich.console import Console
 
-    rows = sorted(cluster.list_jobs(address), key=lambda j: j.get("start_time") or 0, reverse=True)
+    rows = sorted(job_api.list_jobs(address), key=lambda j: j.get("start_time") or 0, reverse=True)
     t = table("jobs", ["id", "status", "start", "end", "entrypoint"],
               [[j.get("submission_id") or j.get("job_id"), j["status"], _when(j.get("start_time")),
                 _when(j.get("end_time")), (j.get("entrypoint") or "")[:60]] for j in rows])

@@ -151,8 +151,9 @@ def make_executor(cfg: CurateConfig, job: Job, logs: str, n_docs: int = SMALL):
     ex = cfg.executor
     workers = _workers(cfg, job.tasks, n_docs)
     if ex.use_ray:
-        from datatrove.executor.ray import RayPipelineExecutor
+        from factory.curate.raysession import ray_executor_class
 
+        RayPipelineExecutor = ray_executor_class()
         per_job = ex.tasks_per_job or -(-job.tasks // workers)
         return RayPipelineExecutor(job.steps, tasks=job.tasks, workers=workers, logging_dir=logs,
                                    cpus_per_task=ex.cpus_per_task, mem_per_cpu_gb=ex.mem_per_cpu_gb,

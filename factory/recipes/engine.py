@@ -8,7 +8,9 @@ same prompts and hits the teacher's request cache.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
@@ -75,7 +77,10 @@ class Recipe:
         return out
 
     def step_sampling(self, step: StepSpec) -> dict[str, Any]:
-        s = {**self.spec.sampling, **step.sampling, **self.overrides}
+        """Recipe sampling, then the step's, then overrides; an overridden max_tokens is a cap."""
+        s = {**self.spec.sampling, **step.sampling}
+        for k, v in self.overrides.items():
+            s[k] = min(v, s[k]) if k == "max_tokens" and s.get(k) else v
         if step.parse == "json" and step.constrain and step.json_schema:
             s.setdefault("response_format", {"type": "json_object", "schema": step.json_schema})
         return s
@@ -127,6 +132,14 @@ class Recipe:
             finish[step.name] = [c.finish_reason for c in comps] if step.repeat > 1 else last.finish_reason
             values = []
             for c in comps:
+                if step.remove:
+                    text = c.text or ""
+                    for rx in step.remove:
+                        text = re.sub(rx, "", text, flags=re.S | re.M)
+                    c = dataclasses.replace(c, text=text.strip()) if dataclasses.is_dataclass(c) else c
+                hit = next((rx for rx in step.forbid if re.search(rx, c.text or "", re.M)), None)
+                if hit is not None and step.repeat == 1:
+                    return reject(f"forbidden_{step.name}", step=step.name, pattern=hit, raw=(c.text or "")[:500])
                 try:
                     values.append(parse(step.parse, c.text, schema=step.json_schema, lang=step.lang, min_pairs=step.min_pairs))
                 except ParseError as e:
@@ -181,7 +194,10 @@ class Recipe:
         if vs.type == "vote":
             return V.check_vote(list(value), vs.min_agree, vs.max_agree)
         if vs.type == "python_exec":
-            return await asyncio.to_thread(V.check_python, str(value), timeout_s=vs.timeout_s, memory_mb=vs.memory_mb)
+            code, files = str(value), None
+            if vs.with_seed:
+                code, files = "from solution import *\n" + code, {"solution.py": seed_row.get("text", "")}
+            return await asyncio.to_thread(V.check_python, code, timeout_s=vs.timeout_s, memory_mb=vs.memory_mb, files=files)
         if vs.type == "code_match":
             return await asyncio.to_thread(V.check_code_match, str(value), seed_row.get("text", ""),
                                            base["extra"].get("tests"), threshold=vs.threshold,

@@ -49,8 +49,22 @@ class StepSpec(BaseModel):
     lang: str = "python"
     min_pairs: int = Field(1, ge=1)
     repeat: int = Field(1, ge=1, le=64)
+    remove: list[str] = []  # regexes (DOTALL, MULTILINE) cut from the output before anything else
+    forbid: list[str] = []  # regexes: an output matching one is rejected (e.g. code inside an instruction)
 
     _check = field_validator("sampling")(classmethod(lambda cls, v: _check_sampling(v)))
+
+    @field_validator("forbid", "remove")
+    @classmethod
+    def _regexes(cls, v: list[str]) -> list[str]:
+        import re
+
+        for r in v:
+            try:
+                re.compile(r)
+            except re.error as e:
+                raise ValueError(f"bad regex {r!r}: {e}") from None
+        return v
 
     @model_validator(mode="after")
     def _one_user(self) -> "StepSpec":
@@ -76,6 +90,7 @@ class VerifySpec(BaseModel):
     memory_mb: int = Field(512, ge=64, le=8192)
     threshold: float = Field(0.6, ge=0, le=1)  # code_match similarity
     require_answer: bool = False  # sympy_answer: fail when no `Answer:` line
+    with_seed: bool = False  # python_exec: the seed's code is importable as `solution` (and star-imported)
     min_agree: float = Field(0.0, ge=0, le=1)  # vote: keep when min_agree < agreement < max_agree
     max_agree: float = Field(1.0, ge=0, le=1)
 

@@ -102,7 +102,7 @@ def _close(a: Any, b: Any, rhs_text: str = "") -> bool:
     return abs(fa - fb) <= tol
 
 
-_ANSWER = re.compile(r"(?im)^[\s*#>-]*(?:final\s+)?answer\s*[:=]\s*\**\s*(.+?)\s*$")
+_ANSWER = re.compile(r"(?im)^[\s*#>-]*(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\s*\**\s*[:=]\s*\**\s*(.+?)\s*$")
 _EQUALITY = re.compile(r"(?<![\w.])((?:\(?-?\d+(?:\.\d+)?\)?\s*[-+*/×÷^]\s*)+\(?-?\d+(?:\.\d+)?\)?)\s*=\s*(-?\d[\d,]*(?:\.\d+)?)(?![\w.]*\d)")
 
 
@@ -222,6 +222,7 @@ _LEADS = re.compile(r"^(the\s+)?(final\s+)?answer\s+(is|:)\s*|^answer\s*:\s*", r
 
 def normalize_answer(s: str) -> str:
     s = (s or "").strip().split("\n")[0]
+    s = re.split(r"(?<=[a-z0-9)])[.!?;](?:\s|$)", s, maxsplit=1)[0]  # the first sentence
     s = _LEADS.sub("", s.strip().lower())
     s = re.sub(r"(?<=\d),(?=\d{3}\b)", "", s)
     s = re.sub(r"[^\w\s.\-/]", " ", s).strip(" .")

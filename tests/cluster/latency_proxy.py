@@ -33,7 +33,10 @@ class LatencyProxy:
                 self.send_header("content-type", r.headers.get("content-type", "application/json"))
                 self.send_header("content-length", str(len(r.content)))
                 self.end_headers()
-                self.wfile.write(r.content)
+                try:
+                    self.wfile.write(r.content)
+                except (BrokenPipeError, ConnectionResetError):  # the client went away (job stopped)
+                    self.close_connection = True
 
             def do_GET(self):
                 self._relay(proxy._http.get(proxy.upstream + self.path))

@@ -45,13 +45,13 @@ def test_a_stage_runs_as_a_job_on_the_cluster(ray_head, head_env):
     assert job_id.startswith("raysubmit_")
     assert "nodes" in r.stdout and "token" in r.stdout and "2 / 2" in r.stdout.replace("0 / 2", "")  # CPU row, 2 total
 
-    logs = factory(ray_head, "jobs", "logs", job_id, "--address", ray_head.dashboard)
-    assert logs.returncode == 0 and "Ray cluster" in logs.stdout
-    listed = factory(ray_head, "jobs", "list", "--address", ray_head.dashboard)
+    logs = factory(ray_head, "jobs", "logs", job_id, RAY_ADDRESS=ray_head.gcs)  # the Job API found through the GCS
+    assert logs.returncode == 0 and "Ray cluster" in logs.stdout, logs.stderr[-2000:]
+    listed = factory(ray_head, "jobs", "list", "--address", ray_head.dashboard, RAY_ADDRESS="127.0.0.1:1")  # --address wins
     assert job_id in listed.stdout.replace("\n", "") or job_id[:14] in listed.stdout
 
     # what Ray stores: the names in metadata, the value only in the job's runtime_env
-    from factory.cluster import job_client
+    from factory.cluster.jobs import job_client
 
     raw = job_client(ray_head.dashboard).get_job_info(job_id)
     assert raw.status.value == "SUCCEEDED"
@@ -65,22 +65,29 @@ def test_a_stage_runs_as_a_job_on_the_cluster(ray_head, head_env):
 
 
 def test_secrets_travel_by_name_only(ray_head, head_env):
-    digest = hashlib.sha256(SECRET.encode()).hexdigest()
-    code = f"import hashlib,os; print('sha', hashlib.sha256(os.environ['{SECRET_NAME}'].encode()).hexdigest())"
-    _, r = submit(ray_head, "python", "-c", code)
-    assert r.returncode == 0 and f"sha {digest}" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
-    _, r = submit(ray_head, "python", "-c", f"import os; assert '{SECRET_NAME}' not in os.environ", env_vars=())
-    assert r.returncode == 0, r.stdout[-2000:]
+    from factory.cluster import jobs
+    from factory.errors import FactoryError
 
-    before = factory(ray_head, "jobs", "list", "--address", ray_head.dashboard).stdout.count("raysubmit_")
+    digest = hashlib.sha256(SECRET.encode()).hexdigest()
+    code = (f"import hashlib,os; assert 'FACTORY_TEST_OTHER_KEY' not in os.environ; "
+            f"print('sha', hashlib.sha256(os.environ['{SECRET_NAME}'].encode()).hexdigest())")
+    r = factory(ray_head, "submit", "--address", ray_head.dashboard, f"--env-var={SECRET_NAME}", "--wait", "--",
+                "python", "-c", code, **{SECRET_NAME: SECRET, "FACTORY_TEST_OTHER_KEY": "not-forwarded-123"})
+    assert r.returncode == 0 and f"sha {digest}" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert SECRET not in r.stdout + r.stderr
+
+    client = jobs.job_client(ray_head.dashboard)
+    before = len(client.list_jobs())
     _, r = submit(ray_head, "factory", "generate", "gen.yaml", "--api-key", SECRET)
     assert r.returncode == 2 and f"contains the value of ${SECRET_NAME}" in r.stderr and SECRET not in r.stderr
-    _, r = submit(ray_head, "true", env_vars=("FACTORY_TEST_NOT_SET",))
-    assert r.returncode == 2 and "FACTORY_TEST_NOT_SET" in r.stderr and "not set" in r.stderr
-    assert factory(ray_head, "jobs", "list", "--address", ray_head.dashboard).stdout.count("raysubmit_") == before
-
-    r = factory(ray_head, "jobs", "status", "raysubmit_nosuchjob", "--address", ray_head.dashboard)
-    assert r.returncode == 2 and "no job" in r.stderr
+    with pytest.raises(FactoryError, match="FACTORY_TEST_NOT_SET.*not set"):
+        jobs.submit(["true"], address=ray_head.dashboard, env_vars=["FACTORY_TEST_NOT_SET"])
+    with pytest.raises(FactoryError, match="names, not values") as e:
+        jobs.submit(["true"], address=ray_head.dashboard, env_vars=["sk-abc=1"])
+    assert "sk-abc" not in str(e.value)
+    assert len(client.list_jobs()) == before, "a refused submission must not create a job"
+    with pytest.raises(FactoryError, match="no job"):
+        jobs.job_status("raysubmit_nosuchjob", ray_head.dashboard)
 
 
 # generation + curation, stop and resume --------------------------------------------------------
@@ -138,7 +145,6 @@ def test_generation_and_curation_jobs_stop_and_resume(ray_head, head_env, teache
         assert job2 != job1 and job_info(ray_head, job1)["status"] == "STOPPED"
 
     got = units(gen)
-    expected = {(f"wiki:{r['meta']['extra']}", "", 0) for r in []}  # placeholder, replaced below
     seeds = [json.loads(line) for line in (tmp_path / "seeds.jsonl").read_text().splitlines()]
     expected = {(s["meta"]["seed_id"], "distill", 0) for s in seeds}
     assert len(got) == len(set(got)), "a unit was written twice"
@@ -152,8 +158,16 @@ def test_generation_and_curation_jobs_stop_and_resume(ray_head, head_env, teache
     job3, r = submit(ray_head, "factory", "curate", "--in", str(gen), "--out", str(cur))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     m = json.loads((cur / "manifest.json").read_text())
-    docs_in = sum(1 for u in got if u)  # kept + rejected units; curation sees the kept docs
-    assert m["counts"], m
+    kept_docs = len(read_ids(gen))
+    assert m["counts"]["in"] == kept_docs
+    assert m["counts"]["kept"] + sum(m["dropped"].values()) == kept_docs
+    # inside a job, curation runs on the cluster without --ray or --address
+    assert json.loads((cur / "report.json").read_text())["summary"]["executor"] == "ray"
     logs = factory(ray_head, "jobs", "logs", job3, "--address", ray_head.dashboard).stdout
-    assert "curate" in logs.lower() and SECRET not in logs
-    assert docs_in >= 1
+    assert "curate" in logs and SECRET not in logs
+
+
+def read_ids(folder: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [i for f in sorted(folder.glob("shard-*.parquet")) for i in pq.read_table(f, columns=["id"])["id"].to_pylist()]

@@ -63,8 +63,8 @@ def test_faults_lose_and_duplicate_nothing(teacher, ray_local, seeds_file, tmp_p
     seeds = seeds_file(12)
     clean = gen_cfg(seeds, tmp_path / "clean", teacher.endpoints, teacher.model)
     run(clean, show_progress=False)
-    with FaultProxy(teacher.endpoints[0], p429=0.1, p500=0.1, phang=0.05, ptrunc=0.02, hang_s=5, seed=3) as px:
-        faulty = gen_cfg(seeds, tmp_path / "faulty", [px.base_url], teacher.model, timeout_s=3)
+    with FaultProxy(teacher.endpoints[0], p429=0.1, p500=0.1, phang=0.05, ptrunc=0.02, hang_s=7, seed=3) as px:
+        faulty = gen_cfg(seeds, tmp_path / "faulty", [px.base_url], teacher.model, timeout_s=5)
         m = run(faulty, show_progress=False)
     out = px.outcomes()
     assert out["429"] + out["500"] + out["hang"] + out["trunc"] > 0

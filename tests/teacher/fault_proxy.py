@@ -50,6 +50,12 @@ class FaultProxy:
                 self._send(r.status_code, r.content)
 
             def do_POST(self):
+                try:
+                    self._post()
+                except (httpx.HTTPError, OSError):  # upstream gone or client hung up: drop the connection
+                    self.close_connection = True
+
+            def _post(self):
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 if not self.path.endswith("/chat/completions"):
                     r = proxy._http.post(proxy.upstream + self.path, content=body, headers={"content-type": "application/json"})

@@ -60,8 +60,8 @@ def test_torn_cache_line_is_skipped(tmp_path):
 
 
 def test_faults_are_retried_until_every_request_succeeds(teacher):
-    with FaultProxy(teacher.endpoints[0], p429=0.1, p500=0.1, phang=0.05, ptrunc=0.02, hang_s=4, seed=1) as px:
-        cfg = cfg_for([px.base_url], teacher.model, timeout_s=2.5, max_in_flight=2)
+    with FaultProxy(teacher.endpoints[0], p429=0.1, p500=0.1, phang=0.05, ptrunc=0.02, hang_s=6, seed=1) as px:
+        cfg = cfg_for([px.base_url], teacher.model, timeout_s=4, max_in_flight=2)
         t, res = asyncio.run(_run(cfg, 16))
     assert len(res) == 16 and all(r.text for r in res)
     out = px.outcomes()

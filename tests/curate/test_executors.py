@@ -1,0 +1,78 @@
+"""Local and Ray executors give the same output; a Ray worker killed mid-run changes nothing;
+the CLI runs the local multi-process executor (forkserver) from a console script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from factory.curate import load, run
+
+from . import faults
+from .test_curate import snapshot
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(planted, out: Path, **executor):
+    cfg = load(None, inputs=[planted.inputs], output=str(out))
+    cfg.dedup.reference = [planted.reference]
+    cfg.decont.benchmarks = [planted.bench]
+    cfg.dedup.minhash.num_buckets, cfg.dedup.minhash.hashes_per_bucket = 16, 3  # fewer bucket tasks: faster on Ray
+    for k, v in {"tasks": 2, **executor}.items():
+        setattr(cfg.executor, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def local_run(planted, tmp_path_factory):
+    """The reference output: LocalPipelineExecutor with 2 worker processes (forkserver)."""
+    out = tmp_path_factory.mktemp("exec") / "local"
+    m = run(_cfg(planted, out, workers=2))
+    assert m["executor"] == "local"
+    return snapshot(str(out))
+
+
+def test_ray_equals_local(planted, local_run, ray_session, tmp_path):
+    m = run(_cfg(planted, tmp_path / "ray", ray=True))
+    assert m["executor"] == "ray"
+    assert snapshot(str(tmp_path / "ray")) == local_run
+
+
+def test_killed_ray_worker_changes_nothing(planted, local_run, ray_session, tmp_path):
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(faults)  # workers get the injector by value
+    killer = faults.WorkerKiller(after=1.5)
+
+    def inject(jobs):
+        filt = next(j for j in jobs if j.name == "filter")
+        filt.steps.insert(1, faults.Slow(0.03))
+        killer.start()
+
+    try:
+        run(_cfg(planted, tmp_path / "killed", ray=True), inject=inject)
+    finally:
+        killer.stop.set()
+        cloudpickle.unregister_pickle_by_value(faults)
+    assert killer.killed, "no Ray worker was killed"
+    assert snapshot(str(tmp_path / "killed")) == local_run
+
+
+def test_cli_local_multiprocess(planted, local_run, tmp_path):
+    cfg = tmp_path / "curate.yaml"
+    cfg.write_text("executor: {tasks: 2, workers: 2}\ndedup:\n  minhash: {num_buckets: 16, hashes_per_bucket: 3}\n")
+    exe = Path(sys.executable).parent / "factory"
+    out = tmp_path / "cli"
+    r = subprocess.run([str(exe), "curate", str(cfg), "--in", planted.inputs, "--out", str(out), "--reference",
+                        planted.reference, "--bench", planted.bench], capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "RAY_ADDRESS": ""})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "kept" in r.stderr + r.stdout
+    assert snapshot(str(out)) == local_run
+    bad = subprocess.run([str(exe), "curate", "--in", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "error:" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -1,0 +1,43 @@
+"""`factory teacher serve` stops cleanly on Ctrl-C; `factory generate` reports bad configs in one line."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+CLI = [sys.executable, "-c", "from factory.cli import main; main()"]
+
+
+@pytest.mark.slow
+def test_teacher_serve_prints_endpoints_and_stops_on_ctrl_c():
+    p = subprocess.Popen([*CLI, "teacher", "serve", "--replicas", "1"], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = ""
+        while not line.startswith("endpoints:"):
+            line = p.stdout.readline()
+            assert line or p.poll() is None, "serve exited before printing its endpoints"
+        url = line.split()[1]
+        assert httpx.get(url + "/models", timeout=5).status_code == 200
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=30) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/models", timeout=2)
+
+
+def test_generate_bad_config_is_one_clear_line(tmp_path):
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("seeds: s.jsonl\nrecipes: [textbook]\nout: o\nteacher: {local_replicas: 1}\nworkerz: 3\n")
+    r = subprocess.run([*CLI, "generate", str(cfg)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "workerz" in r.stderr and "Traceback" not in r.stderr
+    cfg.write_text("seeds: s.jsonl\nrecipes: [textbook]\nout: o\nteacher: {}\n")
+    r = subprocess.run([*CLI, "generate", str(cfg)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "local_replicas" in r.stderr
