@@ -67,7 +67,7 @@ def measure_ours(nproc: int = 1, steps: int = 40, warm: int = 10, micro: int = 1
     mfu = sum(m * r["step_s"] for m, r in zip(mfus, recs)) / secs if mfus else None
     return {"nproc": nproc, "micro_batch": micro, **train, "tok_s": round(tps), "tok_s_per_gpu": round(tps / nproc),
             "mfu": round(mfu, 4) if mfu else None, "params_M": round(summary["model"]["params"] / 1e6, 1),
-            "final_loss": summary["final_loss"], "card": summary["device"], "steps_timed": len(recs)}
+            "final_loss": summary["final_loss"], "card": summary["device"], "kernel": summary.get("sdpa"), "steps_timed": len(recs)}
 
 
 def main(argv: list[str] | None = None) -> int:

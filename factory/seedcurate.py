@@ -369,3 +369,21 @@ def code_rows(folder: str | Path = CODE_SEEDS) -> list[dict[str, Any]]:
                             extra={"title": f.stem, "entry": f.stem, "topic": "programming",
                                    "tests": test.read_text() if test.is_file() else None}))
     return out
+
+
+def run(cfg: SeedCurateConfig, inputs: str, out: str, code: bool = False) -> dict[str, Any]:
+    """The seed-curation stage: read seed rows from `inputs`, write curated passages to `out`
+    (plus the code seeds when `code`), with counts and the topic mix in the manifest."""
+    from factory.stage import StageDir, read_docs
+
+    stage = StageDir(out, "seedcurate", {**cfg.model_dump(mode="json"), "code": code}, inputs=[inputs])
+    if stage.done("seeds.parquet"):
+        return stage.read_manifest(out) or {}
+    kept, rep = curate(read_docs(inputs).to_pylist(), cfg)
+    if code:
+        kept += code_rows()
+    stage.counts.update(docs_in=rep["docs_in"], passages=rep["passages"], kept=len(kept))
+    stage.dropped.update(below_min_score=rep.get("below_min_score", 0),
+                         not_picked=max(0, rep["passages"] - rep.get("below_min_score", 0) - rep.get("kept", 0)))
+    stage.write_docs("seeds.parquet", kept)
+    return stage.finish(report=rep)

@@ -105,3 +105,20 @@ def test_qa_rows(tmp_path):
     with pytest.raises(FactoryError) as e:
         qa_rows(f)
     assert "line 1" in str(e.value)
+
+
+def test_stage_run_writes_manifest_and_skips_rerun(tmp_path, wiki):
+    from factory.seedcurate import run
+    from factory.stage import StageDir, read_docs
+
+    src = StageDir(str(tmp_path / "seeds"), "seeds", {"n": 50})
+    src.write_docs("part-0.parquet", wiki[:50])
+    src.finish()
+    m = run(SeedCurateConfig(n=20, min_words=20), str(tmp_path / "seeds"), str(tmp_path / "cur"), code=True)
+    n_code = len(code_rows())
+    assert m["status"] == "done" and m["counts"]["kept"] == 20 + n_code
+    assert read_docs(str(tmp_path / "cur")).num_rows == 20 + n_code
+    again = run(SeedCurateConfig(n=20, min_words=20), str(tmp_path / "seeds"), str(tmp_path / "cur"), code=True)
+    assert again["counts"] == m["counts"]
+    with pytest.raises(FactoryError):  # another config never mixes into the same folder
+        run(SeedCurateConfig(n=10, min_words=20), str(tmp_path / "seeds"), str(tmp_path / "cur"), code=True)

@@ -93,9 +93,13 @@ def make_data(cfg: RunConfig, rank: int, world: int):
         raise config_mod.ConfigError(f"field data.seq_len: {d.seq_len} differs from the plan's "
                                      f"{plan['seq_len']}; drop it")
     loader = MixLoader(plan, rank, world, cfg.train.micro_batch, phase=d.phase)
-    tok = d.tokenizer or plan.get("tokenizer")
-    if tok and not Path(tok).is_absolute():
-        tok = str((Path(d.plan).parent / tok).resolve())
+    tok = d.tokenizer or plan.get("tokenizer") or None
+    if tok:  # as given (absolute or from the working dir), else next to plan.json
+        found = [p for p in (Path(tok), Path(d.plan).parent / tok) if p.exists()]
+        if not found:
+            raise config_mod.ConfigError(f"field data.tokenizer: {tok} (from {'the config' if d.tokenizer else 'the plan'}) "
+                                         "not found; set data.tokenizer to the tokenizer.json")
+        tok = str(found[0].resolve())
     return loader, {"seq_len": plan["seq_len"], "vocab_size": plan["vocab_size"], "plan": plan, "tokenizer": tok}
 
 
@@ -111,21 +115,35 @@ def plan_steps(cfg: RunConfig, data, accum: int) -> int:
     return cfg.train.steps or max(1, avail - held)
 
 
-def val_stream(cfg: RunConfig, rank: int, world: int, accum: int):
-    """Held-out batches: fresh random samples, data.val_plan, or the last batches of the plan
-    (eval.batches global batches, the same samples on any number of ranks)."""
-    if cfg.data.source == "random":
-        return RandomData(cfg.seed, cfg.data.vocab_size, cfg.data.seq_len or 128, rank, world,
-                          cfg.train.micro_batch, split="val")
-    from train.loader import MixLoader
-    loader = MixLoader(cfg.data.val_plan or cfg.data.plan, rank, world, cfg.train.micro_batch,
-                       phase=None if cfg.data.val_plan else cfg.data.phase)
-    if not cfg.data.val_plan:
-        loader.load_state_dict({"step": max(0, loader.steps_total() - cfg.eval.batches * accum)})
-    return iter(loader)
+class HeldOut:
+    """Validation batches, the same ones at every call (eval.batches global batches on any number
+    of ranks): fresh random samples, data.val_plan, or the plan's last batches (kept out of training)."""
+
+    def __init__(self, cfg: RunConfig, rank: int, world: int, accum: int):
+        self.n = cfg.eval.batches * accum  # micro-batches per rank
+        if cfg.data.source == "random":
+            self.src, self.start = RandomData(cfg.seed, cfg.data.vocab_size, cfg.data.seq_len or 128, rank, world,
+                                              cfg.train.micro_batch, split="val"), 0
+            return
+        from train.loader import MixLoader
+        self.src = MixLoader(cfg.data.val_plan or cfg.data.plan, rank, world, cfg.train.micro_batch,
+                             phase=None if cfg.data.val_plan else cfg.data.phase)
+        self.start = 0 if cfg.data.val_plan else max(0, self.src.steps_total() - self.n)
+
+    def __call__(self):
+        self.src.load_state_dict({"step": self.start})
+        return iter(self.src)
 
 
 # --------------------------------------------------------------------------- model, optimizer, schedule
+
+def attention_kernel(cfg: RunConfig, device: torch.device) -> str:
+    """The SDPA kernel used: train.sdpa, where `auto` means cudnn on Hopper (on an H100 as fast as
+    flash and faster than torch's own pick: benchmarks/train_mfu.py) and torch's choice elsewhere."""
+    if cfg.train.sdpa == "auto" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9:
+        return "cudnn"
+    return cfg.train.sdpa if device.type == "cuda" else "auto"
+
 
 def build_model(cfg: RunConfig, vocab: int, seq_len: int, device: torch.device, dtype: torch.dtype):
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -134,9 +152,7 @@ def build_model(cfg: RunConfig, vocab: int, seq_len: int, device: torch.device, 
     over = {k: getattr(m, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta",
                                        "norm_eps", "tie_embeddings", "init_std")}
     args = model_args(m.preset, vocab_size=m.vocab_size or vocab, max_seq_len=max(seq_len, 2048), **over)
-    sdpa = cfg.train.sdpa
-    if sdpa == "auto" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9:
-        sdpa = "cudnn"  # on H100 as fast as flash, faster than torch's default pick (train_mfu.py)
+    sdpa = attention_kernel(cfg, device)
     if device.type == "cuda" and sdpa != "auto":  # only the chosen kernel (math as fallback)
         b = torch.backends.cuda
         b.enable_flash_sdp(sdpa == "flash")
@@ -280,6 +296,9 @@ def train(cfg: RunConfig) -> dict:
 
     batches_it = iter(data)
     log = MetricsLog(run_dir, rank == 0, cfg.train.tensorboard, resume_step=start)
+    if rank == 0:  # replaced by the full summary at the end
+        (run_dir / "run.json").write_text(json.dumps({"status": "running", "steps": total, "start_step": start,
+                                                      "world_size": world, "config": cfg.to_dict()}, indent=1))
     flops_tok = model.flops_per_token(seq_len)
     peak = peak_flops(device, cfg.train.peak_flops)
     if rank == 0:
@@ -292,7 +311,7 @@ def train(cfg: RunConfig) -> dict:
             "scheduler": sched.state_dict(), "loader": data.state_dict(), "config": cfg.to_dict()},
             keep=cfg.checkpoint.keep)
 
-    rec, first_local = {}, None
+    rec, first_local, held = {}, None, None
     t_train = time.time()
     for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
@@ -307,7 +326,8 @@ def train(cfg: RunConfig) -> dict:
                "tokens": out["tokens"] * step, "step_s": round(dt, 5),
                "tokens_per_s": round(tps, 1), "mfu": round(tps * flops_tok / (peak * world), 5) if peak else None}
         if cfg.eval.every and step % cfg.eval.every == 0:
-            rec["val_loss"] = evaluate(model, val_stream(cfg, rank, world, accum), cfg.eval.batches * accum, device)
+            held = held or HeldOut(cfg, rank, world, accum)
+            rec["val_loss"] = evaluate(model, held(), held.n, device)
         if step % cfg.train.log_every == 0 or step == total:
             log.log(rec)
             if rank == 0:
@@ -320,7 +340,8 @@ def train(cfg: RunConfig) -> dict:
 
     val_loss = None
     if cfg.eval.batches:
-        val_loss = evaluate(model, val_stream(cfg, rank, world, accum), cfg.eval.batches * accum, device)
+        held = held or HeldOut(cfg, rank, world, accum)
+        val_loss = evaluate(model, held(), held.n, device)
         log.log({"step": total, "val_loss": val_loss})
     if cfg.checkpoint.final and total > start:
         save_ckpt(total)
@@ -338,6 +359,7 @@ def train(cfg: RunConfig) -> dict:
     summary = {
         "status": "done", "config": cfg.to_dict(), "model": vars(args) | {"params": model.num_params()},
         "world_size": world, "device": device_name(device), "dtype": str(dtype).replace("torch.", ""),
+        "sdpa": attention_kernel(cfg, device),
         "steps": total, "resumed_from": resumed_from, "final_loss": rec.get("loss"), "val_loss": val_loss,
         "tokens_per_step": cfg.train.global_batch * seq_len, "train_s": round(train_s, 2),
         "wall_time_s": round(time.time() - t_start, 2), "hf_dir": str(hf_dir) if hf_dir else None,

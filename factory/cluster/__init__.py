@@ -79,8 +79,11 @@ def apply_auth_env(starting_local: bool = False) -> str:
 def _refresh_ray_auth() -> None:
     """Make an already-imported Ray see a changed RAY_AUTH_MODE / token (it caches both)."""
     try:
+        import ray
         from ray._raylet import AuthenticationTokenLoader, Config
     except ImportError:
+        return
+    if ray.is_initialized():  # a connected process keeps the config it connected with
         return
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()

@@ -149,6 +149,7 @@ def environment(folder: Path) -> SandboxedEnvironment:
         keep_trailing_newline=False, trim_blocks=True, lstrip_blocks=True,
     )
     env.filters["words"] = lambda s, n: " ".join(str(s).split()[: int(n)])
+    env.filters["cap"] = lambda s: str(s)[:1].upper() + str(s)[1:]  # unlike `capitalize`, keeps names
     return env
 
 

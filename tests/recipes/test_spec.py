@@ -59,6 +59,9 @@ def test_unknown_name_lists_known():
     (lambda s: s.replace("    user:", "    parse: xml\n    user:"), "steps.0.parse"),
     (lambda s: s.replace("tone: [calm", "tone: [").replace(', "excited about {{ title }}"', ""), "variables"),
     (lambda s: s + "output: {step: missing}\n", "(top level)"),
+    (lambda s: s.replace("    user:", "    forbid: ['(unclosed']\n    user:"), "steps.0.forbid"),
+    (lambda s: s.replace("    user:", "    repeat: 0\n    user:"), "steps.0.repeat"),
+    (lambda s: s + "verify: [{type: oracle}]\n", "verify.0.type"),
 ])
 def test_bad_fields_are_named(tmp_path, mutate, field):
     p = write(tmp_path, mutate(MINIMAL))

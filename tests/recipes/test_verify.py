@@ -39,6 +39,12 @@ def test_math_answer_contradicts_itself():
     assert not v["ok"] and v["status"] == "answer_mismatch"
 
 
+def test_math_answer_line_variants():
+    assert check_math("so we get\nThe answer is: 36")["value"] == "36"
+    assert check_math("**Final Answer:** 3*4 = 12")["status"] == "verified"
+    assert check_math("**Final Answer:** 3*4 = 13")["status"] == "answer_mismatch"
+
+
 def test_math_no_answer_or_words():
     assert check_math("No numbers here.")["status"] == "no_answer"
     assert check_math("No numbers here.")["ok"]

@@ -77,7 +77,8 @@ def test_kill_and_resume_is_exact(base_run, tmp_path):
     seen = sorted((tmp_path / "run" / "checkpoints").iterdir())
     time.sleep(2)  # the ranks died with their launcher: nothing more is written
     assert sorted((tmp_path / "run" / "checkpoints").iterdir()) == seen
-    assert not (tmp_path / "run" / "run.json").exists(), "the run finished before it was killed"
+    status = json.loads((tmp_path / "run" / "run.json").read_text())["status"]
+    assert status == "running", "the run finished before it was killed"
     launch.run(cfg.to_dict(), nproc=2, echo=None)
     s = json.loads((tmp_path / "run" / "run.json").read_text())
     assert s["resumed_from"].endswith(("step_0000004", "step_0000008"))
@@ -106,10 +107,13 @@ def test_plan_data_and_tokenizer_export(tiny_plan, tmp_path):
     transformers = pytest.importorskip("transformers")
     run = tmp_path / "plan"
     cfg = tiny_config(run, data={"source": "plan", "plan": str(tiny_plan)},
-                      **{"train.steps": 0, "model.vocab_size": None, "optim.schedule": "wsd"})
+                      **{"train.steps": 0, "model.vocab_size": None, "optim.schedule": "wsd", "eval.every": 9})
     launch.run(cfg, nproc=2, echo=None)
     s = json.loads((run / "run.json").read_text())
     m = losses(run)
+    vals = {r["step"]: r["val_loss"] for r in read(run) if "loss" in r and "val_loss" in r}
+    assert sorted(vals) == [9, 18] and vals[18] < vals[9]
+    assert vals[18] == s["val_loss"]  # the same held-out batches every time
     assert s["steps"] == 18  # 20 steps in the plan, the last 2 (eval.batches) kept back for validation
     assert m[18][0] < m[1][0] - 1.0
     assert s["plan"]["mix"] == "tiny" and set(s["epochs_seen"]) == {"web", "synthetic"}
