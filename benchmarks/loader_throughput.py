@@ -113,8 +113,9 @@ def trainer_rate(arg: float | None) -> tuple[float | None, str | None]:
     f = RESULTS / "train_mfu.json"
     if f.exists():
         d = json.loads(f.read_text())
-        if d.get("tokens_per_s"):
-            return float(d["tokens_per_s"]), f"{f.name} ({d.get('machine')})"
+        for key in ("tokens_per_s", "ours_tok_s"):
+            if d.get(key):
+                return float(d[key]), f"{f.name} ({d.get('machine')})"
         if "tokens/s" in str(d.get("unit", "")):
             return float(d["ours"]), f"{f.name} ({d.get('machine')})"
     return None, None

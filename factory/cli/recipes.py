@@ -20,8 +20,8 @@ def list_(dirs: Optional[list[str]] = DIRS) -> None:
     from factory.recipes import list_recipes
 
     rows = [[r.name, r.spec.kind, len(r.spec.steps), ", ".join(v.type for v in r.spec.verify) or "-",
-             ", ".join(r.spec.variables) or "-", r.spec.description[:70]] for r in list_recipes(dirs)]
-    console.print(table("recipes", ["name", "kind", "steps", "verify", "variables", "description"], rows))
+             r.spec.description.split(";")[0].split(",")[0][:60]] for r in list_recipes(dirs)]
+    console.print(table("recipes", ["name", "kind", "steps", "verify", "description"], rows))
 
 
 @sub.command("show")

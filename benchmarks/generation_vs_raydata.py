@@ -1,0 +1,150 @@
+"""The factory's generation against Ray Data LLM's HTTP request processor, same workload, same concurrency.
+
+Workload and replicas as in generation_vs_inferencerunner.py (same seeds, recipe, greedy
+sampling, max_tokens and per-request seeds; byte-identical chat payloads, checked by comparing
+the completions). Both sides run on the same local Ray instance, started once.
+
+Ours: completion tokens/s of `factory.generate.run` (Ray actors, cache, limits, recipe).
+Anchor: Ray 2.60's `ray.data.llm.HttpRequestProcessorConfig` + `build_processor`, one processor
+per replica (its `url` is a single endpoint), their datasets unioned into one execution. The
+processor's stage sends the rows of a batch one after another, so its concurrency is the number
+of batches in flight: `batch_size=1`, `concurrency` = requests in flight per replica (actors), and
+Ray Data's async-UDF concurrency per actor set to 1 — exactly `--in-flight` requests per
+replica, as ours. Both are timed from their actors' start, Ray itself being up. The anchor runs
+before and after ours and is averaged. Ratio = ours / anchor; target >= 1.0.
+
+If Ray Data LLM cannot run here, the script says why and writes the JSON with ratio null.
+
+    python benchmarks/generation_vs_raydata.py --replicas 2 --seeds 24 --max-tokens 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# one batch at a time per actor (read when ray.data plans the stage): actors = requests in flight
+os.environ.setdefault("RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from generation_vs_inferencerunner import common_args, end_to_end, machine, run_ours, same_outputs, warm_up, workload  # noqa: E402
+
+
+def raydata_available() -> str | None:
+    """None when Ray Data LLM's HTTP processor can be built here, else the reason it cannot."""
+    try:
+        from ray.data.llm import HttpRequestProcessorConfig, build_processor  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure is the answer
+        return f"ray.data.llm does not import: {type(e).__name__}: {e}"
+    return None
+
+
+def run_raydata(a: argparse.Namespace, w: dict[str, Any], endpoints: list[str], model: str) -> dict[str, Any]:
+    import ray.data
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+
+    # defined here so cloudpickle ships them by value (this file is not importable on Ray workers)
+    def pre(row: dict[str, Any]) -> dict[str, Any]:
+        return {"seed_id": row["seed_id"], "payload": json.loads(row["payload"])}
+
+    def post(row: dict[str, Any]) -> dict[str, Any]:
+        resp = row["http_response"]
+        return {"seed_id": row["seed_id"], "text": resp["choices"][0]["message"]["content"] or "",
+                "completion_tokens": int(resp["usage"]["completion_tokens"])}
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    n = len(endpoints)
+    parts = []
+    for rank, url in enumerate(endpoints):
+        items = [{"seed_id": row["meta"]["seed_id"], "payload": json.dumps({**p, "model": model})}
+                 for i, (row, p) in enumerate(zip(w["rows"], w["payloads"])) if i % n == rank]
+        cfg = HttpRequestProcessorConfig(url=f"{url}/chat/completions", batch_size=1, concurrency=(a.in_flight, a.in_flight),
+                                         http_request_stage={"num_cpus": a.actor_cpus})
+        light = {"num_cpus": a.actor_cpus}
+        proc = build_processor(cfg, preprocess=pre, postprocess=post, preprocess_map_kwargs=light, postprocess_map_kwargs=light)
+        parts.append(proc(ray.data.from_items(items, override_num_blocks=len(items))))
+    ds = parts[0].union(*parts[1:]) if n > 1 else parts[0]
+    t0 = time.perf_counter()
+    rows = ds.take_all()
+    wall = time.perf_counter() - t0
+    toks = sum(r["completion_tokens"] for r in rows)
+    return {"tok_s": toks / wall, "completion_tokens": toks, "wall_s": round(wall, 3), "requests": len(rows),
+            "texts": {r["seed_id"]: r["text"] for r in rows}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    common_args(ap)
+    ap.add_argument("--actor-cpus", type=float, default=0.25, help="CPUs reserved per Ray Data HTTP actor (ours: worker_cpus 0.25)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "generation_vs_raydata.json"))
+    a = ap.parse_args(argv)
+    base = {"unit": "completion tokens/s", "target": 1.0, "machine": machine(a), "date": datetime.date.today().isoformat()}
+    load0 = os.getloadavg()
+
+    why = raydata_available()
+    if why:
+        print(f"generation vs Ray Data LLM: cannot run the anchor: {why}")
+        result = {"ours": None, "anchor": None, "ratio": None, **base, "details": {"unavailable": why}}
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+
+    import ray
+
+    from factory.cluster import init_ray
+    from factory.teacher.server import LocalTeacher
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-raydata-"))
+    init_ray(None, num_cpus=os.cpu_count() or 2, object_store_memory=200 * 1024**2)  # as generate.run starts it
+    try:
+        with LocalTeacher(replicas=a.replicas, threads=a.threads) as t:
+            w = workload(a, tmp, t.endpoints, t.model)
+            warm_up(t.endpoints, t.model, w["payloads"][0])
+            before = run_raydata(a, w, t.endpoints, t.model)
+            print(f"anchor (Ray Data LLM HTTP processor, before): {before['tok_s']:.1f} tok/s ({before['completion_tokens']} tokens, "
+                  f"{before['wall_s']:.1f}s)", flush=True)
+            ours = run_ours(a, w, tmp / "ours")
+            print(f"ours (factory generate.run): {ours['tok_s']:.1f} tok/s ({ours['completion_tokens']} tokens, {ours['wall_s']:.1f}s)",
+                  flush=True)
+            after = run_raydata(a, w, t.endpoints, t.model)
+            print(f"anchor (Ray Data LLM HTTP processor, after): {after['tok_s']:.1f} tok/s ({after['completion_tokens']} tokens, "
+                  f"{after['wall_s']:.1f}s)", flush=True)
+    finally:
+        ray.shutdown()
+    anchor = (before["tok_s"] + after["tok_s"]) / 2
+    same = same_outputs(ours["texts"], before["texts"])
+    if ours["completion_tokens"] != before["completion_tokens"]:
+        print(f"warning: the workloads differ: ours {ours['completion_tokens']} vs anchor {before['completion_tokens']} completion tokens")
+    result = {"ours": round(ours["tok_s"], 2), "anchor": round(anchor, 2), "ratio": round(ours["tok_s"] / anchor, 3), **base,
+              "details": {"anchor_name": f"Ray {ray.__version__} ray.data.llm HttpRequestProcessorConfig + build_processor, "
+                                         "one processor per replica, unioned",
+                          "seeds": a.seeds, "max_tokens": a.max_tokens, "in_flight_per_replica": a.in_flight,
+                          "workers": a.workers, "concurrency": a.concurrency, "actor_cpus": a.actor_cpus,
+                          "anchor_before": {k: v for k, v in before.items() if k != "texts"},
+                          "anchor_after": {k: v for k, v in after.items() if k != "texts"},
+                          "ours_run": {k: v for k, v in ours.items() if k != "texts"},
+                          "identical_outputs": f"{same}/{len(before['texts'])}",
+                          **end_to_end(ours, anchor),
+                          "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in os.getloadavg()]}}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"generation vs Ray Data LLM: ours {ours['tok_s']:.1f} tok/s / anchor {anchor:.1f} tok/s = {result['ratio']:.3f} "
+          f"(target >= 1.0); identical outputs {same}/{len(before['texts'])} -> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
