@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -61,6 +63,14 @@ def workload(a: argparse.Namespace, tmp: Path, endpoints: list[str], model: str)
         payloads.append({"messages": msgs, **samp, "seed": tc.request_seed(tc.key(msgs, samp, 0))})
     return {"rows": rows, "tcfg": tcfg, "payloads": payloads, "seeds": str(tmp / "seeds.jsonl"),
             "recipe": str(tmp / "bench_paragraph.yaml")}
+
+
+@contextlib.contextmanager
+def removed(tmp: Path) -> Iterator[Path]:
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def warm_up(endpoints: list[str], model: str, payload: dict[str, Any]) -> None:
@@ -157,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dt-"))
     load0 = os.getloadavg()
-    with LocalTeacher(replicas=a.replicas, threads=a.threads) as t:
+    with LocalTeacher(replicas=a.replicas, threads=a.threads) as t, removed(tmp):
         w = workload(a, tmp, t.endpoints, t.model)
         warm_up(t.endpoints, t.model, w["payloads"][0])
         before = run_datatrove(a, w, t.endpoints, t.model, tmp / "dt-before")

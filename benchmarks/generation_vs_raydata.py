@@ -8,10 +8,11 @@ Ours: completion tokens/s of `factory.generate.run` (Ray actors, cache, limits, 
 Anchor: Ray 2.60's `ray.data.llm.HttpRequestProcessorConfig` + `build_processor`, one processor
 per replica (its `url` is a single endpoint), their datasets unioned into one execution. The
 processor's stage sends the rows of a batch one after another, so its concurrency is the number
-of batches in flight: `batch_size=1`, `concurrency` = requests in flight per replica (actors), and
-Ray Data's async-UDF concurrency per actor set to 1 — exactly `--in-flight` requests per
-replica, as ours. Both are timed from their actors' start, Ray itself being up. The anchor runs
-before and after ours and is averaged. Ratio = ours / anchor; target >= 1.0.
+of batches in flight: `batch_size=1` (also the best balance over actors), a fixed pool of
+`--in-flight` actors per replica, and Ray Data's async-UDF concurrency per actor set to 1:
+exactly `--in-flight` requests per replica, as ours. Both are timed from their actors' start,
+Ray itself being up. The anchor runs before and after ours and is averaged. Ratio = ours /
+anchor; target >= 1.0.
 
 If Ray Data LLM cannot run here, the script says why and writes the JSON with ratio null.
 
@@ -37,7 +38,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generation_vs_inferencerunner import common_args, end_to_end, machine, run_ours, same_outputs, warm_up, workload  # noqa: E402
+from generation_vs_inferencerunner import common_args, end_to_end, machine, removed, run_ours, same_outputs, warm_up, workload  # noqa: E402
 
 
 def raydata_available() -> str | None:
@@ -51,7 +52,11 @@ def raydata_available() -> str | None:
 
 def run_raydata(a: argparse.Namespace, w: dict[str, Any], endpoints: list[str], model: str) -> dict[str, Any]:
     import ray.data
+    from ray.data._internal.planner import plan_udf_map_op
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
+
+    # the env var above only counts if ray.data was not imported before (run_all runs many scripts)
+    plan_udf_map_op.DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY = 1
 
     # defined here so cloudpickle ships them by value (this file is not importable on Ray workers)
     def pre(row: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +76,7 @@ def run_raydata(a: argparse.Namespace, w: dict[str, Any], endpoints: list[str], 
     for rank, url in enumerate(endpoints):
         items = [{"seed_id": row["meta"]["seed_id"], "payload": json.dumps({**p, "model": model})}
                  for i, (row, p) in enumerate(zip(w["rows"], w["payloads"])) if i % n == rank]
-        cfg = HttpRequestProcessorConfig(url=f"{url}/chat/completions", batch_size=1, concurrency=(a.in_flight, a.in_flight),
+        cfg = HttpRequestProcessorConfig(url=f"{url}/chat/completions", batch_size=a.batch_size, concurrency=(a.in_flight, a.in_flight),
                                          http_request_stage={"num_cpus": a.actor_cpus})
         light = {"num_cpus": a.actor_cpus}
         proc = build_processor(cfg, preprocess=pre, postprocess=post, preprocess_map_kwargs=light, postprocess_map_kwargs=light)
@@ -89,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     common_args(ap)
     ap.add_argument("--actor-cpus", type=float, default=0.25, help="CPUs reserved per Ray Data HTTP actor (ours: worker_cpus 0.25)")
+    ap.add_argument("--batch-size", type=int, default=1, help="rows per Ray Data batch (sent one after another; 1 balances best)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "generation_vs_raydata.json"))
     a = ap.parse_args(argv)
     base = {"unit": "completion tokens/s", "target": 1.0, "machine": machine(a), "date": datetime.date.today().isoformat()}
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-raydata-"))
     init_ray(None, num_cpus=os.cpu_count() or 2, object_store_memory=200 * 1024**2)  # as generate.run starts it
     try:
-        with LocalTeacher(replicas=a.replicas, threads=a.threads) as t:
+        with LocalTeacher(replicas=a.replicas, threads=a.threads) as t, removed(tmp):
             w = workload(a, tmp, t.endpoints, t.model)
             warm_up(t.endpoints, t.model, w["payloads"][0])
             before = run_raydata(a, w, t.endpoints, t.model)
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
               "details": {"anchor_name": f"Ray {ray.__version__} ray.data.llm HttpRequestProcessorConfig + build_processor, "
                                          "one processor per replica, unioned",
                           "seeds": a.seeds, "max_tokens": a.max_tokens, "in_flight_per_replica": a.in_flight,
-                          "workers": a.workers, "concurrency": a.concurrency, "actor_cpus": a.actor_cpus,
+                          "workers": a.workers, "concurrency": a.concurrency, "actor_cpus": a.actor_cpus, "batch_size": a.batch_size,
                           "anchor_before": {k: v for k, v in before.items() if k != "texts"},
                           "anchor_after": {k: v for k, v in after.items() if k != "texts"},
                           "ours_run": {k: v for k, v in ours.items() if k != "texts"},
