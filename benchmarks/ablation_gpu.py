@@ -277,7 +277,7 @@ def run(prep: Path, out: Path, budget_s: float, jobs: int, nproc: int, tokens: i
         if time.time() + per_run > deadline:
             print(f"skipped {t['cell']} seed {t['seed']}: past the time limit", flush=True)
             return
-        e = dict(env)
+        e = dict(env, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))  # evals side by side: no oversubscription
         if nproc == 1 and ngpu > 1:
             e["CUDA_VISIBLE_DEVICES"] = str(i % ngpu)
         rec = _launch_one(t, work, e, deadline + 60 - time.time())

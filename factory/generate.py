@@ -25,7 +25,6 @@ from factory.stage import StageDir, read_docs, write_card
 from factory.teacher.config import TeacherConfig, local_config
 from factory.teacher.shard import ACCOUNT_KEYS, REJECT_SCHEMA, reject_row, seed_id_of, shard_name
 
-LOCAL_OBJECT_STORE = 200 * 1024**2
 
 
 class GenerateConfig(BaseModel):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -52,7 +51,7 @@ def run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, Any
     from factory.curate.decont import benchmark_files, build_index
     from factory.curate.io import shard_files
     from factory.curate.pipeline import WORK, compile_jobs, run_jobs
-    from factory.curate.report import build, fs_root, markdown, read_rejected
+    from factory.curate.report import build, markdown, read_rejected
     from factory.stage import StageDir, write_card
 
     if not cfg.output:

@@ -174,7 +174,8 @@ class TeacherClient:
 
     async def _request(self, messages: list[dict[str, Any]], sampling: dict[str, Any], seed: int | None) -> Completion:
         r = self.cfg.retry
-        est = len(json.dumps(messages)) // 4 + int(sampling.get("max_tokens") or 256)
+        # a token estimate is only needed to reserve TPM budget
+        est = len(json.dumps(messages)) // 4 + int(sampling.get("max_tokens") or 256) if self.cfg.tpm else 0
         last = "unknown"
         for attempt in range(1, r.max_attempts + 1):
             state = await self.balancer.acquire()
@@ -186,9 +187,8 @@ class TeacherClient:
                 kw = dict(sampling)
                 if seed is not None:
                     kw.setdefault("seed", seed)
-                resp = await asyncio.wait_for(
-                    self._clients[state.index].chat.completions.create(model=ep.model, messages=messages, **kw),
-                    timeout=self.cfg.timeout_s + 5)
+                async with asyncio.timeout(self.cfg.timeout_s + 5):
+                    resp = await self._clients[state.index].chat.completions.create(model=ep.model, messages=messages, **kw)
                 choice = resp.choices[0]
                 text = choice.message.content
                 if text is None or not isinstance(text, str):

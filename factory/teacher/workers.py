@@ -8,7 +8,6 @@ unfinished, reported, and redone by the next run (served from the request cache)
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -52,8 +51,7 @@ def run_on_ray(cfg: Any, tcfg: TeacherConfig, shards: dict[int, list[dict[str, A
     from factory.ui import progress as make_progress
 
     started = not ray.is_initialized()
-    local = not (cfg.ray_address or os.environ.get("RAY_ADDRESS"))
-    init_ray(cfg.ray_address, **({"num_cpus": 2, "object_store_memory": 200 * 1024**2} if local else {}))
+    init_ray(cfg.ray_address)
     n_workers = max(1, min(cfg.workers, len(shards)))
     actor = ray.remote(GenWorker).options(num_cpus=cfg.worker_cpus, max_concurrency=4, max_restarts=2, max_task_retries=2)
     share = tcfg.scaled(n_workers)
