@@ -318,7 +318,7 @@ def _machine() -> dict:
 
 # --------------------------------------------------------------------------- report (factory side)
 
-def report(results: Path, prep: Path, out: Path, summary_path: Path | None) -> dict:
+def report(results: Path, prep: Path, out: Path, summary_path: Path | None, extra_notes: str = "") -> dict:
     from factory import report as rep
 
     man = json.loads((prep / "manifest.json").read_text())
@@ -333,13 +333,15 @@ def report(results: Path, prep: Path, out: Path, summary_path: Path | None) -> d
     recs = [r for r in recs if r["cell"] in by_key]
     run_sum = json.loads(summary_path.read_text()) if summary_path and summary_path.exists() else {}
     card = run_sum.get("machine", {}).get("card", "unknown card")
-    params_m = _params_m(man["model"], recs)
+    eps = [float(r["params"][k]) for r in recs for k in ("epochs_synthetic", "epochs_rewrite") if k in r["params"]]
+    span = f"{min(eps):.0f} to {max(eps):.0f}" if eps else "many"
     notes = (f"{man['description']} Trained on one {card}, {run_sum.get('budget_tokens', 0) / 1e6:g}M tokens per "
-             f"model at seq 512 ({params_m}), bf16, {len(run_sum.get('seeds', man['seeds']))} seeds. "
+             f"model at seq 512 ({_params_m(man['model'])}), bf16, {len(run_sum.get('seeds', man['seeds']))} seeds, "
+             f"{run_sum.get('runs', len(recs))} runs in {run_sum.get('wall_s', 0):.0f} s. "
              "The teacher-made sources hold ~5k tokens each (a quarter of that in the `_q` cells), so every "
-             "share above 0 repeats them hundreds to thousands of times: these cells ask how many epochs of "
-             "synthetic data a model takes before its knowledge of the web facts drops (Phi-4 drew ~12 epochs "
-             "of its synthetic data).")
+             f"share above 0 repeats them {span} times: these cells ask how many epochs of synthetic data a model "
+             "takes before its knowledge of the web facts drops (Phi-4 drew ~12 epochs of its synthetic data)."
+             + (f" {extra_notes}" if extra_notes else ""))
     paths = rep.write(recs, out, x=man["report"].get("x") or "synthetic_share", group=man["report"].get("group"),
                       title=man["report"].get("title") or f"Ablation: {man['grid']}", notes=notes)
     summ = json.loads(Path(paths["summary_json"]).read_text())
@@ -351,10 +353,11 @@ def report(results: Path, prep: Path, out: Path, summary_path: Path | None) -> d
            "machine": card, "date": run_sum.get("date") or time.strftime("%Y-%m-%d", time.gmtime()),
            "run": run_sum, "cells": summ["cells"], "snr": summ["snr"]}
     (RESULTS / "ablation_gpu.json").write_text(json.dumps(res, indent=1, default=str))
+    (RESULTS / "ablation_gpu_runs.json").write_text(json.dumps(recs, indent=1, default=str))  # every run's scores
     return paths
 
 
-def _params_m(model: dict, recs: list[dict]) -> str:
+def _params_m(model: dict) -> str:
     return {"125m": "~91M parameters: the 125m preset with a 4k vocabulary"}.get(model.get("preset", ""), str(model))
 
 
@@ -395,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--prep", type=Path, default=REPO / "tmp/gpu_ablation")
     q.add_argument("--out", type=Path, default=RESULTS / "ablation_gpu")
     q.add_argument("--summary", type=Path, default=None, help="run_summary.json (default: beside the results)")
+    q.add_argument("--notes", default="", help="a paragraph appended to the report's notes")
     a = ap.parse_args(argv)
     if a.mode == "prepare":
         print(prepare(a.grid, a.prep, a.budgets))
@@ -406,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
     elif a.mode == "one":
         one(a.task)
     else:
-        paths = report(a.results, a.prep, a.out, a.summary or a.results.with_name("run_summary.json"))
+        paths = report(a.results, a.prep, a.out, a.summary or a.results.with_name("run_summary.json"), a.notes)
         print(json.dumps(paths, indent=1))
 
 
