@@ -16,6 +16,8 @@ and `benchmarks/results/ablation_gpu.json` with `factory.report`.
 
 from __future__ import annotations
 
+RUN_ALL = False  # a driver with modes (prepare | run | report), not a ratio benchmark
+
 import argparse
 import concurrent.futures as cf
 import json

@@ -113,12 +113,12 @@ def anchor(cfg, out: str) -> float:
     return time.time() - t0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=4000)
     ap.add_argument("--tasks", type=int, default=0, help="datatrove tasks per job (default: CPUs)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/curation_vs_datatrove.json"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tasks = args.tasks or (os.cpu_count() or 1)
     tmp = Path(tempfile.mkdtemp(prefix="curbench-"))

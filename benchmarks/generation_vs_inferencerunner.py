@@ -142,6 +142,21 @@ def end_to_end(ours: dict[str, Any], anchor_tok_s: float) -> dict[str, Any]:
     return {"ours_end_to_end_tok_s": round(e2e, 2), "ratio_end_to_end": round(e2e / anchor_tok_s, 3)}
 
 
+def run_details(before: dict, after: dict, ours: dict, anchor: float, same: int, load0) -> dict[str, Any]:
+    """The per-run details both comparison benchmarks record (texts left out)."""
+    return {"anchor_before": {k: v for k, v in before.items() if k != "texts"},
+            "anchor_after": {k: v for k, v in after.items() if k != "texts"},
+            "ours_run": {k: v for k, v in ours.items() if k != "texts"},
+            "identical_outputs": f"{same}/{len(before['texts'])}",
+            **end_to_end(ours, anchor),
+            "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+def save(result: dict[str, Any], out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def machine(a: argparse.Namespace) -> str:
     return (f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}, CPU llama.cpp SmolLM2-135M Q4_1, "
             f"{a.replicas} replicas x {a.threads} thread")
@@ -188,14 +203,8 @@ def main(argv: list[str] | None = None) -> int:
               "details": {"anchor_name": "datatrove 0.10.1 InferenceRunner (server_type=endpoint, one rank per replica)",
                           "seeds": a.seeds, "max_tokens": a.max_tokens, "in_flight_per_replica": a.in_flight,
                           "workers": a.workers, "concurrency": a.concurrency,
-                          "anchor_before": {k: v for k, v in before.items() if k != "texts"},
-                          "anchor_after": {k: v for k, v in after.items() if k != "texts"},
-                          "ours_run": {k: v for k, v in ours.items() if k != "texts"},
-                          "identical_outputs": f"{same}/{len(before['texts'])}",
-                          **end_to_end(ours, anchor),
-                          "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in os.getloadavg()]}}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+                          **run_details(before, after, ours, anchor, same, load0)}}
+    save(result, a.out)
     print(f"generation vs InferenceRunner: ours {ours['tok_s']:.1f} tok/s / anchor {anchor:.1f} tok/s = {result['ratio']:.3f} "
           f"(target >= 1.0); identical outputs {same}/{len(before['texts'])} -> {a.out}")
     return 0

@@ -38,7 +38,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generation_vs_inferencerunner import common_args, end_to_end, machine, removed, run_ours, same_outputs, warm_up, workload  # noqa: E402
+from generation_vs_inferencerunner import common_args, machine, removed, run_details, run_ours, same_outputs, save, warm_up, workload  # noqa: E402
 
 
 def raydata_available() -> str | None:
@@ -139,14 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "one processor per replica, unioned",
                           "seeds": a.seeds, "max_tokens": a.max_tokens, "in_flight_per_replica": a.in_flight,
                           "workers": a.workers, "concurrency": a.concurrency, "actor_cpus": a.actor_cpus, "batch_size": a.batch_size,
-                          "anchor_before": {k: v for k, v in before.items() if k != "texts"},
-                          "anchor_after": {k: v for k, v in after.items() if k != "texts"},
-                          "ours_run": {k: v for k, v in ours.items() if k != "texts"},
-                          "identical_outputs": f"{same}/{len(before['texts'])}",
-                          **end_to_end(ours, anchor),
-                          "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in os.getloadavg()]}}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+                          **run_details(before, after, ours, anchor, same, load0)}}
+    save(result, a.out)
     print(f"generation vs Ray Data LLM: ours {ours['tok_s']:.1f} tok/s / anchor {anchor:.1f} tok/s = {result['ratio']:.3f} "
           f"(target >= 1.0); identical outputs {same}/{len(before['texts'])} -> {a.out}")
     return 0

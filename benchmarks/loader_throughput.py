@@ -121,7 +121,7 @@ def trainer_rate(arg: float | None) -> tuple[float | None, str | None]:
     return None, None
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=8)
@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--trainer-tokens-per-s", type=float, default=None)
     ap.add_argument("--out", default=str(RESULTS / "loader_throughput.json"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     vocab = 32000
     with tempfile.TemporaryDirectory() as d:

@@ -16,10 +16,30 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
 def scripts(names: list[str]) -> list[Path]:
+    """The named scripts, or every one with a `main` (GPU ones only where CUDA is present)."""
     if names:
         return [HERE / (n if n.endswith(".py") else n + ".py") for n in names]
-    return sorted(p for p in HERE.glob("*.py") if p.name != Path(__file__).name and "def main" in p.read_text())
+    gpu = _cuda()
+    found = []
+    for p in sorted(HERE.glob("*.py")):
+        text = p.read_text()
+        if p.name == Path(__file__).name or "def main" not in text or "\nRUN_ALL = False" in text:
+            continue
+        if "\nNEEDS_GPU = True" in text and not gpu:
+            print(f"== {p.stem}: skipped (needs a CUDA device; run it on a GPU host)")
+            continue
+        found.append(p)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

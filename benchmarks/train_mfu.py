@@ -11,6 +11,8 @@ Needs a CUDA GPU; elsewhere it prints why and exits 0 without writing.
 
 from __future__ import annotations
 
+NEEDS_GPU = True  # run_all skips it where no CUDA device is present
+
 import argparse
 import datetime as dt
 import json

@@ -9,6 +9,8 @@ same on 1 GPU, ratio = scaling efficiency, target 0.9). Needs CUDA GPUs; elsewhe
 
 from __future__ import annotations
 
+NEEDS_GPU = True  # run_all skips it where no CUDA device is present
+
 import argparse
 import datetime as dt
 import json
