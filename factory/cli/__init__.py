@@ -18,13 +18,7 @@ GROUPS = ["seeds", "teacher", "recipes", "generate", "curate", "tokenize", "mix"
 
 def _register() -> None:
     for name in GROUPS:
-        try:
-            mod = importlib.import_module(f"factory.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"factory.cli.{name}":
-                continue
-            raise
-        mod.register(app)
+        importlib.import_module(f"factory.cli.{name}").register(app)
 
 
 _register()
