@@ -19,7 +19,7 @@ from factory.stage import read_docs
 from factory.teacher.config import BatchOptions, Endpoint, RetryPolicy, TeacherConfig
 from fake_batch import FakeBatchAPI
 from fault_proxy import FaultProxy
-from gen_helpers import recipe
+from gen_helpers import recipe, request_keys
 
 CLI = [sys.executable, "-c", "from factory.cli import main; main()"]
 
@@ -84,6 +84,7 @@ def test_sigkill_driver_three_times_then_rerun(teacher, ray_local, seeds_file, t
             p.send_signal(signal.SIGKILL)
             p.wait()
         before_rerun = px.teacher_calls
+        kept = {r["id"]: r["text"] for r in read_docs(str(tmp_path / "out")).select(["id", "text"]).to_pylist()}
         r = subprocess.run([*CLI, "generate", str(cfg)], capture_output=True, text=True, timeout=400)
         assert r.returncode == 0, r.stderr[-2000:]
     assert 0 < before_rerun < n
@@ -93,8 +94,11 @@ def test_sigkill_driver_three_times_then_rerun(teacher, ray_local, seeds_file, t
     while any(alive(c) for c in orphans) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not [c for c in orphans if alive(c)], "processes outlived the killed driver"
-    got = ids(tmp_path / "out")
-    assert len(got) == len(set(got)) == n and sorted(got) == sorted(ids(tmp_path / "ref"))
+    got = read_docs(str(tmp_path / "out")).select(["id", "text"]).to_pylist()
+    assert len({r["id"] for r in got}) == len(got) == n
+    assert request_keys(tmp_path / "out") == request_keys(tmp_path / "ref")
+    # shards finished before the kills survive the rerun unchanged
+    assert kept and {r["id"]: r["text"] for r in got if r["id"] in kept} == kept
     assert px.teacher_calls >= n and px.repeated_calls <= 0.01 * n, (px.teacher_calls, px.repeated_calls)
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert m["status"] == "done" and m["counts"]["docs"] == n
@@ -133,7 +137,7 @@ def test_batch_mode_merges_into_outputs_and_cache(teacher, ray_local, seeds_file
         m2 = run(cfg, show_progress=False)  # finished: nothing is sent again
         assert fake.lines_run == lines_before
     got = ids(tmp_path / "batch")
-    assert len(got) == 3 and set(got) <= set(ids(tmp_path / "online"))
+    assert len(got) == len(set(got)) == 3 and set(request_keys(tmp_path / "batch")) <= set(request_keys(tmp_path / "online"))
     rej = pq.read_table(tmp_path / "batch" / "rejected" / "shard-00000.parquet").to_pylist() + \
         pq.read_table(tmp_path / "batch" / "rejected" / "shard-00001.parquet").to_pylist()
     assert [r["reason"] for r in rej] == ["teacher_http_400"] and rejected_id
