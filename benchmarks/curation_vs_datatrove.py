@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def corpus(tmp: Path, n_docs: int, seed: int = 0) -> tuple[str, str, str, int]:
+def corpus(tmp: Path, n_docs: int, seed: int = 0, shards: int = 8) -> tuple[str, str, str, int]:
     """A synthetic-looking corpus from the offline Wikipedia summaries: lessons, near and exact
     copies, copies of seeds, a few refusals/truncations, and benchmark items taken from it."""
     from factory.schema import make_doc
@@ -67,7 +67,6 @@ def corpus(tmp: Path, n_docs: int, seed: int = 0) -> tuple[str, str, str, int]:
             rows.append(doc("Sure! Here is a lesson.\n\n" + lesson(r), i, finish="length" if i % 2 else "stop"))
     rng.shuffle(rows)
     gen = StageDir(str(tmp / "gen"), "generate", {"bench": n_docs})
-    shards = 8
     for k in range(shards):
         gen.write_docs(f"part-{k:05d}.parquet", rows[k::shards])
     gen.finish()
@@ -76,7 +75,7 @@ def corpus(tmp: Path, n_docs: int, seed: int = 0) -> tuple[str, str, str, int]:
     ref.finish()
     bench = tmp / "bench.jsonl"
     bench.write_text("".join(json.dumps({"question": " ".join(r["extract"].split()[:20]), "choices": [],
-                                         "answer_text": r["title"]}) + "\n" for r in rng.sample(base, 200)))
+                                         "answer_text": r["title"]}) + "\n" for r in rng.sample(base, min(200, len(base)))))
     return str(tmp / "gen"), str(tmp / "seeds"), str(bench), len(rows)
 
 

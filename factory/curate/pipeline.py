@@ -165,19 +165,28 @@ def make_executor(cfg: CurateConfig, job: Job, logs: str, n_docs: int = SMALL):
 
 def run_jobs(cfg: CurateConfig, jobs: list[Job], out: str, on_job: Callable[[str, float], None] | None = None,
              n_docs: int = SMALL) -> None:
-    """Run the jobs in order; a job that leaves tasks unfinished stops the run with a clear error."""
+    """Run the jobs in order (on Ray: on one WorkerPool for them all); a job that leaves tasks
+    unfinished stops the run with a clear error."""
     import time
+    from contextlib import nullcontext
 
-    for job in jobs:
-        if job.skip:
-            continue
-        t0 = time.time()
-        executor = make_executor(cfg, job, f"{out}/{WORK}/logs/{job.name}", n_docs)
-        executor.run()
-        left = executor.get_incomplete_ranks(skip_completed=True)
-        if left:
-            raise FactoryError(f"curation job '{job.name}' left {len(left)} of {job.tasks} tasks unfinished "
-                               f"(ranks {left[:8]})", where=f"{out}/{WORK}/logs/{job.name}",
-                               fix="read the task logs there; rerun the same command to resume")
-        if on_job:
-            on_job(job.name, time.time() - t0)
+    todo = [j for j in jobs if not j.skip]
+    ex = cfg.executor
+    if ex.use_ray and todo:
+        from factory.curate.raypool import WorkerPool
+
+        pool = WorkerPool(max(_workers(cfg, j.tasks, n_docs) for j in todo), ex.cpus_per_task, ex.mem_per_cpu_gb)
+    else:
+        pool = nullcontext()
+    with pool:
+        for job in todo:
+            t0 = time.time()
+            executor = make_executor(cfg, job, f"{out}/{WORK}/logs/{job.name}", n_docs)
+            executor.run_on(pool) if ex.use_ray else executor.run()
+            left = executor.get_incomplete_ranks(skip_completed=True)
+            if left:
+                raise FactoryError(f"curation job '{job.name}' left {len(left)} of {job.tasks} tasks unfinished "
+                                   f"(ranks {left[:8]})", where=f"{out}/{WORK}/logs/{job.name}",
+                                   fix="read the task logs there; rerun the same command to resume")
+            if on_job:
+                on_job(job.name, time.time() - t0)

@@ -33,13 +33,13 @@ from datatrove.executor.ray import RayPipelineExecutor  # noqa: E402
 
 
 class FactoryRayExecutor(RayPipelineExecutor):
-    """datatrove's RayPipelineExecutor, made safe for the process pool each Ray actor forks.
+    """datatrove's RayPipelineExecutor, with `run_on(pool)`: the ranks run on the run's shared
+    WorkerPool (raypool.py) instead of a fresh actor per task group.
 
-    datatrove runs a task group's ranks in a `multiprocess` pool forked inside the actor. The
-    children inherit Ray's SIGTERM handler, which does not exit, so a pool child that is idle
-    when the pool shuts down ignores `terminate()` and the actor waits on it forever. Restoring
-    the default SIGTERM action in the actor (when it receives the executor) and in each pool
-    child lets the pool shut down.
+    `run()` stays datatrove's own, made safe for the `multiprocess` pool each of its actors forks:
+    the children inherit Ray's SIGTERM handler, which does not exit, so an idle child ignores
+    `terminate()` and the actor waits on it forever. Restoring the default SIGTERM action in the
+    actor (when it receives the executor) and in each pool child lets the pool shut down.
     """
 
     def __setstate__(self, state):
@@ -49,6 +49,32 @@ class FactoryRayExecutor(RayPipelineExecutor):
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
         _default_sigterm()
         return super()._run_for_rank(rank, local_rank, node_rank)
+
+    def run_on(self, pool) -> None:
+        """Run the incomplete ranks on `pool`, then merge the ranks' stats as datatrove does."""
+        import json
+
+        from datatrove.utils.logging import logger
+        from datatrove.utils.stats import PipelineStats
+
+        self._launched = True
+        ranks = self.get_incomplete_ranks(range(self.world_size))
+        if not ranks:
+            logger.info(f"All {self.world_size} tasks appear to be completed already. Nothing to run.")
+            return
+        logger.info(f"Will run pipeline on {len(ranks)} incomplete ranks out of {self.world_size} total.")
+        self.save_executor_as_json()
+        pool.run(self, [ranks[i: i + self.tasks_per_job] for i in range(0, len(ranks), self.tasks_per_job)],
+                 self.workers)
+        if self.get_incomplete_ranks(skip_completed=True):
+            return
+        total = PipelineStats()
+        for rank in range(self.world_size):
+            with self.logging_dir.open(f"stats/{rank:05d}.json", "r") as f:
+                total += PipelineStats.from_json(json.load(f))
+        with self.logging_dir.open("stats.json", "wt") as f:
+            total.save_to_disk(f)
+        logger.success(total.get_repr(f"All {self.world_size} tasks."))
 
 
 def ray_executor_class():

@@ -41,7 +41,7 @@ def _procs() -> dict[int, tuple[int, str]]:
 
 
 class WorkerKiller(threading.Thread):
-    """Waits for a datatrove Ray worker (a `RankWorker` actor), lets it work `after` seconds, then
+    """Waits for a curation Ray worker (a `CurationWorker` actor), lets it work `after` seconds, then
     SIGKILLs it and its forked children, as a lost machine would."""
 
     def __init__(self, after: float = 1.5, timeout: float = 300):
@@ -54,7 +54,7 @@ class WorkerKiller(threading.Thread):
         t0 = time.time()
         while not self.stop.is_set() and time.time() - t0 < self.timeout:
             procs = _procs()
-            workers = {p for p, (_, cmd) in procs.items() if cmd.startswith("ray::RankWorker.run_for_rank")}
+            workers = {p for p, (_, cmd) in procs.items() if cmd.startswith("ray::CurationWorker.run")}
             actors = sorted(p for p in workers if procs[p][0] not in workers)
             if actors:
                 time.sleep(self.after)

@@ -1,0 +1,86 @@
+"""Long-lived Ray workers shared by every datatrove job of one curation run.
+
+datatrove's RayPipelineExecutor starts a placement group and a fresh actor for every task group of
+every job, and each actor forks a process pool: a worker pays Python, datatrove and spaCy imports
+once per job (several seconds each, five jobs a run). Here one actor per worker slot lives for the
+whole run and calls the executor's own `_run_for_rank`, so logging, stats and completion markers
+stay datatrove's. A worker that dies (node lost, OOM, SIGKILL) is replaced and its ranks that left
+no completion marker run again, at most `retries` times; a rank whose steps raise is not retried,
+as in datatrove, and the job check after it reports the rank.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import Any
+
+from datatrove.utils.logging import logger
+
+GIB = 1024**3
+
+
+class CurationWorker:
+    """One worker process: runs ranks of any job handed to it, one after another."""
+
+    def run(self, executor, ranks: list[int]) -> list[int]:
+        for rank in ranks:
+            executor._run_for_rank(rank, 0 if rank == 0 and executor.log_first else 1)
+        return ranks
+
+
+class WorkerPool:
+    """`size` CurationWorker actors with `cpus` CPUs and `memory_gb` each; a context manager that
+    kills them on exit."""
+
+    def __init__(self, size: int, cpus: int = 1, memory_gb: float = 0.5, retries: int = 3):
+        import ray
+
+        self.options = {"num_cpus": cpus, "memory": int(memory_gb * cpus * GIB), "max_restarts": 0}
+        self.cls = ray.remote(CurationWorker)
+        self.actors = [self._actor() for _ in range(max(1, size))]
+        self.retries = retries
+
+    def _actor(self):
+        return self.cls.options(**self.options).remote()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+    def run(self, executor, groups: list[list[int]], workers: int) -> None:
+        """Run the rank groups on at most `workers` actors."""
+        import ray
+        from ray.exceptions import ActorDiedError, ObjectLostError, RayActorError, WorkerCrashedError
+
+        lost = (RayActorError, ActorDiedError, WorkerCrashedError, ObjectLostError)
+        ref = ray.put(executor)
+        pending, tries = deque(groups), Counter()
+        idle = list(range(min(workers, len(self.actors))))
+        running: dict[Any, tuple[int, list[int]]] = {}
+        while pending or running:
+            while pending and idle:
+                slot, group = idle.pop(), pending.popleft()
+                running[self.actors[slot].run.remote(ref, group)] = (slot, group)
+            finished, _ = ray.wait(list(running), num_returns=1)
+            for fut in finished:
+                slot, group = running.pop(fut)
+                idle.append(slot)
+                try:
+                    ray.get(fut)
+                except lost as e:
+                    self.actors[slot] = self._actor()
+                    left = executor.get_incomplete_ranks(group, skip_completed=True)
+                    tries.update(left)
+                    if left and max(tries[r] for r in left) <= self.retries:
+                        logger.warning(f"worker lost ({type(e).__name__}); running ranks {left} again")
+                        pending.append(left)
+                    elif left:
+                        logger.error(f"ranks {left} lost their worker {self.retries + 1} times; giving up")
+                except ray.exceptions.RayTaskError as e:
+                    logger.error(f"ranks {group} failed: {e}")
