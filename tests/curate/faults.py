@@ -1,4 +1,4 @@
-"""Fault and latency injection for curation runs (test-only): a slow step and a worker killer."""
+"""Fault and latency injection for curation runs (test-only): a slow step, a failing rank and a worker killer."""
 
 from __future__ import annotations
 
@@ -23,6 +23,22 @@ class Slow(PipelineStep):
     def run(self, data, rank: int = 0, world_size: int = 1):
         for doc in data:
             time.sleep(self.seconds)
+            yield doc
+
+
+class FailRank(PipelineStep):
+    """Fault injector: rank `rank` raises after passing `after` documents on; other ranks pass all."""
+
+    name = "💥 FailRank (test fault injector)"
+
+    def __init__(self, rank: int, after: int = 3):
+        super().__init__()
+        self.rank, self.after = rank, after
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        for i, doc in enumerate(data):
+            if rank == self.rank and i == self.after:
+                raise RuntimeError(f"injected failure on rank {rank}")
             yield doc
 
 

@@ -1,5 +1,5 @@
-"""Local and Ray executors give the same output; a Ray worker killed mid-run changes nothing;
-the CLI runs the local multi-process executor (forkserver) from a console script."""
+"""Local and Ray executors give the same output; a Ray worker killed mid-run changes nothing; a
+rank that raises stops the run with its job named and the rerun finishes only what is left; the CLI runs the local multi-process executor (forkserver) from a console script."""
 
 from __future__ import annotations
 
@@ -60,6 +60,30 @@ def test_killed_ray_worker_changes_nothing(planted, local_run, ray_session, tmp_
         cloudpickle.unregister_pickle_by_value(faults)
     assert killer.killed, "no Ray worker was killed"
     assert snapshot(str(tmp_path / "killed")) == local_run
+
+
+def test_failing_rank_on_ray_stops_with_its_job_and_the_rerun_completes(planted, local_run, ray_session, tmp_path):
+    from ray import cloudpickle
+
+    from factory.errors import FactoryError
+
+    cloudpickle.register_pickle_by_value(faults)
+
+    def failing(rank):
+        return lambda jobs: next(j for j in jobs if j.name == "filter").steps.insert(1, faults.FailRank(rank))
+
+    try:
+        with pytest.raises(FactoryError) as e:
+            run(_cfg(planted, tmp_path / "out", ray=True), inject=failing(1))
+        assert "curation job 'filter' left 1 of 2 tasks unfinished (ranks [1])" in str(e.value)
+        assert "logs/filter" in str(e.value) and "rerun" in str(e.value)
+        done = tmp_path / "out" / "_work" / "logs" / "filter" / "completions" / "00000"
+        before = done.stat().st_mtime_ns
+        run(_cfg(planted, tmp_path / "out", ray=True), inject=failing(-1))  # fault gone: rank 1 runs, rank 0 is kept
+        assert done.stat().st_mtime_ns == before
+    finally:
+        cloudpickle.unregister_pickle_by_value(faults)
+    assert snapshot(str(tmp_path / "out")) == local_run
 
 
 def test_cli_local_multiprocess(planted, local_run, tmp_path):
