@@ -36,16 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curation_vs_datatrove import anchor, config, corpus  # noqa: E402
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cores() -> str:
     """Physical cores and threads per core, from /proc/cpuinfo (hyperthreads cap CPU-bound scaling)."""
     try:
@@ -134,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             eff = local[ws[-1]] / (ws[-1] / ws[0] * local[ws[0]])
             res["datatrove_local"] = {"docs_per_s": {str(w): round(v, 2) for w, v in local.items()}, "efficiency": round(eff, 3),
                                       "ours_over_it_at_max": round(rows[-1]["docs_per_s"] / local[ws[-1]], 3)}
-        res["machine"] = f"{platform.node()} {cpu_name()}, {cpus} CPUs ({cores()}), Python {platform.python_version()}"
+        import torch
+
+        from train.metrics import device_name
+
+        res["machine"] = f"{platform.node()} {device_name(torch.device('cpu'))}, {cpus} CPUs ({cores()}), Python {platform.python_version()}"
         res["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=2))

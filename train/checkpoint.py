@@ -74,6 +74,22 @@ def save(root: str | Path, step: int, model, optim, meta: dict, keep: int = 2) -
     return final
 
 
+SHAPE = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size", "tie_embeddings")
+
+
+def check_shape(path: str | Path, shape: dict) -> None:
+    """Refuse a checkpoint written for another model shape, naming the fields that differ (DCP
+    would otherwise fail deep inside the load, or not at all for a tied/untied head)."""
+    from train.config import ConfigError
+
+    old = json.loads((Path(path) / "meta.json").read_text()).get("shape")
+    diff = {k: (old[k], shape.get(k)) for k in SHAPE if old and k in old and old[k] != shape.get(k)}
+    if diff:
+        fields = ", ".join(f"model.{k}: checkpoint {a}, this run {b}" for k, (a, b) in diff.items())
+        raise ConfigError(f"field model: the checkpoint {path} was written for another model ({fields}); "
+                          "restore those settings, or start fresh with checkpoint.resume=none or a new run_dir")
+
+
 def load(path: str | Path, model, optim=None) -> dict:
     """Collective: load model (+ optimizer) state resharded to the current ranks; returns meta.json.
 

@@ -286,7 +286,9 @@ def train(cfg: RunConfig) -> dict:
     start, resumed_from = 0, None
     res = cfg.checkpoint.resume
     src = checkpoint.latest(ckpt_root) if res == "auto" else (None if res == "none" else Path(res))
+    shape = {k: getattr(args, k) for k in checkpoint.SHAPE}
     if src is not None:
+        checkpoint.check_shape(src, shape)
         meta = checkpoint.load(src, model, optim)
         start, resumed_from = int(meta["step"]), str(src)
         sched.load_state_dict(meta["scheduler"])
@@ -308,7 +310,7 @@ def train(cfg: RunConfig) -> dict:
 
     def save_ckpt(step):
         checkpoint.save(ckpt_root, step, model, optim, {
-            "scheduler": sched.state_dict(), "loader": data.state_dict(), "config": cfg.to_dict()},
+            "scheduler": sched.state_dict(), "loader": data.state_dict(), "config": cfg.to_dict(), "shape": shape},
             keep=cfg.checkpoint.keep)
 
     rec, first_local, held = {}, None, None

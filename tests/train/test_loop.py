@@ -149,3 +149,11 @@ def test_failures_name_the_problem(tmp_path, tiny_plan):
         launch.run(tiny_config(tmp_path / "d", data={"source": "plan", "plan": str(tiny_plan)},
                                **{"train.steps": 100, "model.vocab_size": None}), nproc=1, echo=None)
     assert "train.log" in str(e.value) and (tmp_path / "d" / "train.log").exists()
+
+
+def test_resume_into_another_model_shape_is_refused(base_run, tmp_path):
+    ckpt = base_run / "checkpoints" / "step_0000008"
+    with pytest.raises(launch.TrainFailed, match="model.dim: checkpoint 64, this run 96") as e:
+        launch.run(tiny_config(tmp_path / "wide", **{"checkpoint.resume": str(ckpt), "model.dim": 96}), nproc=1, echo=None)
+    assert "checkpoint.resume=none" in str(e.value)
+    assert json.loads((ckpt / "meta.json").read_text())["step"] == 8  # the checkpoint is untouched
