@@ -22,6 +22,9 @@ GIB = 1024**3
 class CurationWorker:
     """One worker process: runs ranks of any job handed to it, one after another."""
 
+    def ready(self) -> bool:
+        return True
+
     def run(self, executor, ranks: list[int]) -> list[int]:
         for rank in ranks:
             executor._run_for_rank(rank, 0 if rank == 0 and executor.log_first else 1)
@@ -30,18 +33,27 @@ class CurationWorker:
 
 class WorkerPool:
     """`size` CurationWorker actors with `cpus` CPUs and `memory_gb` each; a context manager that
-    kills them on exit."""
+    kills them on exit. Work goes only to actors that have started: asking for more workers than
+    the cluster holds leaves the rest waiting (or lets an autoscaler add nodes for them), never a
+    rank stuck behind an actor that cannot be placed."""
 
     def __init__(self, size: int, cpus: int = 1, memory_gb: float = 0.5, retries: int = 3):
         import ray
 
         self.options = {"num_cpus": cpus, "memory": int(memory_gb * cpus * GIB), "max_restarts": 0}
         self.cls = ray.remote(CurationWorker)
-        self.actors = [self._actor() for _ in range(max(1, size))]
+        self.actors: list[Any] = []
+        self.starting: dict[Any, int] = {}  # ready() futures of actors not known to be up yet
+        self.up: set[int] = set()
+        for _ in range(max(1, size)):
+            self.actors.append(None)
+            self._start(len(self.actors) - 1)
         self.retries = retries
 
-    def _actor(self):
-        return self.cls.options(**self.options).remote()
+    def _start(self, slot: int) -> None:
+        self.actors[slot] = self.cls.options(**self.options).remote()
+        self.up.discard(slot)
+        self.starting[self.actors[slot].ready.remote()] = slot
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -54,27 +66,38 @@ class WorkerPool:
         self.actors = []
 
     def run(self, executor, groups: list[list[int]], workers: int) -> None:
-        """Run the rank groups on at most `workers` actors."""
+        """Run the rank groups on at most `workers` started actors."""
         import ray
         from ray.exceptions import ActorDiedError, ObjectLostError, RayActorError, WorkerCrashedError
 
         lost = (RayActorError, ActorDiedError, WorkerCrashedError, ObjectLostError)
         ref = ray.put(executor)
+        slots = set(range(min(workers, len(self.actors))))
         pending, tries = deque(groups), Counter()
-        idle = list(range(min(workers, len(self.actors))))
         running: dict[Any, tuple[int, list[int]]] = {}
         while pending or running:
-            while pending and idle:
-                slot, group = idle.pop(), pending.popleft()
+            busy = {slot for slot, _ in running.values()}
+            for slot in sorted((self.up & slots) - busy):
+                if not pending:
+                    break
+                group = pending.popleft()
                 running[self.actors[slot].run.remote(ref, group)] = (slot, group)
-            finished, _ = ray.wait(list(running), num_returns=1)
+            waiting = [f for f, slot in self.starting.items() if slot in slots]
+            finished, _ = ray.wait(list(running) + waiting, num_returns=1)
             for fut in finished:
+                if fut in self.starting:
+                    slot = self.starting.pop(fut)
+                    try:
+                        ray.get(fut)
+                        self.up.add(slot)
+                    except lost:
+                        self._start(slot)
+                    continue
                 slot, group = running.pop(fut)
-                idle.append(slot)
                 try:
                     ray.get(fut)
                 except lost as e:
-                    self.actors[slot] = self._actor()
+                    self._start(slot)
                     left = executor.get_incomplete_ranks(group, skip_completed=True)
                     tries.update(left)
                     if left and max(tries[r] for r in left) <= self.retries:

@@ -42,6 +42,14 @@ def test_ray_equals_local(planted, local_run, ray_session, tmp_path):
     assert snapshot(str(tmp_path / "ray")) == local_run
 
 
+def test_more_ray_workers_than_cpus_still_finish(planted, local_run, ray_session, tmp_path):
+    """4 workers asked on a 2-CPU Ray: two actors never start, and no rank waits on them."""
+    run(_cfg(planted, tmp_path / "over", ray=True, tasks=4, workers=4))
+    got = snapshot(str(tmp_path / "over"))
+    ids = lambda snap, part: sorted(r["id"] for rows in snap[part].values() for r in rows)  # noqa: E731
+    assert ids(got, "kept") == ids(local_run, "kept") and ids(got, "rejected") == ids(local_run, "rejected")
+
+
 def test_killed_ray_worker_changes_nothing(planted, local_run, ray_session, tmp_path):
     from ray import cloudpickle
 
