@@ -14,6 +14,9 @@ ours / it at the largest point shows what Ray adds.
 
     python benchmarks/curation_scaling.py [--workers 1,2,4,8,16] [--per-worker 600] [--corpus DIR]
     python benchmarks/curation_scaling.py --corpus DIR --build-only   # corpora for a host without the wiki package
+
+The host that runs the points needs ray, datatrove, spacy and pydantic (not the teacher or the
+corpus extras): copy DIR there and pass it with --corpus.
 """
 
 from __future__ import annotations
