@@ -130,7 +130,7 @@ class ExecutorCfg(_M):
     ray: bool = Field(False, description="run on Ray (local `ray.init()` unless `ray_address` is set)")
     ray_address: str | None = None
     tasks: int = Field(2, ge=1, description="datatrove tasks per stage; the kept set does not depend on it")
-    workers: int = Field(-1, description="tasks at once; -1: as many as CPUs (at most tasks)")
+    workers: int = Field(-1, description="tasks at once; -1: as many as CPUs (on Ray: the cluster's), at most tasks")
     cpus_per_task: int = Field(1, ge=1)
     mem_per_cpu_gb: float = Field(0.5, gt=0)
     tasks_per_job: int = Field(0, ge=0, description="Ray: tasks per actor; 0: spread tasks over the workers")

@@ -140,16 +140,27 @@ def compile_jobs(cfg: CurateConfig, inputs: list[tuple[str, list[str]]], refs: l
 SMALL = 3000  # below this many input documents, auto workers run the tasks in-process, one after another
 
 
-def _workers(cfg: CurateConfig, tasks: int, n_docs: int) -> int:
+def _workers(cfg: CurateConfig, tasks: int, n_docs: int, ray_cpus: int = 0) -> int:
+    """Tasks at once. -1: local, one in-process worker for small inputs, else one per CPU; on Ray,
+    the cluster's CPUs (at least this machine's, so an autoscaler sees the demand) per task."""
     w = cfg.executor.workers
     if w == -1:
-        w = 1 if n_docs < SMALL and not cfg.executor.use_ray else (os.cpu_count() or 1)
+        if cfg.executor.use_ray:
+            w = max(ray_cpus, os.cpu_count() or 1) // cfg.executor.cpus_per_task
+        else:
+            w = 1 if n_docs < SMALL else (os.cpu_count() or 1)
     return max(1, min(w, tasks))
 
 
-def make_executor(cfg: CurateConfig, job: Job, logs: str, n_docs: int = SMALL):
+def _ray_cpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("CPU", 0)) if ray.is_initialized() else 0
+
+
+def make_executor(cfg: CurateConfig, job: Job, logs: str, n_docs: int = SMALL, ray_cpus: int = 0):
     ex = cfg.executor
-    workers = _workers(cfg, job.tasks, n_docs)
+    workers = _workers(cfg, job.tasks, n_docs, ray_cpus)
     if ex.use_ray:
         from factory.curate.raysession import ray_executor_class
 
@@ -172,16 +183,17 @@ def run_jobs(cfg: CurateConfig, jobs: list[Job], out: str, on_job: Callable[[str
 
     todo = [j for j in jobs if not j.skip]
     ex = cfg.executor
+    cpus = _ray_cpus() if ex.use_ray else 0
     if ex.use_ray and todo:
         from factory.curate.raypool import WorkerPool
 
-        pool = WorkerPool(max(_workers(cfg, j.tasks, n_docs) for j in todo), ex.cpus_per_task, ex.mem_per_cpu_gb)
+        pool = WorkerPool(max(_workers(cfg, j.tasks, n_docs, cpus) for j in todo), ex.cpus_per_task, ex.mem_per_cpu_gb)
     else:
         pool = nullcontext()
     with pool:
         for job in todo:
             t0 = time.time()
-            executor = make_executor(cfg, job, f"{out}/{WORK}/logs/{job.name}", n_docs)
+            executor = make_executor(cfg, job, f"{out}/{WORK}/logs/{job.name}", n_docs, cpus)
             executor.run_on(pool) if ex.use_ray else executor.run()
             left = executor.get_incomplete_ranks(skip_completed=True)
             if left:

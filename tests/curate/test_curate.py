@@ -141,3 +141,23 @@ def test_flag_mode_keeps_and_marks(planted, tmp_path):
         assert json.loads(kept[doc_id]["meta"]["extra"])["contamination"]["task"] == "kb"
     flagged = [i for i, r in kept.items() if "contamination" in json.loads(r["meta"]["extra"] or "{}")]
     assert sorted(flagged) == sorted(planted.contaminated)
+
+
+def test_worker_count():
+    import os
+
+    from factory.curate.pipeline import SMALL, _workers
+
+    cpus = os.cpu_count() or 1
+    cfg = load(None, inputs=["x"], output="y")
+    cfg.executor.tasks = 64
+    assert _workers(cfg, 64, SMALL - 1) == 1  # small local inputs run in-process
+    assert _workers(cfg, 64, SMALL) == min(cpus, 64)
+    assert _workers(cfg, 3, SMALL) == min(cpus, 3)  # never more than the job's tasks
+    cfg.executor.ray = True
+    assert _workers(cfg, 64, 10, ray_cpus=48) == max(48, cpus)  # the cluster's CPUs, whatever the input size
+    assert _workers(cfg, 64, 10, ray_cpus=0) == cpus  # an empty autoscaling cluster: ask for this machine's
+    cfg.executor.cpus_per_task = 2
+    assert _workers(cfg, 64, 10, ray_cpus=48) == max(48, cpus) // 2
+    cfg.executor.workers = 5
+    assert _workers(cfg, 64, 10, ray_cpus=48) == 5
