@@ -21,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from factory.config import load_config
 from factory.errors import FactoryError
+from factory.schema import sha
 from factory.stage import StageDir, read_docs, write_card
+from factory.teacher.cache import adopt
 from factory.teacher.config import TeacherConfig, local_config
 from factory.teacher.shard import ACCOUNT_KEYS, REJECT_SCHEMA, reject_row, seed_id_of, shard_name
 
@@ -37,7 +39,8 @@ class GenerateConfig(BaseModel):
     teacher: TeacherConfig | str = Field(description="a TeacherConfig, or the path of its YAML file")
     recipe_sampling: dict[str, Any] = Field(default_factory=dict, description="overrides for every recipe step, e.g. max_tokens")
     out: str
-    cache_dir: str | None = Field(None, description="request cache folder (default <out>/cache; a shared filesystem on clusters)")
+    cache_dir: str | None = Field(None, description="request cache folder (default <out>/cache); runs that share one reuse each "
+                                     "other's paid completions; a shared filesystem on clusters")
     ray_address: str | None = None
     workers: int = Field(2, ge=1, description="Ray actors sending requests")
     concurrency: int = Field(16, ge=1, description="items in flight per worker")
@@ -139,16 +142,19 @@ def run(cfg: GenerateConfig, where: str = "generate config", show_progress: bool
     tcfg = teacher_config(cfg, where)
     recipes = [load_recipe(r, **cfg.recipe_sampling) for r in cfg.recipes]
     stage = StageDir(cfg.out, "generate", identity(cfg, tcfg), inputs=[cfg.seeds])
-    cache_dir = cfg.cache_dir or stage.path("cache")
-    if not Path(cache_dir).is_absolute() and "://" in cfg.out:
+    cache_root = cfg.cache_dir or stage.path("cache")
+    if not Path(cache_root).is_absolute() and "://" in cfg.out:
         raise FactoryError("the request cache needs a filesystem path", field="cache_dir",
                            fix="set cache_dir to a local or shared filesystem folder")
     seeds, bad = load_seeds(cfg)
     if bad:
         stage.write_table("rejected/seeds.parquet", pa.Table.from_pylist(bad, schema=REJECT_SCHEMA))
     shards = split(seeds, cfg.shards)
+    shard_of = {seed_id_of(r): k for k, rows in enumerate(shards) for r in rows}
+    cache_dir = str(Path(cache_root) / f"layout-{sha([[seed_id_of(r) for r in rows] for rows in shards], n=12)}")
+    adopted = adopt(cache_root, cache_dir, shard_of)
     todo = [k for k in range(cfg.shards) if not stage.done(shard_name(k))]
-    this_run: dict[str, Any] = {"failed_shards": []}
+    this_run: dict[str, Any] = {"failed_shards": [], "cache_adopted": adopted}
     t0 = time.time()
     if todo:
         with teacher_endpoints(tcfg) as live:

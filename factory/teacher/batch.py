@@ -21,7 +21,7 @@ from typing import Any
 import openai
 
 from factory.stage import StageDir
-from factory.teacher.cache import CompletionCache, request_key
+from factory.teacher.cache import CompletionCache, SeedCache, request_key, shard_file
 from factory.teacher.client import RETRY_STATUS, TeacherClient
 from factory.teacher.config import TeacherConfig
 from factory.teacher.shard import process_shard
@@ -34,7 +34,7 @@ OPEN = "batches/open.json"
 class Recorder:
     """The `complete` of one shard in batch mode: cache hit, known failure, or recorded miss."""
 
-    def __init__(self, client: TeacherClient, cache: CompletionCache, shard: int, pending: dict, failed: dict, fresh: set):
+    def __init__(self, client: TeacherClient, cache: SeedCache, shard: int, pending: dict, failed: dict, fresh: set):
         self.client, self.cache, self.shard = client, cache, shard
         self.pending, self.failed, self.fresh = pending, failed, fresh
 
@@ -60,7 +60,7 @@ class Recorder:
         seed = c.request_seed(key)
         if seed is not None:
             body.setdefault("seed", seed)
-        self.pending[key] = (self.shard, body)
+        self.pending[key] = (self.shard, body, self.cache.seed)
         raise Deferred(key)
 
 
@@ -84,7 +84,7 @@ def run_batch(tcfg: TeacherConfig, shards: dict[int, list[dict]], recipes: list[
     open_shards = dict(shards)
     results: dict[int, dict] = {}
     info: Counter[str] = Counter()
-    caches = {k: CompletionCache(Path(cache_dir) / f"shard-{k:05d}.jsonl") for k in shards}
+    caches = {k: CompletionCache(shard_file(cache_dir, k)) for k in shards}
     try:
         if stage.exists(OPEN):  # a batch a previous driver left running: collect it first
             with stage.fs.open(stage.path(OPEN)) as f:
@@ -92,13 +92,13 @@ def run_batch(tcfg: TeacherConfig, shards: dict[int, list[dict]], recipes: list[
             _collect(api, st, caches, failed, fresh, info, tcfg)
             stage.fs.rm(stage.path(OPEN))
         for rnd in range(tcfg.batch.max_rounds + 1):
-            pending: dict[str, tuple[int, dict]] = {}
+            pending: dict[str, tuple[int, dict, str]] = {}
 
             async def one_round() -> None:
                 for k in sorted(open_shards):
-                    rec = Recorder(client, caches[k], k, pending, failed, fresh)
                     res = await process_shard(k, open_shards[k], recipes, samples, client, stage, cache_dir, concurrency,
-                                              complete_factory=lambda cache, rec=rec: rec)
+                                              complete_factory=lambda cache, k=k: Recorder(client, cache, k, pending,
+                                                                                           failed, fresh))
                     if "deferred" not in res:
                         results[k] = res
                         del open_shards[k]
@@ -107,11 +107,12 @@ def run_batch(tcfg: TeacherConfig, shards: dict[int, list[dict]], recipes: list[
             if not pending or rnd == tcfg.batch.max_rounds:
                 break
             lines = [json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body})
-                     for key, (_, body) in sorted(pending.items())]
+                     for key, (_, body, _) in sorted(pending.items())]
             up = api.files.create(file=(f"round-{rnd}.jsonl", ("\n".join(lines) + "\n").encode()), purpose="batch")
             batch = api.batches.create(input_file_id=up.id, endpoint="/v1/chat/completions",
                                        completion_window=tcfg.batch.completion_window)
-            st = {"batch_id": batch.id, "shards": {key: k for key, (k, _) in pending.items()}}
+            st = {"batch_id": batch.id, "shards": {key: k for key, (k, _, _) in pending.items()},
+                  "seeds": {key: seed for key, (_, _, seed) in pending.items()}}
             stage.write_json(OPEN, st)
             info["batches"] += 1
             info["batch_requests"] += len(lines)
@@ -153,7 +154,7 @@ def _collect(api: openai.OpenAI, st: dict, caches: dict[int, CompletionCache], f
             status = int(resp.get("status_code") or 0)
             if status == 200:
                 try:
-                    caches[k].put(key, _completion(resp["body"], tcfg.endpoints[0].model))
+                    caches[k].put(key, _completion(resp["body"], tcfg.endpoints[0].model), seed=st.get("seeds", {}).get(key))
                     fresh.add(key)
                     continue
                 except (KeyError, IndexError, TypeError, ValueError):

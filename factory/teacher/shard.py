@@ -5,7 +5,8 @@ Outputs per shard k (the docs parquet is written last and is the shard's complet
   rejected/shard-k.parquet  quarantined items: seed_id, recipe, sample, reason, detail (JSON)
   stats/shard-k.json        accounting of the run that finished the shard
   shard-k.parquet           the documents, sorted by id, ids unique
-The request cache is `<cache_dir>/shard-k.jsonl` (see factory.teacher.cache).
+The request cache is `<cache_dir>/shard-k.jsonl` (see factory.teacher.cache); what a seed's
+requests write to it carries the seed id.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pyarrow as pa
 
 from factory.errors import FactoryError
 from factory.stage import StageDir
-from factory.teacher.cache import CompletionCache
+from factory.teacher.cache import CompletionCache, shard_file
 from factory.teacher.client import TeacherClient
 from factory.teacher.types import Deferred, TeacherError
 
@@ -66,15 +67,15 @@ async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], 
     rejected: list[dict[str, Any]] = []
     dup = deferred = 0
     sem = asyncio.Semaphore(concurrency)
-    with CompletionCache(Path(cache_dir) / f"shard-{k:05d}.jsonl") as cache:
-        complete = complete_factory(cache) if complete_factory else functools.partial(client.complete, cache=cache)
+    with CompletionCache(shard_file(cache_dir, k)) as cache:
+        make = complete_factory or (lambda c: functools.partial(client.complete, cache=c))
 
         async def unit(row: dict[str, Any], recipe: Any, sample: int) -> None:
             nonlocal dup, deferred
             sid = seed_id_of(row)
             async with sem:
                 try:
-                    res = await recipe.run(row, sample, complete)
+                    res = await recipe.run(row, sample, make(cache.for_seed(sid)))
                 except Deferred:
                     deferred += 1
                     return

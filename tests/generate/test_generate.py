@@ -59,6 +59,21 @@ def test_generate_writes_docs_with_provenance_and_resumes(teacher, ray_local, se
     assert m3["this_run"]["requests"] == 0 and m3["this_run"]["cache_hits"] > 0
 
 
+def test_shared_cache_pays_only_for_what_is_new(teacher, ray_local, seeds_file, tmp_path):
+    """Another shard count and twice the samples, on the cache of a first run: only the new
+    samples reach the teacher, and the old ones come back with the same text."""
+    seeds, cache = seeds_file(6), str(tmp_path / "cache")
+    run(gen_cfg(seeds, tmp_path / "a", teacher.endpoints, teacher.model, shards=3, cache_dir=cache), show_progress=False)
+    with FaultProxy(teacher.endpoints[0]) as px:  # no faults: it counts the calls that reach the teacher
+        m = run(gen_cfg(seeds, tmp_path / "b", [px.base_url], teacher.model, shards=2, samples_per_seed=2,
+                        cache_dir=cache), show_progress=False)
+    assert px.teacher_calls == 6 and m["this_run"]["cache_adopted"] == 6
+    texts = lambda out: {(r["meta"]["seed_id"], extra(r).get("sample", 0)): r["text"]  # noqa: E731
+                         for r in read_docs(str(out)).to_pylist()}
+    a, b = texts(tmp_path / "a"), texts(tmp_path / "b")
+    assert len(a) == 6 and len(b) == 12 and {k: b[k] for k in a} == a
+
+
 def test_faults_lose_and_duplicate_nothing(teacher, ray_local, seeds_file, tmp_path):
     seeds = seeds_file(12)
     clean = gen_cfg(seeds, tmp_path / "clean", teacher.endpoints, teacher.model)

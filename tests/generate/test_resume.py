@@ -142,5 +142,6 @@ def test_batch_mode_merges_into_outputs_and_cache(teacher, ray_local, seeds_file
         pq.read_table(tmp_path / "batch" / "rejected" / "shard-00001.parquet").to_pylist()
     assert [r["reason"] for r in rej] == ["teacher_http_400"] and rejected_id
     assert m["this_run"]["batches"] >= 3 and m["accounting"]["requests"] > 0 and m2["status"] == "done"
-    caches = list((tmp_path / "batch" / "cache").glob("*.jsonl"))
+    caches = list((tmp_path / "batch" / "cache").glob("layout-*/*.jsonl"))
+    assert caches
     assert sum(len(c.read_text().splitlines()) for c in caches) == fake.lines_run

@@ -47,6 +47,31 @@ def test_complete_and_cache(teacher, tmp_path):
     assert [r.text for r in res2] == [r.text for r in res] and all(r.cached for r in res2)
 
 
+def test_adopt_routes_other_layouts_by_seed_once(tmp_path):
+    from factory.teacher.cache import adopt, shard_file
+    from factory.teacher.types import Completion
+
+    old, new = tmp_path / "layout-old", tmp_path / "layout-new"
+    with CompletionCache(shard_file(old, 0)) as c:
+        c.for_seed("s1").put("k1", Completion("one", "stop", 1, 1, "m"))
+        c.for_seed("s2").put("k2", Completion("two", "stop", 1, 1, "m"))
+        c.for_seed("gone").put("k3", Completion("three", "stop", 1, 1, "m"))  # a seed this run does not have
+        c.put("k4", Completion("four", "stop", 1, 1, "m"))  # no seed id: cannot be routed
+    with open(shard_file(old, 0), "ab") as f:
+        f.write(b'{"key": "k5", "seed": "s1", "compl')  # a line still being written
+    shard_of = {"s1": 1, "s2": 0}
+    assert adopt(tmp_path, new, shard_of) == 2
+    assert adopt(tmp_path, new, shard_of) == 0  # each record is adopted once
+    with CompletionCache(shard_file(new, 1)) as c1, CompletionCache(shard_file(new, 0)) as c0:
+        assert c1.get("k1").text == "one" and "k2" not in c1 and c0.get("k2").text == "two" and len(c0) == 1
+    with open(shard_file(old, 0), "ab") as f:  # the writer finishes that line
+        f.write(b'etion": {"text": "five", "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 1, '
+                b'"model": "m"}}\n')
+    assert adopt(tmp_path, new, shard_of) == 1
+    with CompletionCache(shard_file(new, 1)) as c1:
+        assert c1.get("k5").text == "five" and c1.torn_lines == 0
+
+
 def test_torn_cache_line_is_skipped(tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_text('{"key": "a", "completion": {"text": "x", "finish_reason": "stop", "prompt_tokens": 1, '
