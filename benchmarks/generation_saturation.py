@@ -47,6 +47,18 @@ def seeds(n: int) -> list[dict]:
                          seed_id=f"bench:{i}", extra={"title": f"Topic {i}"}) for i in range(n)]
 
 
+def write_workload(tmp: Path, n_seeds: int, max_tokens: int):
+    """The benchmark recipe and seed file under `tmp`: (seed rows, loaded recipe)."""
+    from factory.recipes import load_recipe
+
+    (tmp / "bench_paragraph.yaml").write_text(RECIPE % max_tokens)
+    rows = seeds(n_seeds)
+    with open(tmp / "seeds.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return rows, load_recipe(str(tmp / "bench_paragraph.yaml"))
+
+
 async def anchor(endpoints: list[str], model: str, prompts: list[tuple[list[dict], dict]], per_replica: int) -> dict:
     import openai
 
@@ -82,17 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     from factory.generate import GenerateConfig, run
-    from factory.recipes import load_recipe, seed_context
+    from factory.recipes import seed_context
     from factory.teacher.config import local_config
     from factory.teacher.server import LocalTeacher
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-gen-"))
-    (tmp / "bench_paragraph.yaml").write_text(RECIPE % a.max_tokens)
-    rows = seeds(a.seeds)
-    with open(tmp / "seeds.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    rec = load_recipe(str(tmp / "bench_paragraph.yaml"))
+    rows, rec = write_workload(tmp, a.seeds, a.max_tokens)
     samp = {**rec.step_sampling(rec.spec.steps[0])}
     prompts = [(rec.messages(0, {**seed_context(r), **rec.sample_variables(seed_context(r)["seed_id"], 0)}), samp) for r in rows]
     with LocalTeacher(replicas=a.replicas, threads=a.threads) as t:

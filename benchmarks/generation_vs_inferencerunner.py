@@ -38,21 +38,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generation_saturation import RECIPE, seeds  # noqa: E402 - the same workload as the saturation benchmark
+from generation_saturation import write_workload  # noqa: E402 - the same workload as the saturation benchmark
 
 
 def workload(a: argparse.Namespace, tmp: Path, endpoints: list[str], model: str) -> dict[str, Any]:
     """Seeds file, recipe file, teacher config, and the exact chat payload of every request."""
-    from factory.recipes import load_recipe, seed_context
+    from factory.recipes import seed_context
     from factory.teacher.client import TeacherClient
     from factory.teacher.config import local_config
 
-    (tmp / "bench_paragraph.yaml").write_text(RECIPE % a.max_tokens)
-    rows = seeds(a.seeds)
-    with open(tmp / "seeds.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    rec = load_recipe(str(tmp / "bench_paragraph.yaml"))
+    rows, rec = write_workload(tmp, a.seeds, a.max_tokens)
     tcfg = local_config(endpoints, model, max_in_flight=a.in_flight, sampling={"temperature": 0.0})
     tc = TeacherClient(tcfg)  # not started: used only for its sampling merge and request seeds
     payloads = []
