@@ -12,7 +12,7 @@ Beside it, datatrove's LocalPipelineExecutor alone runs the smallest and the lar
 the same steps: its own efficiency shows what the host allows (hyperthreads, shared caches), and
 ours / it at the largest point shows what Ray adds.
 
-    python benchmarks/curation_scaling.py [--workers 1,2,4,8,16] [--per-worker 600] [--corpus DIR]
+    python benchmarks/curation_scaling.py [--workers 1,2,4,8,16] [--per-worker 600] [--repeats 3] [--corpus DIR]
     python benchmarks/curation_scaling.py --corpus DIR --build-only   # corpora for a host without the wiki package
 
 The host that runs the points needs ray, datatrove, spacy and pydantic (not the teacher or the
@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", default=",".join(str(1 << k) for k in range(5) if 1 << k <= min(16, cpus)))
     ap.add_argument("--per-worker", type=int, default=600, help="documents per worker (<= 600 fits the wiki summaries at 16)")
     ap.add_argument("--corpus", default="", help="folder of prebuilt corpora (built there if missing)")
+    ap.add_argument("--repeats", type=int, default=1, help="runs per point; the median counts (points are short)")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--no-anchor", action="store_true", help="skip datatrove local at the two ends")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/curation_scaling.json"))
@@ -106,10 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         curate_on_ray(warm, tmp / "warmup", 1)  # page cache and first imports, untimed
         rows = []
         for w in ws:
-            secs, m = curate_on_ray(corpora[w], tmp / f"ours-{w}", w)
-            n = corpora[w][3]
-            rows.append({"workers": w, "docs": n, "seconds": round(secs, 2), "docs_per_s": round(n / secs, 2),
-                         "kept": m["counts"]["kept"], "timings": m["timings"]})
+            runs = []
+            for i in range(max(1, args.repeats)):
+                t, m = curate_on_ray(corpora[w], tmp / f"ours-{w}-{i}", w)
+                runs.append(round(t, 2))
+            secs, n = statistics.median(runs), corpora[w][3]
+            rows.append({"workers": w, "docs": n, "seconds": round(secs, 2), "runs_s": runs,
+                         "docs_per_s": round(n / secs, 2), "kept": m["counts"]["kept"], "timings": m["timings"]})
             print(f"workers {w:>2}: {n} docs in {secs:.1f} s = {n / secs:.1f} docs/s", flush=True)
         base = rows[0]["docs_per_s"] / rows[0]["workers"]
         for r in rows:
