@@ -147,6 +147,23 @@ def run_details(before: dict, after: dict, ours: dict, anchor: float, same: int,
             "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
 
 
+def report(a: argparse.Namespace, label: str, anchor_name: str, before: dict, after: dict, ours: dict, load0,
+           **details: Any) -> None:
+    """Anchor = mean of its runs before and after ours; save the result JSON and print the ratio."""
+    anchor = (before["tok_s"] + after["tok_s"]) / 2
+    same = same_outputs(ours["texts"], before["texts"])
+    if ours["completion_tokens"] != before["completion_tokens"]:
+        print(f"warning: the workloads differ: ours {ours['completion_tokens']} vs anchor {before['completion_tokens']} completion tokens")
+    result = {"ours": round(ours["tok_s"], 2), "anchor": round(anchor, 2), "ratio": round(ours["tok_s"] / anchor, 3),
+              "unit": "completion tokens/s", "target": 1.0, "machine": machine(a), "date": datetime.date.today().isoformat(),
+              "details": {"anchor_name": anchor_name, "seeds": a.seeds, "max_tokens": a.max_tokens,
+                          "in_flight_per_replica": a.in_flight, "workers": a.workers, "concurrency": a.concurrency,
+                          **details, **run_details(before, after, ours, anchor, same, load0)}}
+    save(result, a.out)
+    print(f"generation vs {label}: ours {ours['tok_s']:.1f} tok/s / anchor {anchor:.1f} tok/s = {result['ratio']:.3f} "
+          f"(target >= 1.0); identical outputs {same}/{len(before['texts'])} -> {a.out}")
+
+
 def save(result: dict[str, Any], out: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
@@ -189,19 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         after = run_datatrove(a, w, t.endpoints, t.model, tmp / "dt-after")
         print(f"anchor (datatrove InferenceRunner, after): {after['tok_s']:.1f} tok/s ({after['completion_tokens']} tokens, "
               f"{after['wall_s']:.1f}s)", flush=True)
-    anchor = (before["tok_s"] + after["tok_s"]) / 2
-    same = same_outputs(ours["texts"], before["texts"])
-    if ours["completion_tokens"] != before["completion_tokens"]:
-        print(f"warning: the workloads differ: ours {ours['completion_tokens']} vs anchor {before['completion_tokens']} completion tokens")
-    result = {"ours": round(ours["tok_s"], 2), "anchor": round(anchor, 2), "ratio": round(ours["tok_s"] / anchor, 3),
-              "unit": "completion tokens/s", "target": 1.0, "machine": machine(a), "date": datetime.date.today().isoformat(),
-              "details": {"anchor_name": "datatrove 0.10.1 InferenceRunner (server_type=endpoint, one rank per replica)",
-                          "seeds": a.seeds, "max_tokens": a.max_tokens, "in_flight_per_replica": a.in_flight,
-                          "workers": a.workers, "concurrency": a.concurrency,
-                          **run_details(before, after, ours, anchor, same, load0)}}
-    save(result, a.out)
-    print(f"generation vs InferenceRunner: ours {ours['tok_s']:.1f} tok/s / anchor {anchor:.1f} tok/s = {result['ratio']:.3f} "
-          f"(target >= 1.0); identical outputs {same}/{len(before['texts'])} -> {a.out}")
+    report(a, "InferenceRunner", "datatrove 0.10.1 InferenceRunner (server_type=endpoint, one rank per replica)",
+           before, after, ours, load0)
     return 0
 
 

@@ -38,7 +38,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generation_vs_inferencerunner import common_args, machine, removed, run_details, run_ours, same_outputs, save, warm_up, workload  # noqa: E402
+from generation_vs_inferencerunner import common_args, machine, removed, report, run_ours, save, warm_up, workload  # noqa: E402
 
 
 def raydata_available() -> str | None:
@@ -97,15 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=1, help="rows per Ray Data batch (sent one after another; 1 balances best)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "generation_vs_raydata.json"))
     a = ap.parse_args(argv)
-    base = {"unit": "completion tokens/s", "target": 1.0, "machine": machine(a), "date": datetime.date.today().isoformat()}
     load0 = os.getloadavg()
 
     why = raydata_available()
     if why:
         print(f"generation vs Ray Data LLM: cannot run the anchor: {why}")
-        result = {"ours": None, "anchor": None, "ratio": None, **base, "details": {"unavailable": why}}
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+        save({"ours": None, "anchor": None, "ratio": None, "unit": "completion tokens/s", "target": 1.0,
+              "machine": machine(a), "date": datetime.date.today().isoformat(), "details": {"unavailable": why}}, a.out)
         return 0
 
     import ray
@@ -130,19 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{after['wall_s']:.1f}s)", flush=True)
     finally:
         ray.shutdown()
-    anchor = (before["tok_s"] + after["tok_s"]) / 2
-    same = same_outputs(ours["texts"], before["texts"])
-    if ours["completion_tokens"] != before["completion_tokens"]:
-        print(f"warning: the workloads differ: ours {ours['completion_tokens']} vs anchor {before['completion_tokens']} completion tokens")
-    result = {"ours": round(ours["tok_s"], 2), "anchor": round(anchor, 2), "ratio": round(ours["tok_s"] / anchor, 3), **base,
-              "details": {"anchor_name": f"Ray {ray.__version__} ray.data.llm HttpRequestProcessorConfig + build_processor, "
-                                         "one processor per replica, unioned",
-                          "seeds": a.seeds, "max_tokens": a.max_tokens, "in_flight_per_replica": a.in_flight,
-                          "workers": a.workers, "concurrency": a.concurrency, "actor_cpus": a.actor_cpus, "batch_size": a.batch_size,
-                          **run_details(before, after, ours, anchor, same, load0)}}
-    save(result, a.out)
-    print(f"generation vs Ray Data LLM: ours {ours['tok_s']:.1f} tok/s / anchor {anchor:.1f} tok/s = {result['ratio']:.3f} "
-          f"(target >= 1.0); identical outputs {same}/{len(before['texts'])} -> {a.out}")
+    report(a, "Ray Data LLM", f"Ray {ray.__version__} ray.data.llm HttpRequestProcessorConfig + build_processor, "
+           "one processor per replica, unioned", before, after, ours, load0, actor_cpus=a.actor_cpus, batch_size=a.batch_size)
     return 0
 
 
