@@ -194,7 +194,10 @@ def run_jobs(cfg: CurateConfig, jobs: list[Job], out: str, on_job: Callable[[str
         for job in todo:
             t0 = time.time()
             executor = make_executor(cfg, job, f"{out}/{WORK}/logs/{job.name}", n_docs, cpus)
-            executor.run_on(pool) if ex.use_ray else executor.run()
+            if ex.use_ray:
+                executor.run_on(pool)
+            else:
+                executor.run()
             left = executor.get_incomplete_ranks(skip_completed=True)
             if left:
                 raise FactoryError(f"curation job '{job.name}' left {len(left)} of {job.tasks} tasks unfinished "
