@@ -11,6 +11,7 @@ as in datatrove, and the job check after it reports the rank.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter, deque
 from typing import Any
 
@@ -26,8 +27,8 @@ class CurationWorker:
         return True
 
     def run(self, executor, ranks: list[int]) -> list[int]:
-        for rank in ranks:
-            executor._run_for_rank(rank, 0 if rank == 0 and executor.log_first else 1)
+        for rank in ranks:  # a fresh copy per rank, as datatrove's forked process: steps count one rank each
+            copy.deepcopy(executor)._run_for_rank(rank, 0 if rank == 0 and executor.log_first else 1)
         return ranks
 
 

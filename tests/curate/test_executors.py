@@ -33,13 +33,26 @@ def local_run(planted, tmp_path_factory):
     out = tmp_path_factory.mktemp("exec") / "local"
     m = run(_cfg(planted, out, workers=2))
     assert m["executor"] == "local"
-    return snapshot(str(out))
+    return {**snapshot(str(out)), "stats": job_stats(out)}
+
+
+def job_stats(out: Path) -> dict:
+    """Each job's merged datatrove stats, counters only (no timings): what every step saw."""
+    import json
+
+    got = {}
+    for f in sorted((out / "_work" / "logs").glob("*/stats.json")):
+        got[f.parent.name] = [(s["name"], {k: v["total"] if isinstance(v, dict) else v for k, v in s["stats"].items()})
+                              for s in json.loads(f.read_text())]
+    return got
 
 
 def test_ray_equals_local(planted, local_run, ray_session, tmp_path):
+    """Same rows, and the same datatrove stats per job: a worker running several ranks in a row
+    (16 bucket tasks on 2 workers) counts each rank once."""
     m = run(_cfg(planted, tmp_path / "ray", ray=True))
     assert m["executor"] == "ray"
-    assert snapshot(str(tmp_path / "ray")) == local_run
+    assert {**snapshot(str(tmp_path / "ray")), "stats": job_stats(tmp_path / "ray")} == local_run
 
 
 def test_more_ray_workers_than_cpus_still_finish(planted, local_run, ray_session, tmp_path):
