@@ -26,6 +26,7 @@ from factory.errors import FactoryError
 from factory.schema import DOC_SCHEMA, to_table
 
 MANIFEST = "manifest.json"
+ROW_GROUP = 1000  # rows per parquet row group, as datatrove's writers: readers can split a file by them
 _VERSIONED = ("synth-factory", "ray", "datatrove", "torch", "openai", "tokenizers", "pyarrow", "pydantic")
 
 
@@ -93,7 +94,7 @@ class StageDir:
 
     def write_table(self, name: str, table: pa.Table) -> str:
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
+        pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP)
         return self.write_bytes(name, buf.getvalue())
 
     def write_docs(self, name: str, rows: Iterable[dict[str, Any]]) -> int:

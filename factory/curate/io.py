@@ -96,8 +96,17 @@ def doc_reader(files: list[str], root: str) -> ParquetReader:
     return _ListReader(root, files)
 
 
+FILES_PER_RANK = 4  # below this many files per rank, ranks split rows instead of files
+
+
 class _ListReader(ParquetReader):
-    """ParquetReader that takes its file list directly (no glob, no paths file on disk)."""
+    """ParquetReader that takes its file list directly (no glob, no paths file on disk).
+
+    With many files a rank reads every world_size-th file, as datatrove does. With few (one seeds
+    file, 17 shards on 16 ranks) whole files would leave ranks idle or doubly loaded, so each rank
+    reads an equal run of rows across the files instead, touching only the row groups it overlaps.
+    Either way a document keeps its id and its row index in its file.
+    """
 
     name = "📒 Rows"
 
@@ -108,10 +117,44 @@ class _ListReader(ParquetReader):
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         if data:
             yield from data
-        for doc in self.read_files_shard(self.files[rank::world_size]):
+        if len(self.files) >= FILES_PER_RANK * world_size:
+            docs = self.read_files_shard(self.files[rank::world_size])
+        else:
+            docs = self.read_rows_shard(rank, world_size)
+        for doc in docs:
             doc.metadata.pop("file_path", None)
             self.update_doc_stats(doc)
             yield doc
+
+    def read_rows_shard(self, rank: int, world_size: int):
+        """Rows [total * rank / world_size, total * (rank + 1) / world_size) of the files in order."""
+        import pyarrow.parquet as pq
+
+        groups = []  # per file: the row counts of its row groups
+        for path in self.files:
+            with self.data_folder.open(path, "rb") as f:
+                md = pq.ParquetFile(f).metadata
+                groups.append([md.row_group(g).num_rows for g in range(md.num_row_groups)])
+        total = sum(map(sum, groups))
+        lo, hi = total * rank // world_size, total * (rank + 1) // world_size
+        first = 0  # index of the file's first row among all rows
+        for path, sizes in zip(self.files, groups):
+            if first < hi and first + sum(sizes) > lo:
+                self.stat_update("input_files")
+                with self.data_folder.open(path, "rb") as f, pq.ParquetFile(f) as pqf:
+                    at, n = first, 0
+                    for g, size in enumerate(sizes):
+                        a, b = max(lo, at), min(hi, at + size)
+                        if a < b:
+                            rows = pqf.read_row_group(g).slice(a - at, b - a).to_pylist()
+                            for i, row in enumerate(rows, start=a - first):
+                                doc = self.get_document_from_dict(row, path, i)
+                                if doc:
+                                    n += 1
+                                    yield doc
+                        at += size
+                self.stat_update("documents", value=n, unit="input_file")
+            first += sum(sizes)
 
 
 class RankJsonlReader(JsonlReader):
