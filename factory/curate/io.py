@@ -8,6 +8,8 @@ come out with exactly the provenance they came in with. Rejected documents get `
 from __future__ import annotations
 
 import json
+import sys
+from functools import lru_cache
 from typing import Any
 
 import fsspec
@@ -48,13 +50,34 @@ class SharedTokenizer(WordTokenizer):
         return isinstance(other, SharedTokenizer) and other.language == self.language
 
     def word_tokenize(self, text: str) -> list[str]:
-        return load_word_tokenizer(self.language).word_tokenize(text)
+        return _tokenizer(self.language).word_tokenize(text)
 
     def sent_tokenize(self, text: str) -> list[str]:
-        return load_word_tokenizer(self.language).sent_tokenize(text)
+        return _tokenizer(self.language).sent_tokenize(text)
 
     def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-        return load_word_tokenizer(self.language).span_tokenize(text)
+        return _tokenizer(self.language).span_tokenize(text)
+
+
+@lru_cache(maxsize=None)
+def _tokenizer(language: str) -> WordTokenizer:
+    """datatrove's tokenizer for `language`, loaded once per process with torch out of sight.
+
+    spaCy imports thinc, and thinc imports torch and counts CUDA devices: seconds in every worker
+    (more on a GPU host, with all of them at once) for a blank tokenizer that uses neither. Unless
+    something here imported torch already, `import torch` fails while spaCy loads and works again
+    after (thinc then runs without torch, which word tokenizing never needs).
+    """
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # import raises ModuleNotFoundError
+    try:
+        tok = load_word_tokenizer(language)
+        tok.word_tokenize("load")
+    finally:
+        if hide and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return tok
 
 
 def row_to_doc(self, data: dict, path: str, id_in_file: int | str) -> dict:

@@ -1,7 +1,12 @@
-"""The curation reader shares the rows among ranks: by file when there are many files, by rows when
-there are few (one seeds file must not leave 15 of 16 ranks idle); every row read once, ids kept."""
+"""Curation I/O: the reader shares the rows among ranks, by file when there are many files and by
+rows when there are few (one seeds file must not leave 15 of 16 ranks idle), every row read once
+with its id; the shared word tokenizer loads without torch and tokenizes as datatrove's does."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,3 +51,25 @@ def test_many_files_split_by_file(tmp_path):
     shares = _shares(tmp_path, files, world)
     assert sorted(i for s in shares for i in s) == sorted(f"f{k}-{i}" for k in range(len(files)) for i in range(3))
     assert {i.split("-")[0] for i in shares[0]} == {f"f{k}" for k in range(0, len(files), world)}
+
+
+def _tokenize_in_fresh_process(setup: str) -> list:
+    text = "Dr. Smith went to Washington. It rained; the U.S. budget (2024) passed at 3.5%! Why?"
+    code = f"""
+import json, sys
+{setup}
+out = [tok.word_tokenize({text!r}), tok.sent_tokenize({text!r}), tok.span_tokenize({text!r}), "torch" in sys.modules]
+import torch  # importable afterwards either way
+print(json.dumps(out))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_tokenizer_loads_without_torch_and_matches_datatrove():
+    ours = _tokenize_in_fresh_process("from factory.curate.io import SharedTokenizer\ntok = SharedTokenizer('en')")
+    ref = _tokenize_in_fresh_process("import torch\nfrom datatrove.utils.word_tokenizers import load_word_tokenizer\n"
+                                     "tok = load_word_tokenizer('en')")
+    assert ours[3] is False and ref[3] is True  # spaCy loaded without pulling torch in
+    assert ours[:3] == ref[:3] and len(ours[0]) > 10
