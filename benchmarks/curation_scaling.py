@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     cpus = os.cpu_count() or 1
     ap.add_argument("--workers", default=",".join(str(1 << k) for k in range(5) if 1 << k <= min(16, cpus)))
-    ap.add_argument("--per-worker", type=int, default=600, help="documents per worker (<= 600 fits the wiki summaries at 16)")
+    ap.add_argument("--per-worker", type=int, default=600, help="documents per worker (past about 600 at 16 workers the distinct summaries run out: rewrites of them fill the rest)")
     ap.add_argument("--corpus", default="", help="folder of prebuilt corpora (built there if missing)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per point; the median counts (points are short)")
     ap.add_argument("--build-only", action="store_true")

@@ -39,8 +39,9 @@ def corpus(tmp: Path, n_docs: int, seed: int = 0, shards: int = 8) -> tuple[str,
     rng = random.Random(seed)
     recs = [r for r in load_wiki_summaries() if len(r["extract"].split()) >= 40]
     rng.shuffle(recs)
-    n_seed = max(100, n_docs // 10)
-    base, seeds = recs[: int(n_docs * 0.8)], recs[int(n_docs * 0.8): int(n_docs * 0.8) + n_seed]
+    n_seed = min(max(100, n_docs // 10), len(recs) // 5)
+    n_base = min(int(n_docs * 0.8), len(recs) - n_seed)  # past the summaries' count, more rewrites of each
+    base, seeds = recs[:n_base], recs[n_base: n_base + n_seed]
 
     def lesson(r):
         return f"{r['title']}\n\n{r['extract']}\n\nIn short, {r['title']} is {(r['description'] or 'notable').lower()}."

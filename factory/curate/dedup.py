@@ -88,6 +88,20 @@ def load_signatures(folder, num_buckets: int, hashes_per_bucket: int) -> dict[in
     return out
 
 
+def verified(pairs: np.ndarray, sigs: dict[int, np.ndarray], threshold: float) -> np.ndarray:
+    """Which pairs (rows of file1, doc1, file2, doc2) agree on at least `threshold` of their
+    signature values: one array operation per pair of files, not a Python step per pair."""
+    keep = np.zeros(len(pairs), dtype=bool)
+    if not len(pairs):
+        return keep
+    key = pairs[:, 0].astype(np.int64) << 32 | pairs[:, 2]
+    order = np.argsort(key, kind="stable")
+    for at in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
+        f1, f2 = int(pairs[at[0], 0]), int(pairs[at[0], 2])
+        keep[at] = (sigs[f1][pairs[at, 1]] == sigs[f2][pairs[at, 3]]).mean(axis=1) >= threshold
+    return keep
+
+
 class VerifyPairs(PipelineStep):
     """Keeps only candidate pairs whose whole-signature Jaccard estimate reaches `threshold`.
 
@@ -117,10 +131,7 @@ class VerifyPairs(PipelineStep):
             for name in self.dups.list_files(glob_pattern="*.dups"):
                 with self.dups.open(name, "rb") as f:
                     pairs = np.frombuffer(f.read(), dtype="<u4").reshape(-1, 4)
-                keep = np.ones(len(pairs), dtype=bool)
-                for i, (f1, d1, f2, d2) in enumerate(pairs):
-                    a, b = sigs[int(f1)][int(d1)], sigs[int(f2)][int(d2)]
-                    keep[i] = float(np.mean(a == b)) >= self.threshold
+                keep = verified(pairs, sigs, self.threshold)
                 self.stat_update("candidate_pairs", value=len(pairs))
                 self.stat_update("verified_pairs", value=int(keep.sum()))
                 with self.out.open(name, "wb") as f:

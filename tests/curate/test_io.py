@@ -73,3 +73,20 @@ def test_tokenizer_loads_without_torch_and_matches_datatrove():
                                      "tok = load_word_tokenizer('en')")
     assert ours[3] is False and ref[3] is True  # spaCy loaded without pulling torch in
     assert ours[:3] == ref[:3] and len(ours[0]) > 10
+
+
+def test_pair_verification_equals_the_jaccard_estimate_of_each_pair():
+    """The vectorized check gives, pair by pair, what the definition says: the share of equal
+    signature values against the threshold (pairs within a file and across files, both orders)."""
+    import numpy as np
+
+    from factory.curate.dedup import verified
+
+    rng = np.random.default_rng(0)
+    sigs = {f: rng.integers(0, 4, size=(50, 30)).astype(np.uint64) for f in (0, 1, 7)}
+    pairs = np.array([(rng.choice([0, 1, 7]), rng.integers(50), rng.choice([0, 1, 7]), rng.integers(50))
+                      for _ in range(400)], dtype="<u4")
+    expect = [float(np.mean(sigs[int(a)][int(i)] == sigs[int(b)][int(j)])) >= 0.3 for a, i, b, j in pairs]
+    got = verified(pairs, sigs, 0.3)
+    assert got.tolist() == expect and 0 < sum(expect) < len(expect)
+    assert verified(pairs[:0], sigs, 0.3).shape == (0,)
