@@ -9,10 +9,11 @@ ours     = docs/s at W workers
 anchor   = W x docs/s at 1 worker (perfect scaling)
 ratio    = scaling efficiency; target >= 0.8 at 16 workers.
 Beside it, datatrove's LocalPipelineExecutor alone runs the smallest and the largest point with
-the same steps: its own efficiency shows what the host allows (hyperthreads, shared caches), and
-ours / it at the largest point shows what Ray adds.
+the same steps (its efficiency is the plain tool's on this host), and ours / it at the largest
+point compares the two. `host_ceiling` runs W plain processes of fixed
+stdlib work at once (no Ray, no datatrove): the efficiency the host itself gives CPU-bound Python.
 
-    python benchmarks/curation_scaling.py [--workers 1,2,4,8,16] [--per-worker 600] [--repeats 3] [--corpus DIR]
+    python benchmarks/curation_scaling.py [--workers 1,2,4,8,16] [--per-worker 2000] [--repeats 3] [--corpus DIR]
     python benchmarks/curation_scaling.py --corpus DIR --build-only   # corpora for a host without the wiki package
 
 The host that runs the points needs ray, datatrove, spacy and pydantic (not the teacher or the
@@ -53,6 +54,35 @@ def cores() -> str:
     return f"{len(ids)} physical cores, {len(blocks) / max(1, len(ids)):.0f} threads per core"
 
 
+def _busy(text: str, rounds: int) -> float:
+    """Single-process CPU work shaped like curation (split, regex, hash over text); its seconds."""
+    import hashlib
+    import re
+
+    t0 = time.perf_counter()
+    for i in range(rounds):
+        words = re.findall(r"\w+", text)
+        hashlib.blake2b(" ".join(sorted(set(words[i % 7:]))).encode()).digest()
+    return time.perf_counter() - t0
+
+
+def host_ceiling(workers: list[int], rounds: int = 4000) -> dict[str, float]:
+    """What the host allows: W processes doing the same fixed work at once, no Ray, no datatrove.
+    Efficiency = seconds alone / mean seconds with W at once (frequency, shared caches, vCPUs)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    text = " ".join(f"word{i % 97} token{i % 13}" for i in range(2000))
+    alone = None
+    out = {}
+    for w in workers:
+        with ProcessPoolExecutor(w) as ex:
+            list(ex.map(_busy, [text] * w, [10] * w))  # start the processes first
+            secs = statistics.mean(ex.map(_busy, [text] * w, [rounds] * w))
+        alone = alone or secs
+        out[str(w)] = round(alone / secs, 3)
+    return out
+
+
 def ensure_corpus(root: Path, name: str, n_docs: int, shards: int) -> tuple[str, str, str, int]:
     """One corpus, built once under root/name (reused when its marker says the same size)."""
     d = root / name
@@ -88,13 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     cpus = os.cpu_count() or 1
     ap.add_argument("--workers", default=",".join(str(1 << k) for k in range(5) if 1 << k <= min(16, cpus)))
-    ap.add_argument("--per-worker", type=int, default=600, help="documents per worker (past about 600 at 16 workers the distinct summaries run out: rewrites of them fill the rest)")
+    ap.add_argument("--per-worker", type=int, default=2000, help="documents per worker (past about 600 at 16 workers the distinct summaries run out: rewrites of them fill the rest)")
     ap.add_argument("--corpus", default="", help="folder of prebuilt corpora (built there if missing)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per point; the median counts (points are short)")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--no-anchor", action="store_true", help="skip datatrove local at the two ends")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/curation_scaling.json"))
+    ap.add_argument("--host-only", action="store_true", help="only the host's own ceiling (stdlib, no corpus)")
     args = ap.parse_args(argv)
+    if args.host_only:
+        print(json.dumps({"host_ceiling": host_ceiling(sorted({int(w) for w in args.workers.split(",")}))}))
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ws = sorted({int(w) for w in args.workers.split(",")})
     tmp = Path(tempfile.mkdtemp(prefix="curscale-"))
@@ -132,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             eff = local[ws[-1]] / (ws[-1] / ws[0] * local[ws[0]])
             res["datatrove_local"] = {"docs_per_s": {str(w): round(v, 2) for w, v in local.items()}, "efficiency": round(eff, 3),
                                       "ours_over_it_at_max": round(rows[-1]["docs_per_s"] / local[ws[-1]], 3)}
+        res["host_ceiling"] = host_ceiling(ws)  # same host, same moment: what plain processes get
         import torch
 
         from train.metrics import device_name
@@ -147,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             a = res["datatrove_local"]
             print(f"datatrove LocalPipelineExecutor alone, {ws[0]} -> {ws[-1]} workers: efficiency {a['efficiency']:.3f}; "
                   f"factory on Ray / it at {ws[-1]}: {a['ours_over_it_at_max']:.3f}")
+        print(f"host ceiling (plain processes, stdlib work) at {ws[-1]}: {res['host_ceiling'][str(ws[-1])]:.3f}")
         print(f"curation scaling efficiency 1 -> {ws[-1]} workers: {res['efficiency']:.3f} (target 0.8)")
         return 0
     finally:
