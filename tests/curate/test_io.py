@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory.curate.io import FILES_PER_RANK, doc_reader
+from factory.stage import ROW_GROUP
 
 
 def _files(tmp_path, sizes: list[int], with_ids: bool = True) -> list[str]:
@@ -21,7 +22,7 @@ def _files(tmp_path, sizes: list[int], with_ids: bool = True) -> list[str]:
         cols = {"text": [f"document {k}.{i}" for i in range(n)]}
         if with_ids:
             cols["id"] = [f"f{k}-{i}" for i in range(n)]
-        pq.write_table(pa.table(cols), tmp_path / f"part-{k}.parquet", row_group_size=1000)
+        pq.write_table(pa.table(cols), tmp_path / f"part-{k}.parquet", row_group_size=ROW_GROUP)
         names.append(f"part-{k}.parquet")
     return names
 
@@ -32,9 +33,9 @@ def _shares(tmp_path, files: list[str], world: int) -> list[list[str]]:
 
 @pytest.mark.parametrize("world", [1, 2, 3, 16])
 def test_few_files_split_by_rows_evenly_in_order(tmp_path, world):
-    files = _files(tmp_path, [5, 2500, 7])  # the big file has three row groups
+    files = _files(tmp_path, [5, 2 * ROW_GROUP + 500, 7])  # the big file has three row groups
     shares = _shares(tmp_path, files, world)
-    assert [i for s in shares for i in s] == [f"f{k}-{i}" for k, n in enumerate([5, 2500, 7]) for i in range(n)]
+    assert [i for s in shares for i in s] == [f"f{k}-{i}" for k, n in enumerate([5, 2 * ROW_GROUP + 500, 7]) for i in range(n)]
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
