@@ -65,8 +65,8 @@ class OffsetSignature(MinhashDedupSignature):
 
 
 def _read_index(folder, name: str) -> list[dict]:
-    with folder.open(name, "rt") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with folder.open(name, "rt") as f:  # one read: fsspec's file objects are slow line by line
+        return [json.loads(line) for line in f.read().splitlines() if line.strip()]
 
 
 def load_signatures(folder, num_buckets: int, hashes_per_bucket: int) -> dict[int, np.ndarray]:
@@ -102,6 +102,24 @@ def verified(pairs: np.ndarray, sigs: dict[int, np.ndarray], threshold: float) -
     return keep
 
 
+def first_pairs(chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct pair (either order) once, at its first appearance: (rows of the chunks' pairs,
+    index of the chunk it came from). A pair of near copies collides in most LSH buckets, so the
+    buckets stage lists it many times; clustering needs each edge only once."""
+    if not chunks:
+        return np.zeros((0, 4), dtype="<u4"), np.zeros(0, dtype=np.int64)
+    pairs = np.concatenate(chunks)
+    source = np.repeat(np.arange(len(chunks)), [len(c) for c in chunks])
+    a = pairs[:, 0].astype(np.uint64) << np.uint64(32) | pairs[:, 1]
+    b = pairs[:, 2].astype(np.uint64) << np.uint64(32) | pairs[:, 3]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    order = np.lexsort((np.arange(len(a)), hi, lo))  # by pair, then by position: the first copy leads
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (lo[order][1:] != lo[order][:-1]) | (hi[order][1:] != hi[order][:-1])
+    first = np.sort(order[new])
+    return pairs[first], source[first]
+
+
 class VerifyPairs(PipelineStep):
     """Keeps only candidate pairs whose whole-signature Jaccard estimate reaches `threshold`.
 
@@ -109,7 +127,8 @@ class VerifyPairs(PipelineStep):
     low per-bucket thresholds that paraphrases need, unrelated documents sharing boilerplate
     collide too. The full signature (buckets x hashes values) estimates Jaccard with a standard
     error of about sqrt(J(1-J)/k), so a cut at `threshold` removes those false pairs.
-    Writes the surviving pairs in datatrove's `.dups` format for MinhashDedupCluster.
+    Each distinct pair is checked and written once, in datatrove's `.dups` format (one file per
+    bucket file read) for MinhashDedupCluster.
     """
 
     type = "🫂 - DEDUP"
@@ -128,14 +147,19 @@ class VerifyPairs(PipelineStep):
         assert world_size == 1
         with self.track_time():
             sigs = load_signatures(self.sigs, *self.shape)
-            for name in self.dups.list_files(glob_pattern="*.dups"):
+            names = sorted(self.dups.list_files(glob_pattern="*.dups"))
+            chunks = []
+            for name in names:
                 with self.dups.open(name, "rb") as f:
-                    pairs = np.frombuffer(f.read(), dtype="<u4").reshape(-1, 4)
-                keep = verified(pairs, sigs, self.threshold)
-                self.stat_update("candidate_pairs", value=len(pairs))
-                self.stat_update("verified_pairs", value=int(keep.sum()))
+                    chunks.append(np.frombuffer(f.read(), dtype="<u4").reshape(-1, 4))
+            pairs, source = first_pairs(chunks)
+            keep = verified(pairs, sigs, self.threshold)
+            self.stat_update("candidate_pairs", value=sum(map(len, chunks)))
+            self.stat_update("distinct_pairs", value=len(pairs))
+            self.stat_update("verified_pairs", value=int(keep.sum()))
+            for i, name in enumerate(names):
                 with self.out.open(name, "wb") as f:
-                    f.write(pairs[keep].astype("<u4").tobytes())
+                    f.write(pairs[keep & (source == i)].astype("<u4").tobytes())
         return None  # eager (see Decide)
 
 
@@ -191,10 +215,10 @@ class Decide(PipelineStep):
                 per_rank[file][str(idx)] = how
             for file, recs in per_rank.items():
                 with self.out.open(f"{file:05d}.json", "wt") as f:
-                    json.dump(recs, f)
+                    f.write(json.dumps(recs))  # one write: json.dump streams thousands of small ones
                 self.stat_update("removed", value=len(recs))
             with self.out.open("clusters.json", "wt") as f:
-                json.dump(groups, f)
+                f.write(json.dumps(groups))
         return None  # not a generator: runs eagerly, like datatrove's MinhashDedupCluster
 
     @staticmethod

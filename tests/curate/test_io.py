@@ -91,3 +91,24 @@ def test_pair_verification_equals_the_jaccard_estimate_of_each_pair():
     got = verified(pairs, sigs, 0.3)
     assert got.tolist() == expect and 0 < sum(expect) < len(expect)
     assert verified(pairs[:0], sigs, 0.3).shape == (0,)
+
+
+def test_each_distinct_pair_is_kept_once_at_its_first_appearance():
+    import numpy as np
+
+    from factory.curate.dedup import first_pairs
+
+    rng = np.random.default_rng(1)
+    chunks = [np.array([(rng.integers(3), rng.integers(6), rng.integers(3), rng.integers(6)) for _ in range(60)],
+                       dtype="<u4") for _ in range(4)]
+    pairs, source = first_pairs(chunks)
+    seen, expect = set(), []
+    for i, c in enumerate(chunks):
+        for f1, d1, f2, d2 in c.tolist():
+            key = frozenset([(f1, d1), (f2, d2)]) if (f1, d1) != (f2, d2) else ((f1, d1),)
+            if key not in seen:
+                seen.add(key)
+                expect.append((i, (f1, d1, f2, d2)))
+    assert [(int(s), tuple(p)) for s, p in zip(source, pairs.tolist())] == expect
+    assert len(expect) < sum(map(len, chunks))  # the draw repeats pairs, in both orders
+    assert first_pairs([])[0].shape == (0, 4)
