@@ -3,7 +3,9 @@
 Each point gets `--per-worker` documents per worker (same recipe of lessons, near and exact copies,
 seed copies, refusals and benchmark leaks as curation_vs_datatrove.py), a fresh local Ray session
 limited to that many CPUs, and `executor.tasks = workers`. The clock covers `factory.curate.run`
-(all five datatrove jobs, finalize, report, card), not Ray's start.
+(all five datatrove jobs, finalize, report, card), not Ray's start. `--repeats` runs that many
+rounds over all the points (so a slow spell of a shared host hits each point) and each point's
+median counts; results are saved after every round.
 
 ours     = docs/s at W workers
 anchor   = W x docs/s at 1 worker (perfect scaling)
@@ -114,13 +116,32 @@ def curate_on_ray(paths: tuple[str, str, str, int], out: Path, workers: int) -> 
         ray.shutdown()
 
 
+def points(ws: list[int], runs: dict[int, list[float]], corpora: dict, last: dict[int, dict]) -> dict:
+    """Median seconds per point, docs/s and efficiency against the first point."""
+    rows = []
+    for w in ws:
+        secs, n = statistics.median(runs[w]), corpora[w][3]
+        rows.append({"workers": w, "docs": n, "seconds": round(secs, 2), "runs_s": runs[w], "docs_per_s": round(n / secs, 2),
+                     "kept": last[w]["counts"]["kept"], "timings": last[w]["timings"]})
+    base = rows[0]["docs_per_s"] / rows[0]["workers"]
+    for r in rows:
+        r["efficiency"] = round(r["docs_per_s"] / (r["workers"] * base), 3)
+    return {"points": rows, "efficiency": rows[-1]["efficiency"], "workers_max": rows[-1]["workers"]}
+
+
+def save(res: dict, out: str) -> None:
+    res["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(res, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     cpus = os.cpu_count() or 1
     ap.add_argument("--workers", default=",".join(str(1 << k) for k in range(5) if 1 << k <= min(16, cpus)))
     ap.add_argument("--per-worker", type=int, default=2000, help="documents per worker (past about 600 at 16 workers the distinct summaries run out: rewrites of them fill the rest)")
     ap.add_argument("--corpus", default="", help="folder of prebuilt corpora (built there if missing)")
-    ap.add_argument("--repeats", type=int, default=1, help="runs per point; the median counts (points are short)")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds over all points; each point's median counts")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--no-anchor", action="store_true", help="skip datatrove local at the two ends")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/curation_scaling.json"))
@@ -140,21 +161,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"corpora for workers {ws} under {root}")
             return 0
         curate_on_ray(warm, tmp / "warmup", 1)  # page cache and first imports, untimed
-        rows = []
-        for w in ws:
-            runs = []
-            for i in range(max(1, args.repeats)):
+        last: dict[int, dict] = {}
+        runs: dict[int, list[float]] = {w: [] for w in ws}
+        res: dict = {"unit": "docs/s", "mode": "weak scaling", "per_worker": args.per_worker, "target": 0.8}
+        for i in range(max(1, args.repeats)):  # rounds over all points: a slow spell of the host hits every point
+            for w in ws:
                 t, m = curate_on_ray(corpora[w], tmp / f"ours-{w}-{i}", w)
-                runs.append(round(t, 2))
-            secs, n = statistics.median(runs), corpora[w][3]
-            rows.append({"workers": w, "docs": n, "seconds": round(secs, 2), "runs_s": runs,
-                         "docs_per_s": round(n / secs, 2), "kept": m["counts"]["kept"], "timings": m["timings"]})
-            print(f"workers {w:>2}: {n} docs in {secs:.1f} s = {n / secs:.1f} docs/s", flush=True)
-        base = rows[0]["docs_per_s"] / rows[0]["workers"]
-        for r in rows:
-            r["efficiency"] = round(r["docs_per_s"] / (r["workers"] * base), 3)
-        res = {"unit": "docs/s", "mode": "weak scaling", "per_worker": args.per_worker, "target": 0.8, "points": rows,
-               "efficiency": rows[-1]["efficiency"], "workers_max": rows[-1]["workers"]}
+                runs[w].append(round(t, 2))
+                last[w] = m
+                print(f"round {i + 1}, workers {w:>2}: {corpora[w][3]} docs in {t:.1f} s", flush=True)
+            res.update(points(ws, runs, corpora, last))
+            save(res, args.out)  # after each round: a run cut short still leaves its numbers
+        res["host_ceiling"] = host_ceiling(ws)  # same host, same moment: what plain processes get
+        import torch
+
+        from train.metrics import device_name
+
+        res["machine"] = f"{platform.node()} {device_name(torch.device('cpu'))}, {cpus} CPUs ({cores()}), Python {platform.python_version()}"
+        save(res, args.out)
         if not args.no_anchor:  # datatrove alone, same steps and corpora, at the ends of the range
             local = {}
             for w in (ws[0], ws[-1]):
@@ -165,16 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"datatrove local, workers {w:>2}: {corpora[w][3]} docs in {secs:.1f} s = {local[w]:.1f} docs/s", flush=True)
             eff = local[ws[-1]] / (ws[-1] / ws[0] * local[ws[0]])
             res["datatrove_local"] = {"docs_per_s": {str(w): round(v, 2) for w, v in local.items()}, "efficiency": round(eff, 3),
-                                      "ours_over_it_at_max": round(rows[-1]["docs_per_s"] / local[ws[-1]], 3)}
-        res["host_ceiling"] = host_ceiling(ws)  # same host, same moment: what plain processes get
-        import torch
-
-        from train.metrics import device_name
-
-        res["machine"] = f"{platform.node()} {device_name(torch.device('cpu'))}, {cpus} CPUs ({cores()}), Python {platform.python_version()}"
-        res["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2))
+                                      "ours_over_it_at_max": round(res["points"][-1]["docs_per_s"] / local[ws[-1]], 3)}
+            save(res, args.out)
+        rows = res["points"]
         print(f"{'workers':>7} {'docs':>6} {'s':>7} {'docs/s':>8} {'efficiency':>10}")
         for r in rows:
             print(f"{r['workers']:>7} {r['docs']:>6} {r['seconds']:>7.1f} {r['docs_per_s']:>8.1f} {r['efficiency']:>10.3f}")
