@@ -112,3 +112,18 @@ def test_each_distinct_pair_is_kept_once_at_its_first_appearance():
     assert [(int(s), tuple(p)) for s, p in zip(source, pairs.tolist())] == expect
     assert len(expect) < sum(map(len, chunks))  # the draw repeats pairs, in both orders
     assert first_pairs([])[0].shape == (0, 4)
+
+
+def test_repeated_text_is_tokenized_once_and_each_caller_gets_its_own_list(monkeypatch):
+    from factory.curate import io
+
+    tok = io.SharedTokenizer("en")
+    real = io._tokenizer("en")
+    calls = []
+    monkeypatch.setattr(real, "word_tokenize", lambda text: calls.append(text) or text.split())
+    io._words.cache_clear()
+    first = tok.word_tokenize("the same normalized text")
+    first.append("changed by a step")
+    again = tok.word_tokenize("the same normalized text")
+    assert again == ["the", "same", "normalized", "text"] and calls == ["the same normalized text"]
+    io._words.cache_clear()
