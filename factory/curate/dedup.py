@@ -114,8 +114,9 @@ def first_pairs(chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     b = pairs[:, 2].astype(np.uint64) << np.uint64(32) | pairs[:, 3]
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     order = np.lexsort((np.arange(len(a)), hi, lo))  # by pair, then by position: the first copy leads
+    lo, hi = lo[order], hi[order]
     new = np.ones(len(order), dtype=bool)
-    new[1:] = (lo[order][1:] != lo[order][:-1]) | (hi[order][1:] != hi[order][:-1])
+    new[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
     first = np.sort(order[new])
     return pairs[first], source[first]
 

@@ -105,7 +105,7 @@ def test_each_distinct_pair_is_kept_once_at_its_first_appearance():
     seen, expect = set(), []
     for i, c in enumerate(chunks):
         for f1, d1, f2, d2 in c.tolist():
-            key = frozenset([(f1, d1), (f2, d2)]) if (f1, d1) != (f2, d2) else ((f1, d1),)
+            key = frozenset([(f1, d1), (f2, d2)])
             if key not in seen:
                 seen.add(key)
                 expect.append((i, (f1, d1, f2, d2)))
