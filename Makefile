@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build of torch first, so the `torch>=2.11` requirement takes it (not a CUDA build)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[teacher,corpus,test]'
+	$(BIN)/pip install -q -e '.[teacher,corpus,s3,test]'
 	touch $(STAMP)
 
 install: $(STAMP)

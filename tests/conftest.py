@@ -17,6 +17,22 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto) on loopback; its endpoint and dummy keys are exported."""
+    from tests.s3server import S3Server
+
+    srv = S3Server().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket: `s3://<name>`."""
+    return s3_server.bucket()
+
+
+@pytest.fixture(scope="session")
 def teacher():
     """A started LocalTeacher with one replica; `.endpoints` (base URLs with /v1) and `.model`."""
     from factory.teacher.server import LocalTeacher
