@@ -1,7 +1,7 @@
 """The run config: nested dataclasses read from YAML, with `section.key=value` overrides.
 
 ```yaml
-run_dir: runs/tiny
+run_dir: runs/tiny                          # or any fsspec URL: s3://bucket/runs/tiny
 seed: 0
 model: {preset: tiny, vocab_size: 512}      # any ModelArgs field overrides the preset
 data: {source: random, seq_len: 128}        # or {source: plan, plan: mixes/out/plan.json}
@@ -98,7 +98,8 @@ class EvalSection:
 
 @dataclass
 class RunConfig:
-    run_dir: str = "runs/train"
+    run_dir: str = "runs/train"  # a local folder or an fsspec URL (s3://, gs://)
+    scratch_dir: str | None = None  # local folder of a URL run (train.log, TensorBoard); default: a temp folder
     seed: int = 0
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -219,6 +220,12 @@ def _check(c: RunConfig, where: str) -> None:
         bad("data.source", f"{c.data.source!r}; use 'random' or 'plan'")
     if c.data.source == "plan" and not c.data.plan:
         bad("data.plan", "source is 'plan' but no plan.json path is given; set data.plan")
+    for name in ("plan", "val_plan", "tokenizer"):
+        value = getattr(c.data, name)
+        if value and "://" in value and not value.startswith("file://"):
+            bad(f"data.{name}", f"{value} is on object storage, but training reads its data from local disk (the "
+                "loader memory-maps the .ds shards); copy the tokenized folder and plan.json to local disk "
+                "(e.g. `aws s3 sync`) and point this field there")
     if c.optim.schedule not in ("cosine", "wsd", "constant"):
         bad("optim.schedule", f"{c.optim.schedule!r}; use cosine, wsd or constant")
     if c.train.device not in ("auto", "cpu", "cuda"):
@@ -246,8 +253,12 @@ def grad_accum(c: RunConfig, world_size: int) -> int:
     return c.train.global_batch // per_step
 
 
+def dumps(c: RunConfig) -> str:
+    return yaml.safe_dump(c.to_dict(), sort_keys=False)
+
+
 def dump(c: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(c.to_dict(), sort_keys=False))
+    Path(path).write_text(dumps(c))
 
 
 def to_json(c: RunConfig) -> str:

@@ -2,7 +2,8 @@
 
 Writes config.json (with a top-level `rope_theta`), model.safetensors (fused q/k/v and gate/up split
 back into HF names), and, when a tokenizer.json is known, tokenizer.json + tokenizer_config.json
-(`"tokenizer_class": "PreTrainedTokenizerFast"`).
+(`"tokenizer_class": "PreTrainedTokenizerFast"`). To a URL (s3://, gs://) the folder is written
+locally first, then uploaded with config.json last: a present config.json marks a whole export.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from train import storage
 from train.model import ModelArgs
 
 EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|eos|>", "[EOS]")
@@ -119,15 +121,24 @@ def write_hf(out_dir: str | Path, full_sd: dict[str, torch.Tensor], a: ModelArgs
     return out
 
 
-def export_model(model, out_dir: str | Path, a: ModelArgs, tokenizer_json=None, seq_len=None) -> Path | None:
-    """Collective under torch.distributed: gathers the full weights on rank 0 and writes them there."""
+def export_model(model, out_dir: str | Path, a: ModelArgs, tokenizer_json=None, seq_len=None,
+                 stage_dir: str | Path | None = None) -> Path | str | None:
+    """Collective under torch.distributed: gathers the full weights on rank 0 and writes them there.
+
+    `out_dir` may be a URL: the folder is staged in `stage_dir` (default: a temp folder) and uploaded."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     path = None
     if not dist.is_initialized() or dist.get_rank() == 0:
-        path = write_hf(out_dir, sd, a, tokenizer_json, seq_len)
+        if storage.is_url(out_dir):
+            import tempfile
+            local = write_hf(Path(stage_dir or tempfile.mkdtemp(prefix="hf-")), sd, a, tokenizer_json, seq_len)
+            storage.put_dir(local, str(out_dir), last="config.json", replace=True)
+            path = str(out_dir)
+        else:
+            path = write_hf(out_dir, sd, a, tokenizer_json, seq_len)
     if dist.is_initialized():
         dist.barrier()
     return path

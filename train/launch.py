@@ -1,7 +1,9 @@
 """Start a training run: `torchrun` as a subprocess (one node or several), or Ray Train's TorchTrainer.
 
 Both run the same `train.loop.train(cfg)` body. `run(...)` streams the ranks' output, keeps it in
-`run_dir/train.log`, and raises `TrainFailed` with the log's tail when the run fails.
+`run_dir/train.log`, and raises `TrainFailed` with the log's tail when the run fails. With run_dir
+on a URL, train.log is kept in the local scratch folder and uploaded every minute and at the end
+(node k > 0 of a multi-node run uploads train.node<k>.log).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from train import config as config_mod
+from train import config as config_mod, storage
 
 # Kept set in every launch: NVLink multicast off (it can take shared GPUs out of service).
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
@@ -31,9 +33,16 @@ class TrainFailed(RuntimeError):
 
 
 def prepare(config: dict | str | Path | config_mod.RunConfig, overrides=None) -> config_mod.RunConfig:
-    """Resolve the config (+ overrides), make run_dir absolute, write run_dir/config.yaml."""
+    """Resolve the config (+ overrides), make local paths absolute, write run_dir/config.yaml (and,
+    for a URL run_dir, its local copy in the scratch folder: writing it to the store first turns
+    a missing bucket or missing credentials into one clear StorageError before any rank starts)."""
     cfg = config_mod.load(config, overrides)
-    cfg.run_dir = str(Path(cfg.run_dir).resolve())
+    if cfg.run_dir.startswith("file://"):
+        cfg.run_dir = cfg.run_dir[len("file://"):]
+    url = storage.is_url(cfg.run_dir)
+    cfg.run_dir = cfg.run_dir.rstrip("/") if url else str(Path(cfg.run_dir).resolve())
+    if cfg.scratch_dir:
+        cfg.scratch_dir = str(Path(cfg.scratch_dir).resolve())
     if cfg.data.plan:
         cfg.data.plan = str(Path(cfg.data.plan).resolve())
         if cfg.data.source == "plan" and not Path(cfg.data.plan).exists():
@@ -42,8 +51,11 @@ def prepare(config: dict | str | Path | config_mod.RunConfig, overrides=None) ->
     for key in ("tokenizer", "val_plan"):
         if getattr(cfg.data, key):
             setattr(cfg.data, key, str(Path(getattr(cfg.data, key)).resolve()))
-    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-    config_mod.dump(cfg, Path(cfg.run_dir) / "config.yaml")
+    if url:
+        storage.write_text(storage.join(cfg.run_dir, "config.yaml"), config_mod.dumps(cfg))
+    local = storage.scratch(cfg.run_dir, cfg.scratch_dir)
+    local.mkdir(parents=True, exist_ok=True)
+    config_mod.dump(cfg, local / "config.yaml")
     return cfg
 
 
@@ -73,24 +85,35 @@ def torchrun_cmd(cfg_path: Path, nproc: int, nnodes: int = 1, node_rank: int = 0
 def run(config: dict | str | Path, nproc: int = 2, overrides: list[str] | dict[str, Any] | None = None, *,
         nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: str | None = None,
         env: dict[str, str] | None = None, echo: Callable[[str], None] | None = print,
-        timeout: float | None = None) -> Path:
-    """Train with torchrun in a subprocess; returns the run dir (metrics.jsonl, run.json, hf/, ...).
+        timeout: float | None = None) -> Path | str:
+    """Train with torchrun in a subprocess; returns the run dir (metrics.jsonl, run.json, hf/, ...):
+    a Path, or the URL for a run on object storage.
 
     `echo` receives each output line (None: quiet). Raises TrainFailed with the log tail on failure.
     """
     cfg = prepare(config, overrides)
     config_mod.grad_accum(cfg, nproc * nnodes)  # fail before starting processes
-    run_dir = Path(cfg.run_dir)
-    cmd = torchrun_cmd(run_dir / "config.yaml", nproc, nnodes, node_rank, rdzv_endpoint)
+    url = storage.is_url(cfg.run_dir)
+    local = storage.scratch(cfg.run_dir, cfg.scratch_dir)
+    log_path = local / "train.log"
+    log_url = storage.join(cfg.run_dir, "train.log" if node_rank == 0 else f"train.node{node_rank}.log")
+    if url and not log_path.exists() and storage.exists(log_url):  # continue the log of the run we resume
+        storage.get_file(log_url, log_path)
+    cmd = torchrun_cmd(local / "config.yaml", nproc, nnodes, node_rank, rdzv_endpoint)
     tail: collections.deque[str] = collections.deque(maxlen=25)
     causes: list[str] = []  # the ranks' own error lines, ahead of torchrun's report
     deadline = time.monotonic() + timeout if timeout else None
-    with open(run_dir / "train.log", "a") as logf:
+    uploaded = time.monotonic()
+    with open(log_path, "a") as logf:
         proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=child_env(env), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
         try:
             for line in proc.stdout:  # type: ignore[union-attr]
                 logf.write(line)
+                if url and time.monotonic() - uploaded > 60:
+                    logf.flush()
+                    _upload_log(log_path, log_url)
+                    uploaded = time.monotonic()
                 tail.append(line.rstrip("\n"))
                 if _CAUSE.match(line) and "ChildFailedError" not in line and line not in causes:
                     causes.append(line)
@@ -102,11 +125,22 @@ def run(config: dict | str | Path, nproc: int = 2, overrides: list[str] | dict[s
         except BaseException:
             _kill(proc)
             raise
+        finally:
+            logf.flush()
+            if url:
+                _upload_log(log_path, log_url)
     if rc != 0:
         cause = f": {causes[0].strip()}" if causes else ""
-        raise TrainFailed(f"training failed (exit {rc}){cause}\nsee {run_dir / 'train.log'}; last lines:\n"
-                          + "\n".join(tail))
-    return run_dir
+        where = f"{log_path} (uploaded to {log_url})" if url else str(log_path)
+        raise TrainFailed(f"training failed (exit {rc}){cause}\nsee {where}; last lines:\n" + "\n".join(tail))
+    return cfg.run_dir if url else Path(cfg.run_dir)
+
+
+def _upload_log(path: Path, url: str) -> None:
+    try:
+        storage.put_file(path, url)
+    except Exception as e:  # noqa: BLE001 - a log upload never fails the run; the next one retries
+        print(f"[train] could not upload {path} to {url}: {e}", file=sys.stderr, flush=True)
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -154,8 +188,9 @@ def run_ray(config: dict | str | Path, address: str | None = None, num_workers: 
         _ray_worker, train_loop_config={"config": cfg.to_dict()},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RayRunConfig(name=Path(cfg.run_dir).name, storage_path=str(Path(cfg.run_dir) / "ray")))
+        run_config=RayRunConfig(name=cfg.run_dir.rsplit("/", 1)[-1],
+                                storage_path=str(storage.scratch(cfg.run_dir, cfg.scratch_dir) / "ray")))
     result = trainer.fit()
     if getattr(result, "error", None):
         raise TrainFailed(f"Ray Train run failed: {result.error}")
-    return Path(cfg.run_dir)
+    return cfg.run_dir if storage.is_url(cfg.run_dir) else Path(cfg.run_dir)

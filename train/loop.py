@@ -3,6 +3,7 @@
 Read top to bottom: set up ranks -> build and shard the model -> optimizer and schedule -> data ->
 resume -> train steps (accumulate, clip, step, log, checkpoint) -> validate -> final checkpoint,
 HF export and run.json -> clean exit. `train(cfg)` is the same body that Ray Train workers run.
+run_dir may be an fsspec URL: see train/storage.py for what goes there and what stays local.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from train import checkpoint, config as config_mod
+from train import checkpoint, config as config_mod, storage
 from train.config import RunConfig
 from train.metrics import MetricsLog, device_name, peak_flops
 from train.model import Transformer, model_args
@@ -92,6 +93,12 @@ def make_data(cfg: RunConfig, rank: int, world: int):
     if d.seq_len and d.seq_len != plan["seq_len"]:
         raise config_mod.ConfigError(f"field data.seq_len: {d.seq_len} differs from the plan's "
                                      f"{plan['seq_len']}; drop it")
+    for ph in plan.get("phases", []):
+        for src in ph.get("sources", []):
+            if storage.is_url(src.get("path", "")):
+                raise config_mod.ConfigError(f"field data.plan: {d.plan} reads source {src['name']} from {src['path']}, "
+                                             "but training data must be on local disk (the loader memory-maps the "
+                                             ".ds shards); copy the tokenized folders to local disk and plan there")
     loader = MixLoader(plan, rank, world, cfg.train.micro_batch, phase=d.phase)
     tok = d.tokenizer or plan.get("tokenizer") or None
     if tok:  # as given (absolute or from the working dir), else next to plan.json
@@ -269,11 +276,12 @@ def train(cfg: RunConfig) -> dict:
     dtype = torch.bfloat16 if use_bf16 else torch.float32
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
-    run_dir = Path(cfg.run_dir)
-    ckpt_root = run_dir / "checkpoints"
+    run_dir, url = cfg.run_dir.rstrip("/"), storage.is_url(cfg.run_dir)
+    local = storage.scratch(run_dir, cfg.scratch_dir)  # run_dir itself unless it is a URL
+    ckpt_root = storage.join(run_dir, "checkpoints") if url else local / "checkpoints"
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_mod.dump(cfg, run_dir / "config.yaml")
+        local.mkdir(parents=True, exist_ok=True)
+        storage.write_text(storage.join(run_dir, "config.yaml"), config_mod.dumps(cfg))
     accum = config_mod.grad_accum(cfg, world)
 
     data, info = make_data(cfg, rank, world)
@@ -285,7 +293,7 @@ def train(cfg: RunConfig) -> dict:
 
     start, resumed_from = 0, None
     res = cfg.checkpoint.resume
-    src = checkpoint.latest(ckpt_root) if res == "auto" else (None if res == "none" else Path(res))
+    src = checkpoint.latest(ckpt_root) if res == "auto" else (None if res == "none" else res)
     shape = {k: getattr(args, k) for k in checkpoint.SHAPE}
     if src is not None:
         checkpoint.check_shape(src, shape)
@@ -297,10 +305,10 @@ def train(cfg: RunConfig) -> dict:
             print(f"[train] resumed from {src} at step {start}", flush=True)
 
     batches_it = iter(data)
-    log = MetricsLog(run_dir, rank == 0, cfg.train.tensorboard, resume_step=start)
+    log = MetricsLog(run_dir, rank == 0, cfg.train.tensorboard, resume_step=start, local_dir=local)
     if rank == 0:  # replaced by the full summary at the end
-        (run_dir / "run.json").write_text(json.dumps({"status": "running", "steps": total, "start_step": start,
-                                                      "world_size": world, "config": cfg.to_dict()}, indent=1))
+        storage.write_text(storage.join(run_dir, "run.json"), json.dumps({
+            "status": "running", "steps": total, "start_step": start, "world_size": world, "config": cfg.to_dict()}, indent=1))
     flops_tok = model.flops_per_token(seq_len)
     peak = peak_flops(device, cfg.train.peak_flops)
     if rank == 0:
@@ -309,6 +317,7 @@ def train(cfg: RunConfig) -> dict:
               f"x {seq_len} tokens, accum {accum}", flush=True)
 
     def save_ckpt(step):
+        log.sync()  # a URL run's metrics reach the store before the checkpoint they lead up to
         checkpoint.save(ckpt_root, step, model, optim, {
             "scheduler": sched.state_dict(), "loader": data.state_dict(), "config": cfg.to_dict(), "shape": shape},
             keep=cfg.checkpoint.keep)
@@ -355,7 +364,7 @@ def train(cfg: RunConfig) -> dict:
     hf_dir = None
     if cfg.train.export:
         from train.export import export_model
-        hf_dir = export_model(model, run_dir / "hf", args, info["tokenizer"], seq_len)
+        hf_dir = export_model(model, storage.join(run_dir, "hf"), args, info["tokenizer"], seq_len, local / "hf")
     log.close()
 
     summary = {
@@ -372,7 +381,7 @@ def train(cfg: RunConfig) -> dict:
         summary["tokens_drawn"] = data.tokens_drawn()
         summary["plan_check"] = data.check_against_plan(total * accum)
     if rank == 0:
-        (run_dir / "run.json").write_text(json.dumps(summary, indent=1, default=str))
+        storage.write_text(storage.join(run_dir, "run.json"), json.dumps(summary, indent=1, default=str))
     dist.barrier()
     return summary
 

@@ -1,12 +1,20 @@
-"""Per-step metrics: one JSON line per step in `metrics.jsonl` (rank 0), TensorBoard when installed."""
+"""Per-step metrics: one JSON line per step in `metrics.jsonl` (rank 0), TensorBoard when installed.
+
+For a run on a URL the log is written locally (scratch) and uploaded by `sync()`: at every
+checkpoint (before it is committed), at most every `sync_every_s` seconds, and at the end. The
+store's copy is the truth when a run resumes, even on a machine that never saw the run.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
+
+from train import storage
 
 # Dense bf16 tensor-core peaks per device (FLOP/s), matched against the device name.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
@@ -40,12 +48,19 @@ def device_name(device: torch.device) -> str:
 class MetricsLog:
     """Appends step records to run_dir/metrics.jsonl; only the writer rank writes anything."""
 
-    def __init__(self, run_dir: str | Path, write: bool, tensorboard: bool = True, resume_step: int = 0):
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.write = write
+    def __init__(self, run_dir: str | Path, write: bool, tensorboard: bool = True, resume_step: int = 0,
+                 local_dir: str | Path | None = None, sync_every_s: float = 60.0):
+        self.url = str(run_dir).rstrip("/") if storage.is_url(run_dir) else None
+        local = Path(local_dir or storage.scratch(str(run_dir))) if self.url else Path(run_dir)
+        self.path, self.tb_dir = local / "metrics.jsonl", local / "tb"
+        self.write, self.sync_every_s, self._synced = write, sync_every_s, time.monotonic()
         self.tb = None
         if not write:
             return
+        if self.url:  # the store's log (up to the checkpoint this run resumes from) is the one kept
+            local.mkdir(parents=True, exist_ok=True)
+            remote = storage.join(self.url, "metrics.jsonl")
+            self.path.write_text(storage.read_text(remote) if resume_step and storage.exists(remote) else "")
         if resume_step and self.path.exists():  # drop steps a killed run logged after its checkpoint
             keep = [l for l in self.path.read_text().splitlines() if l.strip() and _step(l) <= resume_step]
             self.path.write_text("".join(k + "\n" for k in keep))
@@ -55,9 +70,10 @@ class MetricsLog:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
+                self.tb = SummaryWriter(str(self.tb_dir))
             except Exception:  # tensorboard is optional
                 self.tb = None
+        self.sync()
 
     def log(self, rec: dict) -> None:
         if not self.write:
@@ -68,9 +84,23 @@ class MetricsLog:
             for k, v in rec.items():
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                     self.tb.add_scalar(k, v, rec.get("step", 0))
+        if self.url and time.monotonic() - self._synced > self.sync_every_s:
+            self.sync()
+
+    def sync(self) -> None:
+        """Upload the log (and TensorBoard files) to the run's URL; nothing for a local run."""
+        if not (self.write and self.url):
+            return
+        self._f.flush()
+        storage.put_file(self.path, storage.join(self.url, "metrics.jsonl"))
+        if self.tb is not None:
+            self.tb.flush()
+            storage.put_dir(self.tb_dir, storage.join(self.url, "tb"))
+        self._synced = time.monotonic()
 
     def close(self) -> None:
         if self.write:
+            self.sync()
             self._f.close()
             if self.tb is not None:
                 self.tb.close()
@@ -84,5 +114,6 @@ def _step(line: str) -> int:
 
 
 def read(run_dir: str | Path) -> list[dict]:
-    p = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+    """The step records of a run (a local folder or a URL); [] when it has none yet."""
+    p = storage.join(run_dir, "metrics.jsonl")
+    return [json.loads(l) for l in storage.read_text(p).splitlines() if l.strip()] if storage.exists(p) else []

@@ -219,27 +219,34 @@ def state_from_hf(hf: dict[str, torch.Tensor], a: ModelArgs) -> dict[str, torch.
 def load_for_eval(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """Load a trained model for evaluation: `(Transformer in eval mode, tokenizers.Tokenizer or None)`.
 
-    `path` is a run dir (its `hf/` export is read) or an HF export folder. `model(tokens)` returns
-    float32 logits [B, T, V]; `model.args` holds the sizes (`max_seq_len`, `vocab_size`).
+    `path` is a run dir (its `hf/` export is read) or an HF export folder, on local disk or at an
+    fsspec URL (s3://, gs://: read straight from the store). `model(tokens)` returns float32
+    logits [B, T, V]; `model.args` holds the sizes (`max_seq_len`, `vocab_size`).
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_bytes, load_file
 
-    p = Path(path)
-    if (p / "hf" / "config.json").exists():
-        p = p / "hf"
-    if not (p / "config.json").exists():
-        raise FileNotFoundError(f"{path}: no config.json here or in hf/ (was the run exported?)")
-    a = args_from_hf_config(json.loads((p / "config.json").read_text()))
-    hf: dict[str, torch.Tensor] = {}
-    for f in sorted(p.glob("*.safetensors")):
-        hf.update(load_file(str(f)))
+    from train import storage
+
+    p = str(path).rstrip("/") if storage.is_url(path) else Path(path)
+    with storage.errors(p):
+        if storage.exists(storage.join(p, "hf", "config.json")):
+            p = storage.join(p, "hf") if storage.is_url(p) else p / "hf"
+        if not storage.exists(storage.join(p, "config.json")):
+            raise FileNotFoundError(f"{path}: no config.json here or in hf/ (was the run exported?)")
+        a = args_from_hf_config(json.loads(storage.read_text(storage.join(p, "config.json"))))
+        hf: dict[str, torch.Tensor] = {}
+        files = storage.glob(storage.join(p, "*.safetensors")) if storage.is_url(p) else sorted(p.glob("*.safetensors"))
+        for f in files:  # local files are memory-mapped, objects read whole
+            hf.update(load_bytes(storage.read_bytes(f)) if storage.is_url(f) else load_file(str(f)))
+        tok_json = storage.join(p, "tokenizer.json")
+        tok_text = storage.read_text(tok_json) if storage.exists(tok_json) else None
     model = Transformer(a)
     model.load_state_dict(state_from_hf(hf, a))
     model.to(device=device, dtype=dtype).eval()
     tok = None
-    if (p / "tokenizer.json").exists():
+    if tok_text is not None:
         from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(str(p / "tokenizer.json"))
+        tok = Tokenizer.from_str(tok_text)
     return model, tok
 
 
