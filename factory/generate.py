@@ -16,13 +16,14 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import fsspec
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.config import load_config
 from factory.errors import FactoryError
 from factory.schema import sha
-from factory.stage import StageDir, read_docs, write_card
+from factory.stage import StageDir, is_local, read_docs, write_card
 from factory.teacher.cache import adopt
 from factory.teacher.config import TeacherConfig, local_config
 from factory.teacher.shard import ACCOUNT_KEYS, REJECT_SCHEMA, reject_row, seed_id_of, shard_name
@@ -39,8 +40,11 @@ class GenerateConfig(BaseModel):
     teacher: TeacherConfig | str = Field(description="a TeacherConfig, or the path of its YAML file")
     recipe_sampling: dict[str, Any] = Field(default_factory=dict, description="overrides for every recipe step, e.g. max_tokens")
     out: str
-    cache_dir: str | None = Field(None, description="request cache folder (default <out>/cache); runs that share one reuse each "
-                                     "other's paid completions; a shared filesystem on clusters")
+    cache_dir: str | None = Field(None, description="request cache folder, any fsspec URL (default <out>/cache); runs that "
+                                     "share one reuse each other's paid completions")
+    cache_flush_every: int = Field(64, ge=1, description="on object storage: upload a shard's new completions as one "
+                                   "segment every N of them (a lost node repays at most N per shard in flight)")
+    cache_flush_s: float = Field(30.0, gt=0, description="on object storage: ... and at least every T seconds")
     ray_address: str | None = None
     workers: int = Field(2, ge=1, description="Ray actors sending requests")
     concurrency: int = Field(16, ge=1, description="items in flight per worker")
@@ -69,11 +73,11 @@ def load_seeds(cfg: GenerateConfig) -> tuple[list[dict[str, Any]], list[dict[str
     """(good rows, quarantined rows): a seed needs non-empty `text` and an id (`id` or meta.seed_id)."""
     src = cfg.seeds
     if src.endswith(".jsonl"):
-        p = Path(src)
-        if not p.exists():
+        fs, p = fsspec.core.url_to_fs(src)
+        if not fs.exists(p):
             raise FactoryError("seed file not found", where=src, field="seeds", fix="run `factory seeds` or fix the path")
         rows: list[Any] = []
-        for i, line in enumerate(p.read_text().splitlines()):
+        for i, line in enumerate(fs.cat_file(p).decode().splitlines()):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
@@ -142,16 +146,14 @@ def run(cfg: GenerateConfig, where: str = "generate config", show_progress: bool
     tcfg = teacher_config(cfg, where)
     recipes = [load_recipe(r, **cfg.recipe_sampling) for r in cfg.recipes]
     stage = StageDir(cfg.out, "generate", identity(cfg, tcfg), inputs=[cfg.seeds])
-    cache_root = cfg.cache_dir or stage.path("cache")
-    if not Path(cache_root).is_absolute() and "://" in cfg.out:
-        raise FactoryError("the request cache needs a filesystem path", field="cache_dir",
-                           fix="set cache_dir to a local or shared filesystem folder")
+    fs, root = fsspec.core.url_to_fs((cfg.cache_dir or f"{stage.url}/cache").rstrip("/"))
+    cache_root = root if is_local(fs) else fs.unstrip_protocol(root)  # local: absolute, as every worker sees it
     seeds, bad = load_seeds(cfg)
     if bad:
         stage.write_table("rejected/seeds.parquet", pa.Table.from_pylist(bad, schema=REJECT_SCHEMA))
     shards = split(seeds, cfg.shards)
     shard_of = {seed_id_of(r): k for k, rows in enumerate(shards) for r in rows}
-    cache_dir = str(Path(cache_root) / f"layout-{sha([[seed_id_of(r) for r in rows] for rows in shards], n=12)}")
+    cache_dir = f"{cache_root}/layout-{sha([[seed_id_of(r) for r in rows] for rows in shards], n=12)}"
     adopted = adopt(cache_root, cache_dir, shard_of)
     todo = [k for k in range(cfg.shards) if not stage.done(shard_name(k))]
     this_run: dict[str, Any] = {"failed_shards": [], "cache_adopted": adopted}
@@ -176,6 +178,7 @@ def finish(cfg: GenerateConfig, stage: StageDir, n_seeds: int, bad: list[dict], 
     totals: dict[str, Any] = {k: 0 for k in (*ACCOUNT_KEYS, "units", "docs", "duplicates")}
     totals["cost"] = 0.0
     reasons: dict[str, int] = {"malformed_seed": len(bad)} if bad else {}
+    nodes: dict[str, dict[str, Any]] = {}
     done = 0
     for k in range(cfg.shards):
         if not stage.done(shard_name(k)):
@@ -185,6 +188,9 @@ def finish(cfg: GenerateConfig, stage: StageDir, n_seeds: int, bad: list[dict], 
             st = json.loads(f.read())
         for key in totals:
             totals[key] += st.get(key, 0)
+        if st.get("node_id"):  # which node ran which shard
+            node = nodes.setdefault(st["node_id"], {"ip": st.get("node_ip"), "host": st.get("host"), "shards": []})
+            node["shards"].append(k)
         for r, n in st.get("rejected_by_reason", {}).items():
             reasons[r] = reasons.get(r, 0) + n
     totals["cost"] = round(totals["cost"], 6)
@@ -197,9 +203,9 @@ def finish(cfg: GenerateConfig, stage: StageDir, n_seeds: int, bad: list[dict], 
         write_card(stage, "Synthetic documents", {"documents": totals["docs"], "seeds": n_seeds,
                    "recipes": ", ".join(cfg.recipes), "samples per seed": cfg.samples_per_seed,
                    "teacher": ", ".join(stage.config["teacher_models"])}, licence="other")
-        manifest = stage.finish(accounting=totals, this_run=this_run)
+        manifest = stage.finish(accounting=totals, this_run=this_run, nodes=nodes)
     else:
-        stage.extra.update(accounting=totals, this_run=this_run)
+        stage.extra.update(accounting=totals, this_run=this_run, nodes=nodes)
         stage._write_manifest(status="incomplete")
         manifest = StageDir.read_manifest(stage.url) or {}
     if failed:

@@ -1,7 +1,9 @@
 """A stage's output folder: manifest.json, atomic shard writes, skip-finished, and a dataset card.
 
-Any fsspec URL works (local path, s3://, gs://). A shard exists only once complete: it is written
-under a temporary name and renamed. Rerunning with the same config skips finished shards; a
+Any fsspec URL works (local path, s3://, gs://). A shard exists only once complete: on a local
+disk it is written under a temporary name and renamed; on an object store it is one PUT, which
+the store makes visible all at once. Existence checks and listings always ask the store (other
+processes and nodes write here too), never a cached listing. Rerunning with the same config skips finished shards; a
 different config in the same folder is refused rather than silently mixed with old output.
 """
 
@@ -13,6 +15,7 @@ import platform
 import time
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from importlib import metadata
 from typing import Any, Iterable
 
@@ -28,6 +31,10 @@ from factory.schema import DOC_SCHEMA, to_table
 MANIFEST = "manifest.json"
 ROW_GROUP = 1000  # rows per parquet row group, as datatrove's writers: readers can split a file by them
 _VERSIONED = ("synth-factory", "ray", "datatrove", "torch", "openai", "tokenizers", "pyarrow", "pydantic")
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
 
 
 def versions() -> dict[str, str]:
@@ -62,7 +69,9 @@ class StageDir:
         return f"{self.root}/{name}"
 
     def exists(self, name: str) -> bool:
-        return self.fs.exists(self.path(name))
+        p = self.path(name)
+        self.fs.invalidate_cache(p.rsplit("/", 1)[0])
+        return self.fs.exists(p)
 
     def _check_config(self) -> None:
         self.fs.makedirs(self.root, exist_ok=True)
@@ -85,6 +94,9 @@ class StageDir:
     def write_bytes(self, name: str, data: bytes) -> str:
         final = self.path(name)
         parent = final.rsplit("/", 1)[0]
+        if not is_local(self.fs):  # one PUT: the object appears complete or not at all
+            self.fs.pipe_file(final, data)
+            return final
         self.fs.makedirs(parent, exist_ok=True)
         tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
         with self.fs.open(tmp, "wb") as f:
@@ -106,6 +118,7 @@ class StageDir:
         return self.write_bytes(name, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
     def list(self, pattern: str = "*.parquet") -> list[str]:
+        self.fs.invalidate_cache(self.root)
         return sorted(self.fs.glob(f"{self.root}/{pattern}"))
 
     # manifest ---------------------------------------------------------------------------------
@@ -113,6 +126,7 @@ class StageDir:
     def read_manifest(url: str) -> dict[str, Any] | None:
         fs, root = fsspec.core.url_to_fs(str(url).rstrip("/"))
         p = f"{root}/{MANIFEST}"
+        fs.invalidate_cache(root)
         if not fs.exists(p):
             return None
         with fs.open(p, "rb") as f:
@@ -146,6 +160,7 @@ class StageDir:
 def read_docs(url: str) -> pa.Table:
     """All document shards of a stage folder (or one parquet file) as one table."""
     fs, root = fsspec.core.url_to_fs(str(url).rstrip("/"))
+    fs.invalidate_cache(root)
     if root.endswith(".parquet"):
         files = [root]
     else:
@@ -180,3 +195,133 @@ def write_card(stage: StageDir, title: str, summary: dict[str, Any], licence: st
     lines += ["", "Load it with:", "", "```python", "import datasets",
               f"datasets.load_dataset('parquet', data_files='{stage.url}/*.parquet')", "```", ""]
     stage.write_bytes("README.md", "\n".join(lines).encode())
+
+
+# storage helpers: each input and output is a URL resolved with its own filesystem ---------------
+_BUCKETED = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+
+
+def _fs_is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
+
+
+def fresh_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path) of `url` with the instance's cached listings dropped: other processes and
+    nodes write to the same store, so a listing taken earlier may be stale."""
+    fs, path = fsspec.core.url_to_fs(str(url).rstrip("/") or "/")
+    fs.invalidate_cache()
+    return fs, path
+
+
+def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A path of `fs` as a URL again (a plain path for local files)."""
+    return path if _fs_is_local(fs) else fs.unstrip_protocol(path)
+
+
+def is_url(s: str) -> bool:
+    return "://" in str(s)
+
+
+def join(url: str, *parts: str) -> str:
+    """`url/part/...` for local paths and URLs alike."""
+    out = str(url).rstrip("/")
+    for p in parts:
+        out = f"{out}/{str(p).strip('/')}"
+    return out
+
+
+def exists(url: str) -> bool:
+    with storage_errors(url):
+        fs, path = fresh_fs(url)
+        return fs.exists(path)
+
+
+def read_bytes(url: str) -> bytes:
+    with storage_errors(url):
+        fs, path = fresh_fs(url)
+        return fs.cat_file(path)
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode()
+
+
+def put_bytes(url: str, data: bytes) -> str:
+    """Write one whole file: a temporary name then a rename on a local disk, one PUT (atomic by
+    itself) on an object store. Returns `url`."""
+    with storage_errors(url):
+        fs, path = fsspec.core.url_to_fs(str(url))
+        if not _fs_is_local(fs):
+            fs.pipe_file(path, data)
+            return str(url)
+        parent, name = path.rsplit("/", 1)
+        fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, path)
+        return str(url)
+
+
+def check_store(url: str) -> None:
+    """Fail early, in one line naming `url`, when its bucket is missing (never created here: a
+    typo must not make a new bucket) or the credentials from the environment do not reach it."""
+    fs, path = fsspec.core.url_to_fs(str(url))
+    proto = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if not set(proto) & set(_BUCKETED):
+        return
+    bucket = path.split("/", 1)[0]
+    with storage_errors(url):
+        fs.invalidate_cache(bucket)
+        try:
+            fs.info(bucket)
+        except FileNotFoundError:
+            raise FactoryError(f"bucket '{bucket}' does not exist", where=str(url),
+                               fix=f"create it first (e.g. `aws s3 mb {proto[0]}://{bucket}`) or correct the URL") from None
+
+
+def storage_error(e: BaseException, url: str) -> FactoryError | None:
+    """A storage exception as one FactoryError naming `url` and a fix (None: not a storage error)."""
+    names = {c.__name__ for c in type(e).__mro__}
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    creds = "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, an instance role) in the environment"
+    if names & {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError", "RefreshError"}:
+        return FactoryError(f"no storage credentials found ({msg})", where=url, fix=creds)
+    if "PermissionError" in names:
+        return FactoryError(f"access denied ({msg})", where=url, fix=f"check the credentials' rights on this bucket; {creds}")
+    if "FileNotFoundError" in names:
+        fix = ("create the bucket or correct the URL" if "bucket" in msg.lower()
+               else "check the URL, or run the stage that writes it")
+        return FactoryError(f"not found ({msg})", where=url, fix=fix)
+    if names & {"EndpointConnectionError", "ConnectionError", "ConnectTimeoutError", "ClientConnectorError"}:
+        return FactoryError(f"storage unreachable ({msg})", where=url,
+                            fix="check the network and the endpoint (AWS_ENDPOINT_URL)")
+    if names & {"BotoCoreError", "ClientError"} or isinstance(e, OSError):
+        return FactoryError(f"storage error ({msg})", where=url, fix="check the URL, the bucket and the credentials")
+    return None
+
+
+@contextmanager
+def storage_errors(url: str, remote_only: bool = False):
+    """Turn storage exceptions raised inside into one FactoryError line naming `url`.
+    `remote_only`: leave exceptions alone when `url` is a local path (around a whole stage, where
+    an OSError may come from elsewhere and its traceback matters)."""
+    try:
+        yield
+    except FactoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - storage_error decides; others propagate unchanged
+        err = None if remote_only and not is_url(str(url)) else storage_error(e, str(url))
+        if err is None:
+            raise
+        raise err from None
+
+
+def forget_listings() -> None:
+    """Drop the cached directory listings of every filesystem instance in this process."""
+    classes = [fsspec.AbstractFileSystem]
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        for fs in list(cls.__dict__.get("_cache", {}).values()):
+            fs.invalidate_cache()

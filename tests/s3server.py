@@ -54,9 +54,9 @@ class S3Server:
         for k, v in {**ENV, "AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint}.items():
             self._saved.setdefault(k, os.environ.get(k))
             os.environ[k] = v
-        import fsspec
+        from s3fs import S3FileSystem
 
-        fsspec.clear_instance_cache()
+        S3FileSystem.clear_instance_cache()  # clients made before keep their old endpoint
 
     def bucket(self, prefix: str = "t") -> str:
         import boto3

@@ -1,57 +1,145 @@
-"""The request cache: a teacher completion is paid for once, whatever crashes or reruns follow.
+"""The request cache: a teacher completion is paid for once, whatever crashes, lost nodes or reruns follow.
 
-Design: one append-only JSONL file per shard under `<cache_dir>/layout-<id>/`, where the layout
-id hashes which seed went to which shard. Each finished completion is written as one line
-`{"key", "completion", "seed"}` and flushed at once, so a SIGKILL loses at most the requests in
-flight (the kernel keeps what was flushed). A torn last line is skipped on load. The key is a sha
-of (model, messages, sampling, sample index, seed). Because a shard belongs to one worker at a
-time, every file has a single writer and no locks are needed; the key contains the seed's text,
-so within a layout a completion can only be wanted by the shard that made it.
+The cache lives under any fsspec URL, by default `<out>/cache`, in one folder per seed->shard
+layout (`layout-<id>/`, the id hashes which seed went to which shard). A record is one JSON line
+`{"key", "completion", "seed"}`; the key is a sha of (model, messages, sampling, sample index, seed).
+
+- On a local or shared POSIX folder, each shard has one append log `shard-k.jsonl`: every
+  completion is appended and flushed as it arrives, so a SIGKILL loses at most the requests in flight.
+- On an object store (s3://, gs://, ...), which cannot append, a shard's cache is a set of immutable
+  segments `shard-k/seg-<time>-<uid>.jsonl`. The worker appends each completion to a node-local
+  spool file (the same append log, under `FACTORY_SPOOL_DIR`, default `~/.cache/synth-factory/spool`)
+  and uploads the records not yet uploaded as a new segment every `flush_every` completions, every
+  `flush_s` seconds, and when the shard ends. A killed worker loses nothing: its node's spool is
+  uploaded when the shard opens again there. A lost node repays at most one window per shard it
+  had in flight: fewer than `flush_every` completions, all received in the last `flush_s` seconds.
+
+Opening a shard's cache reads its append log, every segment and the local spool, so a shard
+resumed on another node reads what every node paid for. Writers never overwrite: segments have
+unique names, a torn last line is skipped, and a key paid twice by racing workers is kept once.
 
 A run with another layout (other `shards`, more seeds, another order) first `adopt`s the records
-of the other layouts' files, routed to its own shards by their seed id, so more samples, an extra
-recipe or a new shard count pay only for what is new when runs share `cache_dir`. Plain files
-also make the cache easy to inspect, copy and delete. One run at a time per cache folder.
+of the other layouts, routed to its own shards by their seed id, so more samples, an extra recipe
+or a new shard count pay only for what is new when runs share a cache folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import fsspec
+
 from factory.schema import sha
+from factory.stage import is_local
 from factory.teacher.types import Completion
+
+SPOOL_ENV = "FACTORY_SPOOL_DIR"
 
 
 def request_key(model: str, messages: list[dict[str, Any]], sampling: dict[str, Any], sample: int, seed: int | None) -> str:
     return sha(model, messages, sampling, sample, seed, n=32)
 
 
-def shard_file(cache_dir: str | Path, k: int) -> Path:
-    return Path(cache_dir) / f"shard-{k:05d}.jsonl"
+def join(url: str, name: str) -> str:
+    return f"{str(url).rstrip('/')}/{name}"
+
+
+def shard_file(cache_dir: str, k: int) -> str:
+    """The shard's cache, named by its append log (the segments sit in the folder of the same stem)."""
+    return join(cache_dir, f"shard-{k:05d}.jsonl")
+
+
+def spool_root() -> Path:
+    return Path(os.environ.get(SPOOL_ENV) or Path.home() / ".cache" / "synth-factory" / "spool")
+
+
+def _parse(data: bytes, into: dict[str, dict[str, Any]]) -> int:
+    """Add the records of `data` to `into`; returns the number of torn or bad lines skipped."""
+    bad = 0
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            into[rec["key"]] = rec["completion"]
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+    return bad
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append whole lines to a local log, starting on a fresh line if a torn one ends it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lead = b""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            lead = b"" if fh.read(1) == b"\n" else b"\n"
+    with open(path, "ab") as fh:
+        fh.write(lead + data)
+        os.fsync(fh.fileno())
 
 
 class CompletionCache:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._data: dict[str, dict[str, Any]] = {}
-        self.torn_lines = 0
-        if self.path.exists():
-            with open(self.path, "rb") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                        self._data[rec["key"]] = rec["completion"]
-                    except (ValueError, KeyError, TypeError):
-                        self.torn_lines += 1
-            if self.torn_lines:  # make sure the next append starts on a fresh line
-                with open(self.path, "ab") as f:
-                    f.write(b"\n")
-        self._fh = open(self.path, "ab", buffering=0)
+    """One shard's cache. `url` is the shard's append-log name (see `shard_file`)."""
 
+    def __init__(self, url: str, flush_every: int = 64, flush_s: float = 30.0):
+        self.url = str(url)
+        self.fs, self.path = fsspec.core.url_to_fs(self.url)
+        self.local = is_local(self.fs)
+        self.seg_dir = self.path[: -len(".jsonl")]
+        self.flush_every, self.flush_s = max(1, int(flush_every)), float(flush_s)
+        self._data: dict[str, dict[str, Any]] = {}
+        self._pending: list[bytes] = []  # spooled lines not yet in a segment (object stores)
+        self._lock = threading.Lock()
+        self._last_flush = time.monotonic()
+        self.torn_lines = self.segments_written = 0
+        if self.local:
+            self.log = Path(self.path)
+        else:
+            self.log = spool_root() / sha(self.url, n=16) / Path(self.path).name
+            self._load_segments()
+        if self.log.exists():
+            data = self.log.read_bytes()
+            self.torn_lines += _parse(data, self._data) if self.local else self._recover(data)
+            if not data.endswith(b"\n") and data:
+                _append(self.log, b"")  # the next append starts on a fresh line
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.log, "ab", buffering=0)
+        if self._pending:
+            self.flush()
+
+    # loading ----------------------------------------------------------------------------------
+    def _load_segments(self) -> None:
+        self.fs.invalidate_cache(self.seg_dir)
+        files = sorted(self.fs.glob(f"{self.seg_dir}/seg-*.jsonl"))
+        for data in self.fs.cat(files).values() if files else ():
+            self.torn_lines += _parse(data, self._data)
+
+    def _recover(self, data: bytes) -> int:
+        """A spool left by a worker killed on this node: its records not in any segment go up now."""
+        bad = 0
+        for line in data.splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                key, completion = rec["key"], rec["completion"]
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+                continue
+            if key not in self._data:
+                self._data[key] = completion
+                self._pending.append(line + b"\n")
+        return bad
+
+    # the mapping --------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._data)
 
@@ -67,16 +155,47 @@ class CompletionCache:
     def put(self, key: str, completion: Completion, seed: str | None = None) -> None:
         rec = {k: v for k, v in completion.to_dict().items() if k != "cached"}
         self._data[key] = rec
-        line = {"key": key, "completion": rec, **({"seed": seed} if seed else {})}
-        self._fh.write((json.dumps(line, ensure_ascii=False) + "\n").encode())
+        line = (json.dumps({"key": key, "completion": rec, **({"seed": seed} if seed else {})}, ensure_ascii=False)
+                + "\n").encode()
+        self._fh.write(line)
+        if not self.local:
+            with self._lock:
+                self._pending.append(line)
+                due = len(self._pending) >= self.flush_every
+            if due:
+                self.flush()
+
+    def flush_due(self) -> bool:
+        """True when spooled records have waited `flush_s` seconds (call `flush` then)."""
+        return bool(self._pending) and time.monotonic() - self._last_flush >= self.flush_s
+
+    def flush(self) -> None:
+        """Upload the spooled records as one immutable segment (object stores; a no-op locally)."""
+        self._last_flush = time.monotonic()
+        with self._lock:  # put() may run meanwhile (the periodic flush runs in a thread)
+            batch, self._pending = self._pending, []
+        if self.local or not batch:
+            return
+        name = f"{self.seg_dir}/seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+        try:
+            self.fs.pipe_file(name, b"".join(batch))
+        except BaseException:
+            with self._lock:
+                self._pending[:0] = batch
+            raise
+        self.segments_written += 1
 
     def for_seed(self, seed: str) -> "SeedCache":
         return SeedCache(self, seed)
 
     def close(self) -> None:
-        if not self._fh.closed:
-            os.fsync(self._fh.fileno())
-            self._fh.close()
+        if self._fh.closed:
+            return
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        if not self.local:
+            self.flush()  # raises if the store is down: the spool stays for the next open
+            self.log.unlink(missing_ok=True)  # every record is in a segment now
 
     def __enter__(self) -> "CompletionCache":
         return self
@@ -101,46 +220,47 @@ class SeedCache:
         self.cache.put(key, completion, seed=self.seed)
 
 
-def adopt(root: str | Path, here: str | Path, shard_of: dict[str, int]) -> int:
-    """Append to the shard files under `here` every record under `root` (outside `here`) whose seed
-    is in `shard_of`; returns how many. The bytes already taken from each file are kept in
-    `here/adopted.json`, so each record is adopted once (the files are append-only)."""
-    root, here = Path(root), Path(here)
-    book_path = here / "adopted.json"
-    book = json.loads(book_path.read_text()) if book_path.exists() else {}
+def adopt(root: str, here: str, shard_of: dict[str, int]) -> int:
+    """Add to the shards under `here` every record found under `root` (outside `here`) whose seed is
+    in `shard_of`; returns how many. The bytes already taken from each file are kept in
+    `here/adopted.json`, so each record is adopted once (logs only grow, segments never change)."""
+    fs, root_p = fsspec.core.url_to_fs(str(root).rstrip("/"))
+    _, here_p = fsspec.core.url_to_fs(str(here).rstrip("/"))
+    local = is_local(fs)
+    book_path = f"{here_p}/adopted.json"
+    fs.invalidate_cache(root_p)
+    book = json.loads(fs.cat_file(book_path)) if fs.exists(book_path) else {}
+    found = fs.find(root_p, detail=True) if fs.exists(root_p) else {}
     routed: dict[int, list[bytes]] = {}
-    for f in sorted(root.rglob("*.jsonl")) if root.exists() else []:
-        if f.parent == here:
+    for f in sorted(found):
+        name = f[len(root_p) + 1:]
+        start = book.get(name, 0)
+        if not f.endswith(".jsonl") or f.startswith(here_p + "/") or found[f]["size"] <= start:
             continue
-        name = str(f.relative_to(root))
-        pos = start = book.get(name, 0)
-        with open(f, "rb") as fh:
-            fh.seek(start)
-            for line in fh:
-                if not line.endswith(b"\n"):  # a line still being written: next time
-                    break
-                pos += len(line)
-                try:
-                    k = shard_of.get(json.loads(line).get("seed"))
-                except (ValueError, AttributeError):
-                    continue
-                if k is not None:
-                    routed.setdefault(k, []).append(line)
-        book[name] = pos
+        data = fs.cat_file(f, start=start)
+        end = data.rfind(b"\n") + 1  # a line still being written: next time
+        for line in data[:end].splitlines(keepends=True):
+            try:
+                k = shard_of.get(json.loads(line).get("seed"))
+            except (ValueError, AttributeError):
+                continue
+            if k is not None:
+                routed.setdefault(k, []).append(line)
+        book[name] = start + end
     if not routed and not book:
         return 0
-    here.mkdir(parents=True, exist_ok=True)
     for k, lines in routed.items():
-        path = shard_file(here, k)
-        lead = b""
-        if path.exists() and path.stat().st_size:
-            with open(path, "rb") as fh:
-                fh.seek(-1, os.SEEK_END)
-                lead = b"" if fh.read(1) == b"\n" else b"\n"
-        with open(path, "ab") as fh:
-            fh.write(lead + b"".join(lines))
-            os.fsync(fh.fileno())
-    tmp = book_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(book, indent=1))
-    os.replace(tmp, book_path)
+        if local:
+            _append(Path(shard_file(here_p, k)), b"".join(lines))
+        else:
+            seg = f"{shard_file(here_p, k)[: -len('.jsonl')]}/seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+            fs.pipe_file(seg, b"".join(lines))
+    fs.makedirs(here_p, exist_ok=True)
+    data = json.dumps(book, indent=1).encode()
+    if local:
+        tmp = f"{book_path}.tmp"
+        fs.pipe_file(tmp, data)
+        os.replace(tmp, book_path)
+    else:
+        fs.pipe_file(book_path, data)
     return sum(len(v) for v in routed.values())

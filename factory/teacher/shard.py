@@ -5,8 +5,9 @@ Outputs per shard k (the docs parquet is written last and is the shard's complet
   rejected/shard-k.parquet  quarantined items: seed_id, recipe, sample, reason, detail (JSON)
   stats/shard-k.json        accounting of the run that finished the shard
   shard-k.parquet           the documents, sorted by id, ids unique
-The request cache is `<cache_dir>/shard-k.jsonl` (see factory.teacher.cache); what a seed's
-requests write to it carries the seed id.
+The request cache is `<cache_dir>/shard-k.jsonl` or its segments (see factory.teacher.cache); what
+a seed's requests write to it carries the seed id. A shard that another worker finished meanwhile
+(a node that came back late, a retried task) is not written again.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import asyncio
 import functools
 import json
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow as pa
@@ -55,10 +55,12 @@ class Progress:
 
 
 async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], samples: int, client: TeacherClient,
-                        stage: StageDir, cache_dir: str | Path, concurrency: int,
-                        progress: Progress | None = None, complete_factory: Callable | None = None) -> dict[str, Any]:
-    """Run shard `k` and write its outputs; returns its stats. Raises TeacherError(retryable) to
-    leave the shard unfinished (a later attempt or run redoes it, served from the cache)."""
+                        stage: StageDir, cache_dir: str, concurrency: int,
+                        progress: Progress | None = None, complete_factory: Callable | None = None,
+                        flush_every: int = 64, flush_s: float = 30.0, where: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run shard `k` and write its outputs; returns its stats (with `where` it ran, e.g. the Ray
+    node). Raises TeacherError(retryable) to leave the shard unfinished (a later attempt or run
+    redoes it, served from the cache)."""
     t0 = time.time()
     progress = progress or Progress()
     before = dict(client.stats)
@@ -67,7 +69,7 @@ async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], 
     rejected: list[dict[str, Any]] = []
     dup = deferred = 0
     sem = asyncio.Semaphore(concurrency)
-    with CompletionCache(shard_file(cache_dir, k)) as cache:
+    with CompletionCache(shard_file(cache_dir, k), flush_every, flush_s) as cache:
         make = complete_factory or (lambda c: functools.partial(client.complete, cache=c))
 
         async def unit(row: dict[str, Any], recipe: Any, sample: int) -> None:
@@ -103,7 +105,14 @@ async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], 
             progress.docs += len(res.docs)
             progress.rejected += len(res.rejected)
 
+        async def flusher() -> None:  # the time bound of the cache: spooled records go up within flush_s
+            while True:
+                await asyncio.sleep(min(1.0, flush_s))
+                if cache.flush_due():
+                    await asyncio.to_thread(cache.flush)
+
         tasks = [asyncio.create_task(unit(r, rc, s)) for r in rows for rc in recipes for s in range(samples)]
+        ticker = asyncio.create_task(flusher())
         try:
             await asyncio.gather(*tasks)
         except BaseException:
@@ -111,6 +120,9 @@ async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], 
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
     if deferred:
         return {"shard": k, "deferred": deferred}
     stats = {k2: client.stats.get(k2, 0) - before.get(k2, 0) for k2 in ACCOUNT_KEYS}
@@ -120,7 +132,10 @@ async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], 
     stats["rejected_by_reason"] = {}
     for r in rejected:
         stats["rejected_by_reason"][r["reason"]] = stats["rejected_by_reason"].get(r["reason"], 0) + 1
+    stats.update(where or {})
     name = shard_name(k)
+    if stage.done(name):  # finished elsewhere meanwhile: that copy stands, this one is dropped
+        return {**stats, "late": True}
     stage.write_table(f"rejected/{name}", pa.Table.from_pylist(rejected, schema=REJECT_SCHEMA))
     stage.write_json(f"stats/shard-{k:05d}.json", stats)
     stage.write_docs(name, [docs[i] for i in sorted(docs)])

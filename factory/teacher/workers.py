@@ -1,9 +1,11 @@
 """Generation on Ray: async actors, each with one TeacherClient, take shards from the driver.
 
 The driver hands a shard to an idle actor, polls all actors for live counters (docs/s, tok/s,
-ETA in the progress bar) and collects per-shard stats. Actors restart and re-run their shard if
-their process dies (Ray's max_restarts / max_task_retries); a shard that fails for good is left
-unfinished, reported, and redone by the next run (served from the request cache).
+ETA in the progress bar) and collects per-shard stats, which name the node that ran each shard.
+Actors are spread over the nodes; they restart and re-run their shard if their process dies
+(Ray's max_restarts / max_task_retries). An actor lost for good (its node gone) is replaced and
+its shard handed to another; a shard that fails twice is left unfinished, reported, and redone by
+the next run (served from the request cache).
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ class GenWorker:
     """A Ray actor (async): one TeacherClient kept across shards, so endpoint health persists."""
 
     def __init__(self, tcfg: TeacherConfig, stage_url: str, identity: dict[str, Any], recipes: list[str],
-                 recipe_sampling: dict[str, Any], samples: int, cache_dir: str, concurrency: int):
+                 recipe_sampling: dict[str, Any], samples: int, cache_dir: str, concurrency: int,
+                 flush_every: int = 64, flush_s: float = 30.0):
         from factory.recipes import load_recipe
         from factory.teacher.client import TeacherClient
         from factory.teacher.shard import Progress
 
         self.tcfg, self.samples, self.cache_dir, self.concurrency = tcfg, samples, cache_dir, concurrency
+        self.flush = {"flush_every": flush_every, "flush_s": flush_s}
         self.stage = StageDir(stage_url, "generate", identity)
         self.recipes = [load_recipe(r, **recipe_sampling) for r in recipes]
         self.client = TeacherClient(tcfg)
@@ -35,11 +39,26 @@ class GenWorker:
 
         await self.client.start(probe=False)
         return await process_shard(k, rows, self.recipes, self.samples, self.client, self.stage, self.cache_dir,
-                                   self.concurrency, self.progress)
+                                   self.concurrency, self.progress, where=placement(), **self.flush)
 
     async def poll(self) -> dict[str, Any]:
         return {**self.progress.snapshot(), "requests": self.client.stats["requests"],
                 "retries": self.client.stats["retries"], "cost": self.client.cost}
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+
+def placement() -> dict[str, Any]:
+    """Where this process runs: Ray node id and address, host, pid (kept in each shard's stats)."""
+    import os
+    import socket
+
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def run_on_ray(cfg: Any, tcfg: TeacherConfig, shards: dict[int, list[dict[str, Any]]], recipes: list[Any],
@@ -53,10 +72,16 @@ def run_on_ray(cfg: Any, tcfg: TeacherConfig, shards: dict[int, list[dict[str, A
     started = not ray.is_initialized()
     init_ray(cfg.ray_address)
     n_workers = max(1, min(cfg.workers, len(shards)))
-    actor = ray.remote(GenWorker).options(num_cpus=cfg.worker_cpus, max_concurrency=4, max_restarts=2, max_task_retries=2)
+    actor = ray.remote(GenWorker).options(num_cpus=cfg.worker_cpus, max_concurrency=4, max_restarts=2,
+                                          max_task_retries=2, scheduling_strategy="SPREAD")
     share = tcfg.scaled(n_workers)
-    workers = [actor.remote(share, stage.url, stage.config, cfg.recipes, cfg.recipe_sampling, cfg.samples_per_seed,
-                            str(cache_dir), cfg.concurrency) for _ in range(n_workers)]
+
+    def new_worker() -> Any:
+        return actor.remote(share, stage.url, stage.config, cfg.recipes, cfg.recipe_sampling, cfg.samples_per_seed,
+                            str(cache_dir), cfg.concurrency, cfg.cache_flush_every, cfg.cache_flush_s)
+
+    workers = [new_worker() for _ in range(n_workers)]
+    replaced = 0
     queue = sorted(shards)
     total_units = sum(len(r) for r in shards.values()) * len(recipes) * cfg.samples_per_seed
     running: dict[Any, tuple[int, Any]] = {}
@@ -78,14 +103,28 @@ def run_on_ray(cfg: Any, tcfg: TeacherConfig, shards: dict[int, list[dict[str, A
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
                 for ref in ready:
                     k, w = running.pop(ref)
-                    idle.append(w)
                     try:
                         results[k] = ray.get(ref)
+                        idle.append(w)
+                    except ray.exceptions.RayActorError as e:  # the actor is gone for good (e.g. its node)
+                        workers.remove(w)
+                        polled.pop(w, None)
+                        w = new_worker()
+                        workers.append(w)
+                        idle.append(w)
+                        replaced += 1
+                        if replaced <= 2 * n_workers:  # not the shard's fault: no attempt counted
+                            attempts[k] -= 1
+                        if attempts[k] < 2:
+                            queue.insert(0, k)
+                        else:
+                            failed.append({"shard": k, "error": _first_line(e)})
                     except Exception as e:  # noqa: BLE001 - retry once, then report
+                        idle.append(w)
                         if attempts[k] < 2:
                             queue.append(k)
                         else:
-                            failed.append({"shard": k, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
+                            failed.append({"shard": k, "error": _first_line(e)})
                 try:
                     for w, snap in zip(workers, ray.get([w.poll.remote() for w in workers], timeout=5)):
                         polled[w] = snap
@@ -107,5 +146,6 @@ def run_on_ray(cfg: Any, tcfg: TeacherConfig, shards: dict[int, list[dict[str, A
                                                                    "completion_tokens", "docs", "units")}
     acc["cost"] = round(sum(r.get("cost", 0) for r in results.values()), 6)
     acc.update(shards_run=sorted(results), failed_shards=failed, wall_s=round(time.time() - t0, 3),
-               completion_tok_per_s=round(acc["completion_tokens"] / max(1e-6, time.time() - t0), 2), workers=n_workers)
+               completion_tok_per_s=round(acc["completion_tokens"] / max(1e-6, time.time() - t0), 2), workers=n_workers,
+               workers_replaced=replaced, late_shards=sorted(k for k, r in results.items() if r.get("late")))
     return acc

@@ -10,9 +10,14 @@ from gen_helpers import seed_rows
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    from factory.cluster import init_ray, shutdown_ray
+def ray_local(s3_server, tmp_path_factory):
+    """A local Ray whose workers see the S3 test server and a spool folder of the session's own."""
+    import os
 
+    from factory.cluster import init_ray, shutdown_ray
+    from factory.teacher.cache import SPOOL_ENV
+
+    os.environ[SPOOL_ENV] = str(tmp_path_factory.mktemp("spool"))
     init_ray(None, num_cpus=2, object_store_memory=200 * 1024**2)
     yield
     shutdown_ray()
