@@ -18,14 +18,19 @@ report: {x: synthetic_share, group: synthetic_max_epochs}
 A field path walks the mix: dict keys, list items by `name` (sources.synthetic) or index.
 Folders: `<out>/benchmarks/`, `<out>/cells/<cell>/{mix.yaml,plan.json,seed<k>/{run/,eval.json}}`,
 `<out>/results.jsonl`, `<out>/report/`. A run is done when its eval.json exists: reruns skip it.
+`out` may be an fsspec URL (s3://, gs://): everything above is written there, and what the planner
+and trainer read from disk (mixes, plans, benchmarks) is kept in a local copy as well (`scratch`,
+default: a temp folder named after the URL), rebuilt from the URL on another machine.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -35,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from factory.config import read_yaml, validate
 from factory.errors import FactoryError
+from train import storage
 
 
 class BenchConfig(BaseModel):
@@ -252,9 +258,36 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def run_config(g: GridConfig, seed_dir: Path, seed: int) -> dict:
-    """The trainer's run config for one cell and seed: steps 0 = train on all of the plan's tokens."""
-    fixed = {"run_dir": str((seed_dir / "run").resolve()), "seed": seed, "model": dict(g.model),
+class Out:
+    """The output folder (a path or a URL) and `local`, the folder here holding what the planner
+    and trainer read from disk (for a local `out`, the same folder)."""
+
+    def __init__(self, out: str | Path, scratch: str | Path | None = None):
+        self.url = str(out).rstrip("/") if storage.is_url(out) else None
+        tag = hashlib.sha256(str(self.url).encode()).hexdigest()[:16]
+        self.local = Path(out) if not self.url else Path(scratch or Path(tempfile.gettempdir()) / "factory-ablate" / tag)
+        self.name = self.url or str(self.local)
+
+    def uri(self, rel: str) -> str:
+        return storage.join(self.url, rel) if self.url else str(self.local / rel)
+
+    def write(self, rel: str, text: str) -> None:  # the local copy and, for a URL, the object
+        (self.local / rel).parent.mkdir(parents=True, exist_ok=True)
+        (self.local / rel).write_text(text)
+        if self.url:
+            storage.write_text(self.uri(rel), text)
+
+    def exists(self, rel: str) -> bool:
+        return storage.exists(self.uri(rel))
+
+    def read(self, rel: str) -> str:
+        return storage.read_text(self.uri(rel))
+
+
+def run_config(g: GridConfig, seed_dir: Path, seed: int, run_dir: str | None = None) -> dict:
+    """The trainer's run config for one cell and seed: steps 0 = train on all of the plan's tokens.
+    The plan is read from seed_dir on local disk; the run goes to run_dir (default seed_dir/run)."""
+    fixed = {"run_dir": run_dir or str((seed_dir / "run").resolve()), "seed": seed, "model": dict(g.model),
              "data": {"source": "plan", "plan": str((seed_dir / "plan.json").resolve())}}
     return _merge(_merge({"train": {"steps": 0}}, g.run_config), fixed)
 
@@ -324,15 +357,22 @@ def plan_info(plan: dict) -> dict[str, Any]:
 
 
 def _run_one(task: dict, train_fn: Callable, eval_fn: Callable) -> dict:
+    plan = Path(task["config"]["data"]["plan"])
+    if not plan.exists() and task.get("plan_url"):  # a worker on another node: the plan comes from the store
+        storage.get_file(task["plan_url"], plan)
     t0 = time.time()
     run_dir = train_fn(task["config"])
     t1 = time.time()
     scores = eval_fn(run_dir, task["benches"], task["max_items"], task["batch_size"])
     rec = {"cell": task["cell"], "seed": task["seed"], "params": task["params"], "scores": scores,
            "run_dir": str(run_dir), "train_s": round(t1 - t0, 1), "eval_s": round(time.time() - t1, 1)}
-    tmp = Path(task["eval_json"]).with_suffix(".tmp")
-    tmp.write_text(json.dumps(rec, indent=1))
-    tmp.replace(task["eval_json"])  # the done marker, written atomically
+    text = json.dumps(rec, indent=1)
+    if storage.is_url(task["eval_json"]):  # the done marker: one PUT, the object appears whole
+        storage.write_text(task["eval_json"], text)
+    else:  # the done marker, written atomically
+        tmp = Path(task["eval_json"]).with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(task["eval_json"])
     return rec
 
 
@@ -356,17 +396,21 @@ def _use_ray(g: GridConfig) -> bool:
 
 def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Callable[[dict], str] | None = None,
         eval_fn: Callable[..., dict] | None = None, plan_fn: Callable[[Path, Path], dict] | None = None,
-        data_root: str | Path | None = None, show: bool = True) -> dict[str, Any]:
+        data_root: str | Path | None = None, show: bool = True, scratch: str | Path | None = None) -> dict[str, Any]:
     """Expand, train, evaluate and report a grid; returns {"out", "results", "report", "ran", "skipped"}.
 
     train_fn(run_config) -> run dir, eval_fn(run_dir, benches, max_items, batch_size) -> scores and
     plan_fn(mix_yaml, data_root) -> plan dict default to the real trainer, scorer and mix planner.
+    `out` may be a URL; `scratch` is then the local folder for mixes, plans and benchmarks.
     """
     from factory import report
     from factory.ui import console, progress, table
 
     g = load_grid(grid_path)
-    out = Path(out or g.out or Path("runs/ablations") / g.name)
+    o = Out(out or g.out or Path("runs/ablations") / g.name, scratch)
+    if storage.is_url(data_root or g.data_root):
+        raise FactoryError("training data must be on local disk (the loader memory-maps the .ds shards)", where=str(grid_path),
+                           field="data_root", fix="copy the tokenized folder to local disk and point data_root there")
     data_root = Path(data_root or g.data_root)
     if not data_root.exists():
         raise FactoryError("data root not found", where=str(grid_path), field="data_root", fix="tokenize first, or fix the path")
@@ -375,11 +419,13 @@ def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Calla
         from factory.mix import plan as plan_fn  # type: ignore[no-redef]
     train_fn = train_fn or _default_train(g.nproc)
     eval_fn = eval_fn or default_eval
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "grid.yaml").write_text(yaml.safe_dump(g.model_dump(mode="json"), sort_keys=False))
+    o.local.mkdir(parents=True, exist_ok=True)
+    o.write("grid.yaml", yaml.safe_dump(g.model_dump(mode="json"), sort_keys=False))  # for a URL: fails early on a bad store
     for name, sub in g.subsets.items():
         make_subset(data_root, name, sub)
-    benches = build_benchmarks(g, out, read_yaml((Path(grid_path).parent / g.base_mix).resolve()), data_root)
+    benches = build_benchmarks(g, o.local, read_yaml((Path(grid_path).parent / g.base_mix).resolve()), data_root)
+    if o.url:
+        storage.put_dir(o.local / "benchmarks", o.uri("benchmarks"))
 
     tasks, skipped, aliases, seen = [], 0, [], {}
     for c in cells:
@@ -388,26 +434,24 @@ def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Calla
             aliases.append((c, seen[same]))
             continue
         seen[same] = c
-        cdir = out / "cells" / c["id"]
-        cdir.mkdir(parents=True, exist_ok=True)
-        mix_path = cdir / "mix.yaml"
-        mix_path.write_text(yaml.safe_dump(c["mix"], sort_keys=False))
-        plan_path = cdir / "plan.json"
-        if not plan_path.exists():
-            plan = plan_fn(mix_path, data_root)
-            plan_path.write_text(json.dumps(plan, indent=1))
-        plan = json.loads(plan_path.read_text())
+        cell = f"cells/{c['id']}"
+        o.write(f"{cell}/mix.yaml", yaml.safe_dump(c["mix"], sort_keys=False))
+        if o.exists(f"{cell}/plan.json"):  # planned before (maybe on another machine): the same plan
+            plan = json.loads(o.read(f"{cell}/plan.json"))
+        else:
+            plan = plan_fn(o.local / cell / "mix.yaml", data_root)
+        o.write(f"{cell}/plan.json", json.dumps(plan, indent=1))
         params = {**{k: v for k, v in plan_info(plan).items() if k not in c["params"]}, **c["params"]}
         for s in g.seeds:
-            sdir = cdir / f"seed{s}"
-            if (sdir / "eval.json").exists():
+            sd = f"{cell}/seed{s}"
+            if o.exists(f"{sd}/eval.json"):
                 skipped += 1
                 continue
-            sdir.mkdir(parents=True, exist_ok=True)
-            (sdir / "plan.json").write_text(json.dumps({**plan, "seed": int(plan.get("seed", 0)) + s}, indent=1))
-            cfg = run_config(g, sdir, s)
+            o.write(f"{sd}/plan.json", json.dumps({**plan, "seed": int(plan.get("seed", 0)) + s}, indent=1))
+            cfg = run_config(g, o.local / sd, s, o.uri(f"{sd}/run") if o.url else None)
             tasks.append({"cell": c["id"], "seed": s, "params": params, "config": cfg, "benches": benches,
-                          "max_items": g.eval.max_items, "batch_size": g.eval.batch_size, "eval_json": str(sdir / "eval.json")})
+                          "max_items": g.eval.max_items, "batch_size": g.eval.batch_size, "eval_json": o.uri(f"{sd}/eval.json"),
+                          "plan_url": o.uri(f"{sd}/plan.json") if o.url else None})
     if show:
         console.print(f"[bold]{g.name}[/]: {len(cells)} cells x {len(g.seeds)} seeds; {len(tasks)} to run, {skipped} done")
     if tasks and _use_ray(g):
@@ -428,30 +472,32 @@ def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Calla
                 bar.update(job, advance=1, info=f"last: {rec['train_s']}s train, {rec['eval_s']}s eval")
     for c, orig in aliases:
         for s in g.seeds:
-            src, dst = out / "cells" / orig["id"] / f"seed{s}" / "eval.json", out / "cells" / c["id"] / f"seed{s}" / "eval.json"
-            if src.exists() and not dst.exists():
-                rec = json.loads(src.read_text())
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.write_text(json.dumps({**rec, "cell": c["id"], "params": {**rec["params"], **c["params"]},
-                                           "same_as": orig["id"]}, indent=1))
-    results = collect(out)
-    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+            src, dst = f"cells/{orig['id']}/seed{s}/eval.json", f"cells/{c['id']}/seed{s}/eval.json"
+            if o.exists(src) and not o.exists(dst):
+                rec = json.loads(o.read(src))
+                o.write(dst, json.dumps({**rec, "cell": c["id"], "params": {**rec["params"], **c["params"]},
+                                         "same_as": orig["id"]}, indent=1))
+    results = collect(o.name)
+    o.write("results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
     keys = list(cells[0]["params"])
     x = g.report.x or keys[0]
     group = g.report.group if g.report.group is not None else (next((k for k in keys if k != x and len({str(c["params"][k]) for c in cells}) > 1), None))
-    paths = report.write(results, out / "report", x=x, group=group, title=g.report.title or f"Ablation: {g.name}",
+    paths = report.write(results, o.uri("report"), x=x, group=group, title=g.report.title or f"Ablation: {g.name}",
                          notes=g.report.notes or g.description)
     if show:
-        summ = json.loads(Path(paths["summary_json"]).read_text())
+        summ = json.loads(storage.read_text(paths["summary_json"]))
         names = summ["benches"]
         rows = [[c["cell"], len(c["seeds"])] + [f"{c['stats'][b]['mean']:.3f}±{c['stats'][b]['half']:.3f}" if b in c["stats"] else "" for b in names]
                 for c in summ["cells"]]
         console.print(table(f"{g.name}: mean ± 95% interval", ["cell", "seeds", *names], rows))
         console.print(f"report: {paths['report_md']}")
-    return {"out": str(out), "results": results, "report": paths, "ran": len(tasks), "skipped": skipped}
+    return {"out": o.name, "results": results, "report": paths, "ran": len(tasks), "skipped": skipped}
 
 
 def collect(out: str | Path) -> list[dict]:
-    """Every finished run's eval.json under out/cells, sorted by cell and seed."""
-    recs = [json.loads(p.read_text()) for p in sorted(Path(out).glob("cells/*/seed*/eval.json"))]
+    """Every finished run's eval.json under out/cells (a local folder or a URL), sorted by cell and seed."""
+    if storage.is_url(out):
+        recs = [json.loads(storage.read_text(u)) for u in storage.glob(storage.join(out, "cells/*/seed*/eval.json"))]
+    else:
+        recs = [json.loads(p.read_text()) for p in sorted(Path(out).glob("cells/*/seed*/eval.json"))]
     return sorted(recs, key=lambda r: (r["cell"], r["seed"]))

@@ -8,6 +8,7 @@ A result is one trained model's evaluation:
 Signal-to-noise of a benchmark = the standard deviation of the cell means across cells divided by
 the mean over cells of the seed-to-seed standard deviation. With one seed per cell the noise is
 the mean item-sampling standard error instead (and intervals use it too, marked "item").
+The report folder may be an fsspec URL (s3://, gs://): it is written locally, then uploaded.
 """
 
 from __future__ import annotations
@@ -204,9 +205,19 @@ def findings(summary: dict, x: str, group: str | None) -> list[str]:
 
 def write(results: list[dict], out_dir: str | Path, x: str = "synthetic_share", group: str | None = None,
           title: str = "", notes: str = "") -> dict[str, str]:
-    """Write table.md, summary.json, plot.png and report.md under out_dir; returns their paths."""
+    """Write table.md, summary.json, plot.png and report.md under out_dir (a path or a URL);
+    returns their paths (URLs for a URL)."""
+    import tempfile
+
+    from train import storage
+
     if not results:
         raise ValueError("report.write: no results to report")
+    if storage.is_url(out_dir):
+        with tempfile.TemporaryDirectory(prefix="report-") as tmp:
+            local = write(results, tmp, x, group, title, notes)
+            storage.put_dir(tmp, str(out_dir), last="report.md")
+        return {k: storage.join(out_dir, Path(v).name) for k, v in local.items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(results)

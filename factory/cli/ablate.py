@@ -12,13 +12,17 @@ from factory.ui import console
 
 def ablate(
     grid: Path = typer.Argument(..., help="ablation grid YAML (see mixes/ablations/)"),
-    out: Optional[Path] = typer.Option(None, help="output folder (default: the grid's `out`, else runs/ablations/NAME)"),
-    data: Optional[Path] = typer.Option(None, help="tokenized data folder (default: the grid's data_root)"),
+    out: Optional[str] = typer.Option(None, help="output folder or URL, e.g. s3://bucket/abl (default: the grid's `out`, "
+                                      "else runs/ablations/NAME)"),
+    data: Optional[Path] = typer.Option(None, help="tokenized data folder on local disk (default: the grid's data_root)"),
+    scratch: Optional[Path] = typer.Option(None, help="with a URL --out: the local folder for mixes, plans and benchmarks"),
     dry_run: bool = typer.Option(False, "--dry-run", help="only expand the grid and print the cells"),
 ) -> None:
     """Expand a mix grid, train and evaluate every cell x seed (finished ones are skipped), write the report."""
     from factory import ablate as ab
+    from factory.errors import FactoryError
     from factory.ui import table
+    from train.storage import StorageError
 
     if dry_run:
         g = ab.load_grid(grid)
@@ -27,7 +31,10 @@ def ablate(
         console.print(table(f"{g.name}: {len(cells)} cells x {len(g.seeds)} seeds", ["cell", *keys],
                             [[c["id"], *[c["params"][k] for k in keys]] for c in cells]))
         return
-    res = ab.run(grid, out, data_root=data)
+    try:
+        res = ab.run(grid, out, data_root=data, scratch=scratch)
+    except StorageError as e:
+        raise FactoryError(e.what, where=e.url, fix=e.fix) from None
     console.print(f"{res['ran']} runs trained, {res['skipped']} already done; report: {res['report']['report_md']}")
 
 

@@ -1,5 +1,6 @@
-"""`factory eval RUN_DIR --bench DIR...` scores a trained model; `factory evalsets OUT` writes the
-built-in benchmark files (the same files curation decontaminates against)."""
+"""`factory eval RUN_DIR --bench DIR...` scores a trained model (a local folder or a URL such as
+s3://bucket/run, read straight from the store); `factory evalsets OUT` writes the built-in
+benchmark files (the same files curation decontaminates against)."""
 
 from __future__ import annotations
 
@@ -14,23 +15,29 @@ from factory.ui import console, table
 
 
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="a run folder (its hf/ export) or an HF export folder"),
+    run_dir: str = typer.Argument(..., help="a run folder (its hf/ export) or an HF export folder; a path or a URL"),
     bench: List[str] = typer.Option([], "--bench", "-b", help="benchmark folder or lm-eval style JSONL; repeatable (default: the built-ins)"),
     max_items: Optional[int] = typer.Option(None, help="score only the first N items of each benchmark"),
     batch_size: int = typer.Option(32, help="sequences per forward pass"),
     n: int = typer.Option(500, help="items per built-in benchmark when --bench is not given"),
-    out: Optional[Path] = typer.Option(None, help="write the scores as JSON here (default: RUN_DIR/eval.json)"),
+    out: Optional[str] = typer.Option(None, help="write the scores as JSON here, a path or a URL (default: RUN_DIR/eval.json)"),
 ) -> None:
     """Score a trained model on benchmarks (multiple choice by log-likelihood, greedy exact match, loss)."""
+    import tempfile
+
+    from train import storage
     from train.eval import BenchmarkError, evaluate as score
     from train.model import load_for_eval
 
-    if not bench:
+    if not bench:  # the built-ins, next to a local run; for a URL in a local folder (same n, same files)
         from factory import evalsets
 
-        bench = list(evalsets.build(run_dir / "benchmarks", n=n)["dirs"].values())
+        where = Path(tempfile.gettempdir()) / "factory-eval" / f"n{n}" if storage.is_url(run_dir) else Path(run_dir)
+        bench = list(evalsets.build(where / "benchmarks", n=n)["dirs"].values())
     try:
         model, tok = load_for_eval(run_dir)
+    except storage.StorageError as e:
+        raise FactoryError(e.what, where=e.url, fix=e.fix) from None
     except FileNotFoundError as e:
         raise FactoryError(str(e), where=str(run_dir), fix="give a run folder with an hf/ export") from None
     if tok is None:
@@ -39,8 +46,11 @@ def evaluate(
         res = score(model, tok, bench, max_items=max_items, batch_size=batch_size)
     except BenchmarkError as e:
         raise FactoryError(str(e), fix="see the benchmark format in the README") from None
-    dest = out or run_dir / "eval.json"
-    dest.write_text(json.dumps(res, indent=1))
+    dest = out or storage.join(run_dir, "eval.json")
+    try:
+        storage.write_text(dest, json.dumps(res, indent=1))
+    except storage.StorageError as e:
+        raise FactoryError(e.what, where=e.url, fix=e.fix) from None
     rows = [[k, v["metric"], f"{v['score']:.4f}", f"{v['stderr']:.4f}", v["n"], v["seconds"]] for k, v in res.items()]
     console.print(table(f"eval: {run_dir}", ["benchmark", "metric", "score", "stderr", "n", "s"], rows))
     console.print(f"wrote {dest}")

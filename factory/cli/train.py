@@ -1,5 +1,6 @@
 """`factory train RUN.yaml`: pretrain with torchrun (one node or several) or, given --ray-address,
-with Ray Train's TorchTrainer; both run `train.loop.train`."""
+with Ray Train's TorchTrainer; both run `train.loop.train`. `--set run_dir=s3://bucket/run` trains
+onto object storage, and the same command resumes from there on any machine."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def train(
     """Train one model on a mix plan (or random tokens) and export it to HF format."""
     import json
 
-    from train import config as tcfg
+    from train import config as tcfg, storage
     from train.launch import TrainFailed, run, run_ray
 
     try:
@@ -34,15 +35,20 @@ def train(
         else:
             run_dir = run(config, nproc=nproc, overrides=set_, nnodes=nnodes, node_rank=node_rank,
                           rdzv_endpoint=rdzv_endpoint)
+    except storage.StorageError as e:
+        raise FactoryError(e.what, where=e.url, fix=e.fix) from None
     except tcfg.ConfigError as e:
         raise FactoryError(str(e), fix="see the fields in train/config.py") from None
     except (TrainFailed, ValueError) as e:
         raise FactoryError(str(e), where=str(config)) from None
-    summary_path = Path(run_dir) / "run.json"
-    if not summary_path.exists():
+    summary_path = storage.join(run_dir, "run.json")
+    try:
+        s = json.loads(storage.read_text(summary_path)) if storage.exists(summary_path) else None
+    except storage.StorageError as e:
+        raise FactoryError(e.what, where=e.url, fix=e.fix) from None
+    if s is None:
         console.print(f"run dir: {run_dir}")
         return
-    s = json.loads(summary_path.read_text())
     rows = [["run dir", str(run_dir)], ["device", f"{s['world_size']} x {s['device']} ({s['dtype']})"],
             ["params", f"{s['model']['params'] / 1e6:.2f}M"], ["steps", s["steps"]],
             ["final loss", s["final_loss"]], ["val loss", s["val_loss"]], ["train time (s)", s["train_s"]],
