@@ -307,8 +307,9 @@ class Cluster:
     """
 
     def __init__(self, workers: tuple[str, ...] = ("a", "b"), *, object_store_bytes: int = 128 * MiB,
-                 dashboard: bool = False, fast_node_death: bool = True) -> None:
+                 dashboard: bool = False, fast_node_death: bool = True, node_env: dict | None = None) -> None:
         self.worker_names = tuple(workers)
+        self.node_env = node_env or {}  # name -> extra environment of that node (its processes inherit it)
         self.object_store_bytes = object_store_bytes
         self.dashboard = dashboard
         self.fast_node_death = fast_node_death
@@ -326,7 +327,8 @@ class Cluster:
         try:
             self.head = start_head(num_cpus, dashboard=self.dashboard, object_store_bytes=self.object_store_bytes,
                                    resources={"node_head": 1}, worker_ports=self._worker_ports(),
-                                   extra_env=FAST_NODE_DEATH if self.fast_node_death else None)
+                                   extra_env={**(FAST_NODE_DEATH if self.fast_node_death else {}),
+                                              **self.node_env.get("head", {})})
             self.nodes["head"] = self.head
             self._used_ports.update(self.head.ports.values())
             started = [self._launch(n, num_cpus) for n in self.worker_names]  # started side by side
@@ -349,6 +351,7 @@ class Cluster:
         node = RayNode(name, td, dict(self.head.env), _node_ports(), resources={f"node_{name}": 1})
         for k in FAST_NODE_DEATH:
             node.env.pop(k, None)
+        node.env.update(self.node_env.get(name, {}))
         self._used_ports.update(node.ports.values())
         self.nodes[name] = node
         args = ["--address", f"127.0.0.1:{self.head.gcs_port}",

@@ -37,3 +37,37 @@ def test_generate_to_s3_resumes_from_the_store(teacher, ray_local, seeds_file, t
     m3 = run(gen_cfg(f"{out}/seeds.jsonl", f"{s3_bucket}/gen2", teacher.endpoints, teacher.model, shards=2,
                      cache_dir=f"{out}/cache"), show_progress=False)
     assert m3["this_run"]["cache_adopted"] == 6 and m3["this_run"]["requests"] == 0 and m3["counts"]["docs"] == 6
+
+
+@pytest.mark.slow
+def test_a_late_writer_does_not_replace_a_finished_shard(teacher, ray_local, seeds_file, s3_bucket):
+    """A worker that finishes a shard someone else already wrote (a node back from a partition, a
+    retried task) leaves the first copy alone."""
+    import asyncio
+
+    from factory.generate import load_seeds, split, teacher_config
+    from factory.recipes import load_recipe
+    from factory.teacher.client import TeacherClient
+    from factory.teacher.shard import process_shard
+
+    out = f"{s3_bucket}/late"
+    cfg = gen_cfg(seeds_file(4), out, teacher.endpoints, teacher.model, shards=2)
+    run(cfg, show_progress=False)
+    fs, root = fsspec.core.url_to_fs(out)
+    before = fs.cat_file(f"{root}/shard-00000.parquet"), fs.info(f"{root}/shard-00000.parquet")["LastModified"]
+    stage = StageDir(out, "generate", StageDir.read_manifest(out)["config"])
+    rows = split(load_seeds(cfg)[0], 2)[0]
+
+    async def late() -> dict:
+        client = TeacherClient(teacher_config(cfg))
+        await client.start(probe=False)
+        try:
+            return await process_shard(0, rows, [load_recipe(r) for r in cfg.recipes], 1, client, stage,
+                                       f"{s3_bucket}/elsewhere-cache", 2)
+        finally:
+            await client.close()
+
+    stats = asyncio.run(late())
+    assert stats["late"] is True
+    fs.invalidate_cache()
+    assert (fs.cat_file(f"{root}/shard-00000.parquet"), fs.info(f"{root}/shard-00000.parquet")["LastModified"]) == before
