@@ -136,6 +136,7 @@ def export_model(model, out_dir: str | Path, a: ModelArgs, tokenizer_json=None, 
             import tempfile
             local = write_hf(Path(stage_dir or tempfile.mkdtemp(prefix="hf-")), sd, a, tokenizer_json, seq_len)
             storage.put_dir(local, str(out_dir), last="config.json", replace=True)
+            shutil.rmtree(local, ignore_errors=True)  # the store holds it now
             path = str(out_dir)
         else:
             path = write_hf(out_dir, sd, a, tokenizer_json, seq_len)

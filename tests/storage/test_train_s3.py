@@ -105,6 +105,9 @@ def test_cli_trains_onto_the_store(s3_bucket, tmp_path):
     assert sorted(losses(url.rstrip("/"))) == [1, 2, 3]
     assert checkpoint.latest(f"{url}checkpoints").endswith("step_0000003")
     assert not (tmp_path / "unused").exists()  # nothing of the run went to the config's local run_dir
+    scratch = storage.scratch(url.rstrip("/"))  # the default local folder: the log and config, no model
+    assert sorted(p.name for p in scratch.iterdir()) == ["config.yaml", "metrics.jsonl", "train.log"]
+    shutil.rmtree(scratch)
 
 
 def test_missing_bucket_is_one_clear_line(s3_server, tmp_path):
@@ -148,3 +151,13 @@ def test_training_data_on_a_url_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"field data\.plan: s3://b/plan\.json is on object storage.*local disk"):
         launch.prepare(tiny_config(tmp_path / "run", data={"source": "plan", "plan": "s3://b/plan.json"}))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_store_without_its_filesystem_is_one_clear_line(tmp_path):
+    with pytest.raises(storage.StorageError, match=r"foo://b/run/config\.yaml: no filesystem for foo:// is installed"):
+        launch.prepare(tiny_config("foo://b/run"))
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        with pytest.raises(storage.StorageError, match=r"gs://b/run.*\(fix: pip install gcsfs"):
+            launch.prepare(tiny_config("gs://b/run"))
