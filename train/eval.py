@@ -1,5 +1,6 @@
 """Score a causal LM on benchmarks given as data: a folder with `benchmark.yaml` + `data.jsonl`, or
-a bare JSONL file in lm-eval's form (question / choices / answer).
+a bare JSONL file in lm-eval's form (question / choices / answer); either may sit at an fsspec URL
+(s3://, gs://), read through a local copy.
 
 Types: `mc_loglik` (the choice with the highest log-likelihood given the prompt; normalisation
 none | length (per token) | bytes (per UTF-8 byte, lm-eval's acc_norm)), `gen_exact_match`
@@ -67,8 +68,31 @@ def _answer_index(ans: Any, choices: list[str], where: str) -> int:
     raise BenchmarkError(f"{where}: field 'answer' ({ans!r}) is not an index, letter or text of one of {len(choices)} choices")
 
 
+def local_copy(url: str) -> Path:
+    """A benchmark folder (its top-level files) or file at a URL, copied to a local temp folder."""
+    import hashlib
+    import tempfile
+
+    from train import storage
+
+    url = url.rstrip("/")
+    dest = Path(tempfile.gettempdir()) / "benchmarks" / hashlib.sha256(url.encode()).hexdigest()[:16] / url.rsplit("/", 1)[-1]
+    if storage.exists(storage.join(url, "benchmark.yaml")):
+        fs, root = storage.fs_path(url)
+        with storage.errors(url):
+            for f in fs.find(root, maxdepth=1):  # files only
+                storage.get_file(fs.unstrip_protocol(f), dest / f.rsplit("/", 1)[-1])
+    elif storage.exists(url):
+        storage.get_file(url, dest)
+    else:
+        raise BenchmarkError(f"{url}: benchmark not found")
+    return dest
+
+
 def load_benchmark(path: str | Path) -> tuple[dict, list[dict]]:
     """(spec, items); items normalised to question / choices / answer (index for mc, text for gen)."""
+    if "://" in str(path) and not str(path).startswith("file://"):
+        path = local_copy(str(path))
     p = Path(path)
     if p.is_dir():
         if not (p / "benchmark.yaml").exists():

@@ -84,12 +84,18 @@ def test_killed_run_resumes_from_the_store_alone_bitwise(s3_bucket, tiny_plan, t
     from train.eval import evaluate
     from train.model import load_for_eval
 
-    res = CliRunner().invoke(app, ["eval", url, "--bench", str(bench(tmp_path))])
+    folder = tmp_path / "mc_folder"  # a benchmark folder on the store as well
+    folder.mkdir()
+    (folder / "benchmark.yaml").write_text(yaml.safe_dump({"name": "mc_store", "type": "mc_loglik", "prompt": "{question}"}))
+    shutil.copy(bench(tmp_path), folder / "data.jsonl")
+    storage.put_dir(folder, f"{s3_bucket}/benchmarks/mc_store")
+    res = CliRunner().invoke(app, ["eval", url, "--bench", str(bench(tmp_path)), "--bench", f"{s3_bucket}/benchmarks/mc_store"])
     assert res.exit_code == 0, res.output
     got = json.loads(storage.read_text(f"{url}/eval.json"))
     model, tok = load_for_eval(ref)
-    want = evaluate(model, tok, [str(bench(tmp_path))])
-    assert got["mc"]["score"] == want["mc"]["score"] and got["mc"]["n"] == 4
+    want = evaluate(model, tok, [str(bench(tmp_path)), str(folder)])
+    for name in ("mc", "mc_store"):
+        assert got[name]["score"] == want[name]["score"] and got[name]["n"] == 4
 
 
 @pytest.mark.slow
