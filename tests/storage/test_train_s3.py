@@ -167,3 +167,16 @@ def test_a_store_without_its_filesystem_is_one_clear_line(tmp_path):
     except ImportError:
         with pytest.raises(storage.StorageError, match=r"gs://b/run.*\(fix: pip install gcsfs"):
             launch.prepare(tiny_config("gs://b/run"))
+
+
+@pytest.mark.slow
+def test_transient_store_errors_are_retried(flaky_s3, s3_bucket, tmp_path):
+    """Every 3rd PUT answered 503 SlowDown by a fault-injecting proxy: the run still completes."""
+    flaky_s3.set(fail_every=3, methods={"PUT"})
+    url = f"{s3_bucket}/flaky"
+    launch.run(tiny_config(url, **{"train.steps": 4, "checkpoint.every": 2}), nproc=1, echo=None)
+    assert flaky_s3.counts["failed"] > 0
+    flaky_s3.clear()
+    assert json.loads(storage.read_text(f"{url}/run.json"))["status"] == "done"
+    assert sorted(losses(url)) == [1, 2, 3, 4] and storage.exists(f"{url}/hf/config.json")
+    assert checkpoint.latest(f"{url}/checkpoints") == f"{url}/checkpoints/step_0000004"
