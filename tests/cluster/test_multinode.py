@@ -106,3 +106,83 @@ def test_generate_across_nodes_to_s3_and_survive_a_lost_node(cluster, teacher, s
     assert ids["b"] not in {nid for nid, v in storm["nodes"].items() if set(v["shards"]) - set(ran_on.get(ids["b"], []))}
     print(f"node loss: repaid {repaid} of {sum(px.forwarded.values())} calls; wall {storm_wall:.1f} s")
     cluster.add_node("b")  # the next test finds three nodes again
+
+
+def snapshot_url(url: str) -> dict:
+    """What a curation run decides, read from any URL: kept rows per shard, rejected rows per file."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+
+    def rows(pattern: str) -> dict:
+        return {f.rsplit("/", 1)[1]: pq.read_table(fs.open(f, "rb")).to_pylist() for f in sorted(fs.glob(f"{root}/{pattern}"))}
+    return {"kept": rows("*.parquet"), "rejected": rows("rejected/*.parquet")}
+
+
+def test_curate_across_nodes_to_s3_and_survive_a_lost_node(cluster, s3_bucket, tmp_path):
+    """Curation on the Ray pool over the three nodes, reading and writing S3; node b is lost for
+    good while one of its workers runs ranks: kept and rejected equal an undisturbed local run's."""
+    import threading
+
+    import fsspec
+    import ray
+    from ray import cloudpickle
+
+    from factory.cluster import init_ray
+    from factory.curate import load, run
+    from tests.cluster.conftest import client_env
+    from tests.curate import faults
+    from tests.curate.conftest import build
+
+    planted = build(tmp_path / "corpus")
+    fs = fsspec.filesystem("s3")
+    for name, src in (("gen", planted.inputs), ("ref", planted.reference)):
+        fs.put(src, f"{s3_bucket}/in/{name}", recursive=True)
+
+    def cfg(inputs, ref, out, **executor):
+        c = load(None, inputs=[inputs], output=out)
+        c.dedup.reference = [ref]
+        c.decont.benchmarks = [planted.bench]
+        c.dedup.minhash.num_buckets, c.dedup.minhash.hashes_per_bucket = 16, 3
+        for k, v in {"tasks": 3, **executor}.items():
+            setattr(c.executor, k, v)
+        return c
+
+    run(cfg(planted.inputs, planted.reference, str(tmp_path / "local"), workers=2))
+    expect = snapshot_url(str(tmp_path / "local"))
+    lost = threading.Event()
+
+    def kill_b_once_it_works() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline and "b" in cluster.nodes:
+            if any("CurationWorker" in " ".join(q.cmdline()) for q in cluster.nodes["b"].processes()):
+                time.sleep(1.0)
+                cluster.kill_node("b")
+                lost.set()
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_b_once_it_works, daemon=True)
+
+    def inject(jobs):
+        next(j for j in jobs if j.name == "filter").steps.insert(1, faults.Slow(0.03))
+        killer.start()
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cloudpickle.register_pickle_by_value(faults)
+    try:
+        with client_env(cluster.env):
+            init_ray(cluster.address)
+            out = f"{s3_bucket}/curated"
+            m = run(cfg(f"{s3_bucket}/in/gen", f"{s3_bucket}/in/ref", out, ray=True, workers=3), inject=inject)
+    finally:
+        cloudpickle.unregister_pickle_by_value(faults)
+        ray.shutdown()
+        killer.join(5)
+    assert lost.is_set(), "node b never ran a curation worker"
+    assert m["status"] == "done" and StageDir.read_manifest(out)["status"] == "done"
+    assert snapshot_url(out) == expect
+    cluster.add_node("b")
