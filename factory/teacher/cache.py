@@ -9,10 +9,12 @@ layout (`layout-<id>/`, the id hashes which seed went to which shard). A record 
 - On an object store (s3://, gs://, ...), which cannot append, a shard's cache is a set of immutable
   segments `shard-k/seg-<time>-<uid>.jsonl`. The worker appends each completion to a node-local
   spool file (the same append log, under `FACTORY_SPOOL_DIR`, default `~/.cache/synth-factory/spool`)
-  and uploads the records not yet uploaded as a new segment every `flush_every` completions, every
-  `flush_s` seconds, and when the shard ends. A killed worker loses nothing: its node's spool is
-  uploaded when the shard opens again there. A lost node repays at most one window per shard it
-  had in flight: fewer than `flush_every` completions, all received in the last `flush_s` seconds.
+  and uploads the records not yet uploaded as a new segment every `flush_every` completions (in a
+  background thread: the requests never wait on the store), every `flush_s` seconds, and when the
+  shard ends. A killed worker loses nothing: its node's spool is uploaded when the shard opens again
+  there. A lost node repays, per shard it had in flight, what was not yet up: the window being
+  filled and the one being uploaded, so fewer than 2 x `flush_every` completions, none older than
+  `flush_s` seconds plus one upload.
 
 Opening a shard's cache reads its append log, every segment and the local spool, so a shard
 resumed on another node reads what every node paid for. Writers never overwrite: segments have
@@ -30,6 +32,7 @@ import os
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +101,8 @@ class CompletionCache:
         self._data: dict[str, dict[str, Any]] = {}
         self._pending: list[bytes] = []  # spooled lines not yet in a segment (object stores)
         self._lock = threading.Lock()
+        self._uploader = ThreadPoolExecutor(1, thread_name_prefix="cache-upload")
+        self._uploads: list[Future] = []
         self._last_flush = time.monotonic()
         self.torn_lines = self.segments_written = 0
         if self.local:
@@ -162,8 +167,8 @@ class CompletionCache:
             with self._lock:
                 self._pending.append(line)
                 due = len(self._pending) >= self.flush_every
-            if due:
-                self.flush()
+            if due:  # uploaded by a background thread: the event loop sending requests never waits on the store
+                self._uploads.append(self._uploader.submit(self.flush))
 
     def flush_due(self) -> bool:
         """True when spooled records have waited `flush_s` seconds (call `flush` then)."""
@@ -185,6 +190,12 @@ class CompletionCache:
             raise
         self.segments_written += 1
 
+    def drain(self) -> None:
+        """Wait for the background uploads (a failed one has put its records back for the next flush)."""
+        for f in self._uploads:
+            f.exception()
+        self._uploads.clear()
+
     def for_seed(self, seed: str) -> "SeedCache":
         return SeedCache(self, seed)
 
@@ -193,6 +204,8 @@ class CompletionCache:
             return
         os.fsync(self._fh.fileno())
         self._fh.close()
+        self.drain()
+        self._uploader.shutdown(wait=True)
         if not self.local:
             self.flush()  # raises if the store is down: the spool stays for the next open
             self.log.unlink(missing_ok=True)  # every record is in a segment now

@@ -27,6 +27,12 @@ def segments(url: str) -> list[str]:
     return fs.glob(f"{p}/seg-*.jsonl")
 
 
+def uploaded(url: str) -> int:
+    """Records in the shard's segments on the store."""
+    fs, _ = fsspec.core.url_to_fs(url)
+    return sum(len(fs.cat_file(s).splitlines()) for s in segments(url))
+
+
 @pytest.fixture
 def node(tmp_path, monkeypatch):
     """Switch this process to another node: a node-local spool folder of its own."""
@@ -41,10 +47,11 @@ def test_segments_flush_every_n_and_at_close(s3_bucket, node):
     c = CompletionCache(url, flush_every=4, flush_s=3600)
     for i in range(10):
         c.put(f"k{i}", comp(i), seed=f"s{i}")
-    assert len(segments(url)) == 2  # 8 records up, 2 spooled on this node
+    c.drain()
+    assert 8 <= uploaded(url) <= 10 and len(segments(url)) <= 2  # uploads of >= 4 records each, in the background
     assert c.log.exists() and len(c.log.read_bytes().splitlines()) == 10
     c.close()
-    assert len(segments(url)) == 3 and not c.log.exists()  # the rest went up; the spool is gone
+    assert uploaded(url) == 10 and not c.log.exists()  # the rest went up; the spool is gone
     node("b")  # another node reads what this one paid for
     again = CompletionCache(url)
     assert len(again) == 10 and again.get("k9").text == "answer 9" and again.get("k9").cached
@@ -56,10 +63,11 @@ def test_lost_node_repays_at_most_one_window(s3_bucket, node, tmp_path):
     c = CompletionCache(url, flush_every=4, flush_s=3600)
     for i in range(10):
         c.put(f"k{i}", comp(i))
+    c.drain()
     # the node disappears with its disk: no close, no spool
     node("b")
     after = CompletionCache(url, flush_every=4)
-    assert len(after) == 8 and "k9" not in after  # 2 < flush_every completions to repay
+    assert 8 <= len(after) <= 10 and "k0" in after  # fewer than flush_every completions to repay
     after.close()
 
 
@@ -68,9 +76,10 @@ def test_killed_worker_on_a_live_node_loses_nothing(s3_bucket, node):
     c = CompletionCache(url, flush_every=4, flush_s=3600)
     for i in range(10):
         c.put(f"k{i}", comp(i))
+    c.drain()
     # the worker process dies (no close); the next open on the same node uploads its spool
     again = CompletionCache(url, flush_every=4)
-    assert len(again) == 10 and len(segments(url)) == 3
+    assert len(again) == 10 and uploaded(url) == 10
     again.close()
     node("b")
     assert len(CompletionCache(url)) == 10
@@ -144,7 +153,7 @@ while True:
 @pytest.mark.slow
 def test_sigkilled_writer_on_a_lost_node(s3_bucket, node, tmp_path):
     """SIGKILL a real writer process and drop its node's disk: what it had flushed survives, and
-    what is lost is less than one window (flush_every completions)."""
+    what is lost is less than two windows (one filling, one uploading: 2 x flush_every)."""
     url = shard_file(f"{s3_bucket}/cache/layout-x", 5)
     p = subprocess.Popen([sys.executable, "-c", WRITER, url], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
     written = 0
@@ -156,5 +165,5 @@ def test_sigkilled_writer_on_a_lost_node(s3_bucket, node, tmp_path):
     p.wait()
     node("b")
     got = CompletionCache(url)
-    assert written - 5 < len(got) <= written and len(got) % 5 == 0
+    assert written - 10 < len(got) <= written
     assert all(json.loads(b)["key"] for s in segments(url) for b in fsspec.open(f"s3://{s}").open().read().splitlines())
