@@ -73,18 +73,18 @@ class WorkerPool:
 
         lost = (RayActorError, ActorDiedError, WorkerCrashedError, ObjectLostError)
         ref = ray.put(executor)
-        slots = set(range(min(workers, len(self.actors))))
         pending, tries = deque(groups), Counter()
         running: dict[Any, tuple[int, list[int]]] = {}
         while pending or running:
             busy = {slot for slot, _ in running.values()}
-            for slot in sorted((self.up & slots) - busy):
+            # any started actor takes work, `workers` at most at once: which actors the cluster
+            # could place is not known in advance (with too few CPUs, the first ones may never start)
+            for slot in sorted(self.up - busy)[:max(0, workers - len(running))]:
                 if not pending:
                     break
                 group = pending.popleft()
                 running[self.actors[slot].run.remote(ref, group)] = (slot, group)
-            waiting = [f for f, slot in self.starting.items() if slot in slots]
-            finished, _ = ray.wait(list(running) + waiting, num_returns=1)
+            finished, _ = ray.wait(list(running) + list(self.starting), num_returns=1)
             for fut in finished:
                 if fut in self.starting:
                     slot = self.starting.pop(fut)
