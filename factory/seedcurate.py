@@ -10,6 +10,7 @@ TF-IDF vectors when there is none.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -170,12 +171,19 @@ class HashedLogReg:
         return 1 / (1 + np.exp(-self._logits(self._matrix(texts), len(texts))))
 
     def save(self, path: str | Path) -> None:
+        """Write the weights (npz) to `path` (any fsspec URL)."""
+        from factory.stage import put_bytes
+
         nz = np.nonzero(self.w)[0]
-        np.savez_compressed(path, idx=nz, w=self.w[nz], b=self.b, dim=self.dim)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, idx=nz, w=self.w[nz], b=self.b, dim=self.dim)
+        put_bytes(str(path), buf.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> "HashedLogReg":
-        z = np.load(path)
+        from factory.stage import read_bytes
+
+        z = np.load(io.BytesIO(read_bytes(str(path))))
         m = cls(int(z["dim"]))
         m.w[z["idx"]] = z["w"]
         m.b = float(z["b"])
@@ -336,14 +344,15 @@ def curate(rows: Iterable[dict[str, Any]], cfg: SeedCurateConfig | None = None,
 
 # other seed kinds ---------------------------------------------------------------------------
 def qa_rows(pairs: Iterable[dict[str, Any]] | str | Path, source: str = "qa") -> list[dict[str, Any]]:
-    """Seed rows from Q&A pairs (dicts or a JSONL file with `question` and `answer`)."""
+    """Seed rows from Q&A pairs (dicts, or a JSONL file at any fsspec URL with `question` and `answer`)."""
+    from factory.stage import exists, read_text
+
     where = None
     if isinstance(pairs, (str, Path)):
         where = str(pairs)
-        p = Path(pairs)
-        if not p.is_file():
+        if not exists(where):
             raise FactoryError("Q&A seed file not found", where=where, fix="give a JSONL file of {question, answer}")
-        pairs = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        pairs = [json.loads(line) for line in read_text(where).splitlines() if line.strip()]
     out = []
     for i, rec in enumerate(pairs):
         q, a = str(rec.get("question") or "").strip(), str(rec.get("answer") or "").strip()
@@ -356,34 +365,46 @@ def qa_rows(pairs: Iterable[dict[str, Any]] | str | Path, source: str = "qa") ->
 
 
 def code_rows(folder: str | Path = CODE_SEEDS) -> list[dict[str, Any]]:
-    """Seed rows from `NAME.py` + `NAME_test.py` pairs (tests import the code as `solution`)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FactoryError("code seed folder not found", where=str(folder), fix="point at a folder of NAME.py files")
+    """Seed rows from `NAME.py` + `NAME_test.py` pairs in a folder at any fsspec URL (tests import
+    the code as `solution`)."""
+    from factory.stage import fresh_fs, storage_errors
+
+    where = str(folder)
+    with storage_errors(where):
+        fs, root = fresh_fs(where)
+        if not fs.isdir(root):
+            raise FactoryError("code seed folder not found", where=where, fix="point at a folder of NAME.py files")
+        texts = {f.rsplit("/", 1)[1][:-3]: fs.cat_file(f).decode() for f in sorted(fs.glob(f"{root}/*.py"))}
     out = []
-    for f in sorted(folder.glob("*.py")):
-        if f.stem.endswith("_test"):
+    for stem, code in texts.items():
+        if stem.endswith("_test"):
             continue
-        test = folder / f"{f.stem}_test.py"
-        out.append(make_doc(f.read_text().strip() + "\n", "code", "code", seed_id=f"code:{f.stem}",
-                            extra={"title": f.stem, "entry": f.stem, "topic": "programming",
-                                   "tests": test.read_text() if test.is_file() else None}))
+        out.append(make_doc(code.strip() + "\n", "code", "code", seed_id=f"code:{stem}",
+                            extra={"title": stem, "entry": stem, "topic": "programming",
+                                   "tests": texts.get(f"{stem}_test")}))
     return out
 
 
 def run(cfg: SeedCurateConfig, inputs: str, out: str, code: bool = False) -> dict[str, Any]:
     """The seed-curation stage: read seed rows from `inputs`, write curated passages to `out`
-    (plus the code seeds when `code`), with counts and the topic mix in the manifest."""
-    from factory.stage import StageDir, read_docs
+    (plus the code seeds when `code`), with counts and the topic mix in the manifest. Both are
+    fsspec URLs, each with its own filesystem."""
+    from factory.stage import StageDir, check_store, read_docs, storage_errors
 
-    stage = StageDir(out, "seedcurate", {**cfg.model_dump(mode="json"), "code": code}, inputs=[inputs])
-    if stage.done("seeds.parquet"):
-        return stage.read_manifest(out) or {}
-    kept, rep = curate(read_docs(inputs).to_pylist(), cfg)
+    check_store(out)
+    with storage_errors(out, remote_only=True):
+        stage = StageDir(out, "seedcurate", {**cfg.model_dump(mode="json"), "code": code}, inputs=[inputs])
+        old = stage.read_manifest(out)
+        if old and old.get("status") == "done":
+            return old
+    with storage_errors(inputs):
+        docs = read_docs(inputs).to_pylist()
+    kept, rep = curate(docs, cfg)
     if code:
         kept += code_rows()
     stage.counts.update(docs_in=rep["docs_in"], passages=rep["passages"], kept=len(kept))
     stage.dropped.update(below_min_score=rep.get("below_min_score", 0),
                          not_picked=max(0, rep["passages"] - rep.get("below_min_score", 0) - rep.get("kept", 0)))
-    stage.write_docs("seeds.parquet", kept)
-    return stage.finish(report=rep)
+    with storage_errors(out, remote_only=True):
+        stage.write_docs("seeds.parquet", kept)
+        return stage.finish(report=rep)

