@@ -12,71 +12,100 @@ against the tokenizer, and returns plan.json's dict, which `train.loader.MixLoad
   (`max_epochs`) applies to the sum over phases, because all phases draw from the same windows.
 - Impossible plans are errors: a source drawn from that cannot fill one window, shards missing or
   made by another tokenizer, or (with `strict: true`) a source over its epoch limit.
+
+The data root and plan.json may be any fsspec URL (local, s3://, gs://). The plan names its
+shards and tokenizer by absolute path or URL; the trainer memory-maps the shards, so a plan over
+object storage trains from a local copy of that folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
 from factory.errors import FactoryError
 from factory.mixspec import MixConfig, load_mix, phase_shares
-from factory.tokenize import file_sha
+from factory.stage import check_store, fresh_fs, is_url, join, put_bytes, storage_errors
+
+CHUNK = 1 << 26  # bytes per read when scanning a remote shard for its largest token id
 
 
-def _resolve(p: str, root: str | Path) -> Path:
+def _resolve(p: str, root: str | Path) -> str:
+    """`p` as a URL: URLs and absolute paths as they are, others relative to the data root `root`."""
+    if is_url(p):
+        return p
     q = Path(p).expanduser()
-    return (q if q.is_absolute() else Path(root) / q).resolve()
+    if not q.is_absolute() and is_url(str(root)):
+        return join(str(root), p)
+    return str((q if q.is_absolute() else Path(root) / q).resolve())
 
 
-def _token_size(meta: Path) -> int | None:
-    if not meta.exists():
+def _token_size(fs, meta: str) -> int | None:
+    if not fs.exists(meta):
         return None
-    head = meta.read_text().splitlines()[0] if meta.read_text() else ""
-    tail = head.rsplit("|", 1)[-1]
+    text = fs.cat_file(meta).decode()
+    tail = (text.splitlines()[0] if text else "").rsplit("|", 1)[-1]
     return int(tail) if tail.isdigit() else None
 
 
-def scan_source(folder: Path, vocab_size: int, tok_sha: str, where: str, field: str) -> dict[str, Any]:
-    """Docs and unique tokens of one tokenized source, after checking its shards fit the tokenizer."""
-    files = sorted(folder.glob("*.ds"))
-    if not folder.is_dir() or not files:
+def _max_token(fs, path: str, dtype) -> int:
+    if isinstance(fs, LocalFileSystem):
+        return int(np.memmap(path, dtype=dtype, mode="r").max())
+    top = 0
+    with fs.open(path, "rb", block_size=CHUNK) as f:
+        while chunk := f.read(CHUNK):
+            top = max(top, int(np.frombuffer(chunk, dtype=dtype).max()))
+    return top
+
+
+def scan_source(folder: str, vocab_size: int, tok_sha: str, where: str, field: str) -> dict[str, Any]:
+    """Docs and unique tokens of one tokenized source (any fsspec URL), after checking its shards fit the tokenizer."""
+    with storage_errors(folder):
+        fs, root = fresh_fs(folder)
+        return _scan(fs, root, folder, vocab_size, tok_sha, where, field)
+
+
+def _scan(fs, root: str, folder: str, vocab_size: int, tok_sha: str, where: str, field: str) -> dict[str, Any]:
+    files = sorted(fs.glob(f"{root}/*.ds")) if fs.isdir(root) else []
+    if not files:
         raise FactoryError(f"no .ds shards in {folder}", where=where, field=field,
                            fix="run `factory tokenize` for this source, or fix the path (relative paths resolve against --data)")
     want = 4 if vocab_size > 65536 else 2
-    dtype = np.uint16 if want == 2 else np.uint32
-    info = folder / "source.json"
-    if info.exists():
-        made_with = json.loads(info.read_text()).get("tokenizer_sha256")
+    dtype = np.dtype(np.uint16 if want == 2 else np.uint32).newbyteorder("<")
+    info = f"{root}/source.json"
+    if fs.exists(info):
+        made_with = json.loads(fs.cat_file(info)).get("tokenizer_sha256")
         if made_with and made_with != tok_sha:
             raise FactoryError(f"the shards in {folder} were made with another tokenizer (sha256 {made_with[:12]}, "
                                f"the mix's tokenizer is {tok_sha[:12]})", where=where, field="tokenizer",
                                fix="point `tokenizer` at the tokenizer.json these shards were made with, or re-tokenize")
     tokens = docs = 0
     for f in files:
-        size = _token_size(Path(f"{f}.metadata"))
+        fname = f.rsplit("/", 1)[1]
+        size = _token_size(fs, f"{f}.metadata")
         if size is not None and size != want:
-            raise FactoryError(f"{f.name} holds {size}-byte tokens, the tokenizer (vocab {vocab_size}) needs {want}-byte ones",
+            raise FactoryError(f"{fname} holds {size}-byte tokens, the tokenizer (vocab {vocab_size}) needs {want}-byte ones",
                                where=where, field="tokenizer", fix="use the tokenizer that made these shards, or re-tokenize")
-        nbytes = f.stat().st_size
+        nbytes = fs.size(f)
         if nbytes % want:
-            raise FactoryError(f"{f.name} is {nbytes} bytes, not a whole number of {want}-byte tokens",
+            raise FactoryError(f"{fname} is {nbytes} bytes, not a whole number of {want}-byte tokens",
                                where=where, field=field, fix="re-tokenize this source")
         n = nbytes // want
-        index = Path(f"{f}.index")
-        if not index.exists():
-            raise FactoryError(f"{f.name} has no .index file", where=where, field=field, fix="re-tokenize this source")
-        ends = np.fromfile(index, dtype="<u8")
+        if not fs.exists(f"{f}.index"):
+            raise FactoryError(f"{fname} has no .index file", where=where, field=field, fix="re-tokenize this source")
+        ends = np.frombuffer(fs.cat_file(f"{f}.index"), dtype="<u8")
         if len(ends) and int(ends[-1]) != n:
-            raise FactoryError(f"{index.name} ends at token {int(ends[-1])}, the shard holds {n}", where=where, field=field,
+            raise FactoryError(f"{fname}.index ends at token {int(ends[-1])}, the shard holds {n}", where=where, field=field,
                                fix="re-tokenize this source (the shard is truncated)")
         if n:
-            top = int(np.memmap(f, dtype=dtype, mode="r").max())
+            top = _max_token(fs, f, dtype)
             if top >= vocab_size:
-                raise FactoryError(f"{f.name} holds token id {top}, the tokenizer has only {vocab_size}", where=where,
+                raise FactoryError(f"{fname} holds token id {top}, the tokenizer has only {vocab_size}", where=where,
                                    field="tokenizer", fix="use the tokenizer these shards were made with")
         tokens += n
         docs += len(ends)
@@ -101,11 +130,14 @@ def make_plan(cfg: MixConfig, data_root: str | Path, where: str = "<mix>") -> tu
     from tokenizers import Tokenizer
 
     tok_path = _resolve(cfg.tokenizer, data_root)
-    if not tok_path.is_file():
-        raise FactoryError(f"no tokenizer at {tok_path}", where=where, field="tokenizer",
-                           fix="give the tokenizer.json written by `factory tokenize` (relative to --data)")
-    vocab = Tokenizer.from_file(str(tok_path)).get_vocab_size()
-    sha = file_sha(tok_path)
+    with storage_errors(tok_path):
+        fs, p = fresh_fs(tok_path)
+        if not fs.isfile(p):
+            raise FactoryError(f"no tokenizer at {tok_path}", where=where, field="tokenizer",
+                               fix="give the tokenizer.json written by `factory tokenize` (relative to --data)")
+        raw = fs.cat_file(p)
+    vocab = Tokenizer.from_str(raw.decode()).get_vocab_size()
+    sha = hashlib.sha256(raw).hexdigest()
     names = [s.name for s in cfg.sources]
     scans = {s.name: scan_source(_resolve(s.path, data_root), vocab, sha, where, f"sources[{i}].path")
              for i, s in enumerate(cfg.sources)}
@@ -134,7 +166,7 @@ def make_plan(cfg: MixConfig, data_root: str | Path, where: str = "<mix>") -> tu
                                    f"window of {L + 1}, but phase {pname!r} draws {c * L} tokens from it", where=where,
                                    field=f"sources[{i}].path", fix="give it data, set its share to 0, or lower seq_len")
             drawn[s.name] += c
-            rows.append({"name": s.name, "path": str(_resolve(s.path, data_root)), "kind": s.kind,
+            rows.append({"name": s.name, "path": _resolve(s.path, data_root), "kind": s.kind,
                          "share": round(c / n, 6), "unique_tokens": scans[s.name]["unique_tokens"], "tokens": c * L,
                          "epochs": round(c / windows[s.name], 4) if windows[s.name] else 0.0, "max_epochs": s.max_epochs})
         phases.append({"name": pname, "tokens": n * L, "sources": rows})
@@ -147,14 +179,17 @@ def make_plan(cfg: MixConfig, data_root: str | Path, where: str = "<mix>") -> tu
                 raise FactoryError(msg, where=where, field=f"sources[{i}].max_epochs",
                                    fix="raise max_epochs, lower its share or total_tokens, or add data")
             warnings.append(msg)
-    plan = {"mix": cfg.name, "seq_len": L, "seed": cfg.seed, "tokenizer": str(tok_path), "vocab_size": vocab,
+    plan = {"mix": cfg.name, "seq_len": L, "seed": cfg.seed, "tokenizer": tok_path, "vocab_size": vocab,
             "total_tokens": sum(p["tokens"] for p in phases), "phases": phases}
     return plan, warnings
 
 
 def plan(mix_path: str | Path, data_root: str | Path = ".", tokens: int | None = None,
          out: str | Path | None = None) -> dict[str, Any]:
-    """Plan the mix in `mix_path` against the tokenized sources under `data_root`; write `out` if given."""
+    """Plan the mix in `mix_path` against the tokenized sources under `data_root` (any fsspec URL);
+    write `out` (any fsspec URL) if given."""
+    if out:
+        check_store(str(out))
     cfg = load_mix(mix_path, tokens=tokens)
     p, _ = make_plan(cfg, data_root, str(mix_path))
     if out:
@@ -162,13 +197,9 @@ def plan(mix_path: str | Path, data_root: str | Path = ".", tokens: int | None =
     return p
 
 
-def write_plan(p: dict[str, Any], out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}")
-    tmp.write_text(json.dumps(p, indent=2) + "\n")
-    tmp.rename(out)
-    return out
+def write_plan(p: dict[str, Any], out: str | Path) -> str:
+    """Write plan.json to `out` (any fsspec URL) in one piece: temp + rename locally, one PUT on a store."""
+    return put_bytes(str(out), (json.dumps(p, indent=2) + "\n").encode())
 
 
 def totals(p: dict[str, Any]) -> dict[str, dict[str, Any]]:

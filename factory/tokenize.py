@@ -12,7 +12,8 @@ kept: the mixed loader shuffles windows itself).
       rewrite: {path: runs/demo/curated, kinds: [rewrite]}
     tokenizer: {train: {vocab_size: 4096, min_frequency: 2}}   # or {path: some/tokenizer.json}
 
-Output folder:
+Sources, `tokenizer.path` and `out` are fsspec URLs (local, s3://, gs://), each resolved with its
+own filesystem. Output folder:
 
     out/tokenizer.json            the tokenizer (no post-processor; the EOS is added per document)
     out/manifest.json             stage manifest: config, per-source docs/tokens, tokenizer sha256
@@ -26,7 +27,7 @@ Binary format (datatrove 0.10, little-endian throughout):
 - `.ds`: the token ids of every document, each followed by the EOS id, back to back; uint16 when
   the vocabulary has at most 65536 entries, else uint32 (datatrove's rule).
 - `.ds.index`: uint64 per document: the token offset just past its end (its EOS) in the `.ds`.
-- `.ds.metadata`: text, three lines: "<tokenizer path>|<bytes per token>", the token count, the
+- `.ds.metadata`: text, three lines: "<tokenizer URL>|<bytes per token>", the token count, the
   count in human units.
 Rows are read in stage order; a shard holds at most `shard_docs` documents (rank r: rows
 [r*shard_docs, (r+1)*shard_docs)), so sorting the file names gives back the row order. Decoding a
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from factory.config import load_config
 from factory.errors import FactoryError
-from factory.stage import StageDir, read_docs
+from factory.stage import StageDir, check_store, exists, read_bytes, read_docs, read_text, storage_errors, to_url
 from factory.ui import progress
 
 EOS = "<|endoftext|>"
@@ -78,8 +78,9 @@ class TokenizeConfig(BaseModel):
     shard_docs: int = Field(100_000, ge=1)
 
 
-def file_sha(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def file_sha(url: str | Path) -> str:
+    """sha256 of a file at any fsspec URL."""
+    return hashlib.sha256(read_bytes(str(url))).hexdigest()
 
 
 def train_tokenizer(texts, vocab_size: int, min_frequency: int = 2, eos: str = EOS):
@@ -98,54 +99,74 @@ def train_tokenizer(texts, vocab_size: int, min_frequency: int = 2, eos: str = E
 
 def _texts(src: SourceIn, name: str, where: str) -> list[str]:
     try:
-        table = read_docs(src.path)
+        with storage_errors(src.path):
+            table = read_docs(src.path)
     except FactoryError as e:
-        raise FactoryError(e.what, where=where, field=f"sources.{name}.path", fix=e.fix) from None
+        what = e.what if src.path in e.what else f"{e.what}: {src.path}"
+        raise FactoryError(what, where=where, field=f"sources.{name}.path", fix=e.fix) from None
     rows = table.select(["text", "kind"]).to_pylist()
     return [r["text"] for r in rows if src.kinds is None or r["kind"] in src.kinds]
 
 
-def _tokenizer(cfg: TokenizeConfig, stage: StageDir, texts: dict[str, list[str]], where: str) -> Path:
+def _tokenizer(cfg: TokenizeConfig, stage: StageDir, texts: dict[str, list[str]], where: str) -> tuple[str, str]:
+    """(URL, JSON) of the stage's tokenizer.json: kept from an earlier run, copied from
+    `tokenizer.path` (any fsspec URL), or trained on the texts."""
     from tokenizers import Tokenizer
 
-    out = Path(stage.path("tokenizer.json"))
-    if out.exists():  # a rerun with the same config keeps the tokenizer its shards were made with
-        return out
+    url = to_url(stage.fs, stage.path("tokenizer.json"))
+    if exists(url):  # a rerun with the same config keeps the tokenizer its shards were made with
+        return url, read_text(url)
     spec = cfg.tokenizer
     if (spec.train is None) == (spec.path is None):
         raise FactoryError("give exactly one of tokenizer.train or tokenizer.path", where=where, field="tokenizer",
                            fix="train: {vocab_size: 4096} or path: some/tokenizer.json")
     if spec.path:
-        if not Path(spec.path).is_file():
+        if not exists(spec.path):
             raise FactoryError(f"no tokenizer file at {spec.path}", where=where, field="tokenizer.path", fix="check the path")
-        tok = Tokenizer.from_file(spec.path)
-        if tok.token_to_id(cfg.eos) is None:
+        text = read_text(spec.path)
+        if Tokenizer.from_str(text).token_to_id(cfg.eos) is None:
             raise FactoryError(f"the tokenizer has no token {cfg.eos!r}", where=where, field="eos",
                                fix="set eos to the tokenizer's end-of-text token")
-        tmp = out.with_name(".tmp-tokenizer.json")
-        shutil.copyfile(spec.path, tmp)
-        tmp.rename(out)
-        return out
-    every = [t for ts in texts.values() for t in ts]
-    if not every:
-        raise FactoryError("no text to train a tokenizer on", where=where, field="sources", fix="check the source paths and kinds")
-    tok = train_tokenizer(every, spec.train.vocab_size, spec.train.min_frequency, cfg.eos)
-    stage.write_bytes("tokenizer.json", tok.to_str().encode())
-    return out
+    else:
+        every = [t for ts in texts.values() for t in ts]
+        if not every:
+            raise FactoryError("no text to train a tokenizer on", where=where, field="sources",
+                               fix="check the source paths and kinds")
+        text = train_tokenizer(every, spec.train.vocab_size, spec.train.min_frequency, cfg.eos).to_str()
+    stage.write_bytes("tokenizer.json", text.encode())
+    return url, text
 
 
-def _write_source(name: str, texts: list[str], tok_path: Path, cfg: TokenizeConfig, stage: StageDir) -> dict[str, Any]:
-    from datatrove.data import Document
+def _step(folder: str, name: str, tok_url: str, tok_json: str, eos: str):
+    """datatrove's DocumentTokenizer writing to `folder` (any fsspec URL), with the stage's tokenizer.
+
+    datatrove loads a tokenizer only from a local file or a hub name, so the step gets it already
+    loaded (with datatrove's EOS post-processor); `tok_url` is what the `.ds.metadata` files record.
+    """
     from datatrove.pipeline.tokens import DocumentTokenizer
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    step = DocumentTokenizer(folder, tokenizer_name_or_path=tok_url, save_filename=name, eos_token=eos,
+                             shuffle_documents=False, batch_size=1000)
+    tok = Tokenizer.from_str(tok_json)
+    tok.post_processor = TemplateProcessing(single="$A <EOS>", special_tokens=[("<EOS>", tok.token_to_id(eos))], pair=None)
+    step.__dict__["tokenizer"] = tok  # fills datatrove's cached property
+    return step
+
+
+def _write_source(name: str, texts: list[str], tok_url: str, tok_json: str, cfg: TokenizeConfig,
+                  stage: StageDir) -> dict[str, Any]:
+    from datatrove.data import Document
     from loguru import logger
 
-    folder = Path(stage.path(name))
-    if folder.exists():
-        shutil.rmtree(folder)  # an unfinished earlier attempt: start this source over
-    folder.mkdir(parents=True)
+    fs, folder = stage.fs, stage.path(name)
+    fs.invalidate_cache()
+    if fs.exists(folder):
+        fs.rm(folder, recursive=True)  # an unfinished earlier attempt: start this source over
+    fs.makedirs(folder, exist_ok=True)
     n = max(1, -(-len(texts) // cfg.shard_docs))
-    step = DocumentTokenizer(str(folder), tokenizer_name_or_path=str(tok_path), save_filename=name, eos_token=cfg.eos,
-                             shuffle_documents=False, batch_size=1000)
+    step = _step(to_url(fs, folder), name, tok_url, tok_json, cfg.eos)
     logger.disable("datatrove")  # one progress bar for the stage instead of a log line per shard
     try:
         for rank in range(n):
@@ -153,39 +174,50 @@ def _write_source(name: str, texts: list[str], tok_path: Path, cfg: TokenizeConf
             step.run((Document(text=t, id=f"{name}/{rank * cfg.shard_docs + i}") for i, t in enumerate(part)), rank, n)
     finally:
         logger.enable("datatrove")
-    files = sorted(p.name for p in folder.glob("*.ds"))
-    tokens = sum((folder / f).stat().st_size for f in files) // step.token_size
-    docs = sum((folder / f"{f}.index").stat().st_size // 8 for f in files)
+    fs.invalidate_cache()
+    sizes = {f["name"].rsplit("/", 1)[1]: f["size"] for f in fs.ls(folder, detail=True)}
+    files = sorted(f for f in sizes if f.endswith(".ds"))
+    tokens = sum(sizes[f] for f in files) // step.token_size
+    docs = sum(sizes.get(f"{f}.index", 0) // 8 for f in files)
     info = {"docs": int(docs), "tokens": int(tokens), "files": files, "token_size": step.token_size,
-            "tokenizer_sha256": file_sha(tok_path), "vocab_size": step.tokenizer.get_vocab_size()}
+            "tokenizer_sha256": hashlib.sha256(tok_json.encode()).hexdigest(),
+            "vocab_size": step.tokenizer.get_vocab_size()}
     if docs != len(texts):
-        raise FactoryError(f"wrote {docs} documents for source {name!r}, expected {len(texts)}", where=str(folder))
+        raise FactoryError(f"wrote {docs} documents for source {name!r}, expected {len(texts)}", where=to_url(fs, folder))
     stage.write_json(f"{name}/source.json", info)
     return info
 
 
 def run(cfg: TokenizeConfig, where: str = "<tokenize config>") -> dict[str, Any]:
-    """Tokenize every source of `cfg` into `cfg.out`; returns the stage manifest."""
-    stage = StageDir(cfg.out, "tokenize", cfg, inputs=[s.path for s in cfg.sources.values()])
+    """Tokenize every source of `cfg` into `cfg.out`; returns the stage manifest. Sources, the
+    tokenizer and the output are fsspec URLs, each resolved with its own filesystem."""
+    check_store(cfg.out)
     texts = {name: _texts(src, name, where) for name, src in cfg.sources.items()}
-    tok_path = _tokenizer(cfg, stage, texts, where)
+    with storage_errors(cfg.out, remote_only=True):
+        return _run(cfg, texts, where)
+
+
+def _run(cfg: TokenizeConfig, texts: dict[str, list[str]], where: str) -> dict[str, Any]:
+    stage = StageDir(cfg.out, "tokenize", cfg, inputs=[s.path for s in cfg.sources.values()])
+    tok_url, tok_json = _tokenizer(cfg, stage, texts, where)
     sources: dict[str, Any] = {}
     with progress() as bar:
         task = bar.add_task("tokenize", total=len(texts), info="")
         for name, ts in texts.items():
-            done = Path(stage.path(f"{name}/source.json"))
-            if done.exists():
-                sources[name] = json.loads(done.read_text())
+            done = to_url(stage.fs, stage.path(f"{name}/source.json"))  # written last: the source is finished
+            if exists(done):
+                sources[name] = json.loads(read_text(done))
             else:
-                sources[name] = _write_source(name, ts, tok_path, cfg, stage)
+                sources[name] = _write_source(name, ts, tok_url, tok_json, cfg, stage)
             stage.counts[f"{name}.docs"] = sources[name]["docs"]
             stage.counts[f"{name}.tokens"] = sources[name]["tokens"]
             bar.update(task, advance=1, info=f"{name}: {sources[name]['tokens']:,} tokens")
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(tok_path))
-    return stage.finish(tokenizer={"path": "tokenizer.json", "sha256": file_sha(tok_path), "vocab_size": tok.get_vocab_size(),
-                                   "eos": cfg.eos, "eos_id": tok.token_to_id(cfg.eos)}, sources=sources)
+    tok = Tokenizer.from_str(tok_json)
+    return stage.finish(tokenizer={"path": "tokenizer.json", "sha256": hashlib.sha256(tok_json.encode()).hexdigest(),
+                                   "vocab_size": tok.get_vocab_size(), "eos": cfg.eos, "eos_id": tok.token_to_id(cfg.eos)},
+                        sources=sources)
 
 
 def load(path: str | Path, **overrides: Any) -> TokenizeConfig:

@@ -49,14 +49,17 @@ def plan_table(p: dict[str, Any]) -> Table:
 @mix_app.command("plan")
 def plan_cmd(
     file: Path = typer.Argument(..., help="Mix YAML."),
-    data: Path = typer.Option(Path("."), "--data", help="Root that relative source and tokenizer paths resolve against."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write plan.json here."),
+    data: str = typer.Option(".", "--data", help="Root (any fsspec URL) that relative source and tokenizer paths resolve against."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write plan.json here (any fsspec URL)."),
     tokens: Optional[int] = typer.Option(None, "--tokens", help="Override total_tokens."),
 ) -> None:
     """Count unique tokens per source, print the mixture table, write plan.json."""
     from factory.mix import make_plan, write_plan
     from factory.mixspec import load_mix
+    from factory.stage import check_store
 
+    if out:
+        check_store(out)
     cfg = load_mix(file, tokens=tokens)
     p, warnings = make_plan(cfg, data, str(file))
     console.print(plan_table(p))
