@@ -30,6 +30,17 @@ def _rows(fs, files: list[str]) -> int:
     return n
 
 
+def _input_rows(shards: list[tuple[str, list[str]]]) -> int:
+    """Rows of (root URL, relative files) pairs, each root read with its own filesystem."""
+    import fsspec
+
+    n = 0
+    for root, files in shards:
+        fs, path = fsspec.core.url_to_fs(root)
+        n += _rows(fs, [f"{path}/{f}" for f in files])
+    return n
+
+
 def _ray_session(cfg: CurateConfig) -> bool:
     """Connect to (or start) Ray when asked; True when this call started it."""
     import ray
@@ -45,14 +56,25 @@ def _ray_session(cfg: CurateConfig) -> bool:
 def run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, Any]:
     """Curate `cfg.inputs` into the stage folder `cfg.output`; return its manifest.
 
+    Inputs, references, benchmarks and the output are fsspec URLs, each with its own filesystem.
     `log(str)` receives one line per finished job. `inject(jobs)` may edit the compiled datatrove
     jobs before they run: it exists for fault and latency injection in tests.
     """
+    from factory.stage import check_store, storage_errors
+
+    if cfg.output:
+        check_store(cfg.output)
+        with storage_errors(cfg.output, remote_only=True):
+            return _run(cfg, log, inject)
+    return _run(cfg, log, inject)
+
+
+def _run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, Any]:
     from factory.curate.decont import benchmark_files, build_index
     from factory.curate.io import shard_files
     from factory.curate.pipeline import WORK, compile_jobs, run_jobs
     from factory.curate.report import build, markdown, read_rejected
-    from factory.stage import StageDir, write_card
+    from factory.stage import StageDir, to_url, write_card
 
     if not cfg.output:
         raise FactoryError("no output folder given", field="output", fix="set output: PATH (or --out)")
@@ -67,17 +89,18 @@ def run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, Any
         return old
     fs, out = stage.fs, stage.root
     work = f"{out}/{WORK}"
+    out_url = to_url(fs, out)  # what datatrove's steps and workers open, each with its own filesystem
     t0 = time.time()
     index_dir = None
     if bench:
-        index_dir = f"{work}/decont_index"
+        index_dir = f"{out_url}/{WORK}/decont_index"
         hashes = build_index(bench, index_dir, cfg.decont.text_fields, cfg.decont.n_grams, cfg.decont.min_words,
                              cfg.language)
         stage.extra["decont_index"] = hashes
     stage.timings["decont_index_s"] = round(time.time() - t0, 3)
 
-    n_in = sum(_rows(fs, [f"{root}/{f}" for f in files]) for root, files in inputs)
-    jobs = compile_jobs(cfg, inputs, refs, out, index_dir)
+    n_in = _input_rows(inputs)
+    jobs = compile_jobs(cfg, inputs, refs, out_url, index_dir)
     if inject:
         inject(jobs)
     started = _ray_session(cfg) if cfg.executor.use_ray else False
@@ -87,7 +110,7 @@ def run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, Any
             if log:
                 log(f"curate: {name} done in {secs:.1f}s")
 
-        run_jobs(cfg, jobs, out, on_job, n_in)
+        run_jobs(cfg, jobs, out_url, on_job, n_in)
     finally:
         if started:
             import ray
@@ -95,6 +118,7 @@ def run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, Any
             ray.shutdown()
 
     # finalize: complete shards appear under their final names, all at once
+    fs.invalidate_cache()  # workers (other processes, other nodes) wrote these
     for part in sorted(fs.glob(f"{work}/kept/*.parquet.part")):
         fs.mv(part, f"{out}/{part.rsplit('/', 1)[1].removesuffix('.part')}")
     fs.makedirs(f"{out}/rejected", exist_ok=True)
@@ -110,7 +134,7 @@ def run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, Any
         raise FactoryError(f"{n_in} documents in but {n_kept} kept + {len(rejected)} rejected",
                            where=stage.url, fix="delete the output folder and rerun; report this as a bug")
     stage.counts.update({"in": n_in, "kept": n_kept, "rejected": len(rejected),
-                         "reference": sum(_rows(fs, [f"{r}/{f}" for f in files]) for r, files in refs)})
+                         "reference": _input_rows(refs)})
     stage.dropped.update(dropped)
     report = build(fs, out, work, rejected, kept_files, cfg.dedup.report_clusters)
     summary = {"documents in": n_in, "kept": n_kept, "rejected": len(rejected),

@@ -11,7 +11,6 @@ document and records the hit in `meta.extra.contamination`.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -22,23 +21,27 @@ from datatrove.utils.word_tokenizers import load_word_tokenizer
 
 from factory.curate.io import reject
 from factory.errors import FactoryError
+from factory.stage import fresh_fs, join, put_bytes, read_text, storage_errors, to_url
 
 LENGTHS_FILE = "lengths.json"
 
 
-def benchmark_files(paths: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(p.rglob("*.jsonl"))
-            if not found:
-                raise FactoryError("no *.jsonl benchmark files in this folder", where=str(p), field="decont.benchmarks",
-                                   fix="point at JSONL files with question/choices/answer fields")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FactoryError("benchmark file not found", where=str(p), field="decont.benchmarks", fix="check the path")
+def benchmark_files(paths: list[str]) -> list[str]:
+    """The benchmark JSONL files named by `paths` (files, or folders searched for *.jsonl; any fsspec URL)."""
+    files: list[str] = []
+    for url in map(str, paths):
+        with storage_errors(url):
+            fs, p = fresh_fs(url)
+            if fs.isdir(p):
+                found = sorted(fs.glob(f"{p}/**/*.jsonl"))
+                if not found:
+                    raise FactoryError("no *.jsonl benchmark files in this folder", where=url, field="decont.benchmarks",
+                                       fix="point at JSONL files with question/choices/answer fields")
+                files += [to_url(fs, f) for f in found]
+            elif fs.isfile(p):
+                files.append(url)
+            else:
+                raise FactoryError("benchmark file not found", where=url, field="decont.benchmarks", fix="check the path")
     return files
 
 
@@ -53,28 +56,29 @@ def _texts(item: dict[str, Any], fields: list[str]) -> list[str]:
     return out
 
 
-def task_name(path: Path) -> str:
-    return (path.parent.name if path.name == "data.jsonl" else path.stem).replace(" ", "_").replace(":", "_")
+def task_name(url: str) -> str:
+    """`<folder>` for `<folder>/data.jsonl`, else the file name without its extension."""
+    parts = str(url).rstrip("/").split("/")
+    name = parts[-2] if parts[-1] == "data.jsonl" and len(parts) > 1 else parts[-1].rsplit(".", 1)[0]
+    return name.replace(" ", "_").replace(":", "_")
 
 
-def build_index(files: list[Path], out_dir: str | Path, fields: list[str], n_grams: int, min_words: int,
+def build_index(files: list[str], out_dir: str, fields: list[str], n_grams: int, min_words: int,
                 language: Any = "en") -> dict[str, int]:
     """Write `<task>.index.hashes` per benchmark file and `lengths.json`; return hashes per task.
 
     Indexed per item: the n-grams of each text field alone and of all fields joined (catching
     n-grams that run from a question into its answer); a text shorter than n_grams but with at
-    least min_words words is indexed whole.
+    least min_words words is indexed whole. Files and `out_dir` are fsspec URLs.
     """
     cfg = NGramsDecontConfig(n_grams=n_grams)
     tok = load_word_tokenizer(language)
     h = create_hash_func(cfg.hash_config)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     lengths: set[int] = set()
     counts: dict[str, int] = {}
     for path in files:
         hashes: set[int] = set()
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        for lineno, line in enumerate(read_text(str(path)).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -92,9 +96,9 @@ def build_index(files: list[Path], out_dir: str | Path, fields: list[str], n_gra
                     lengths.add(len(words))
         name = task_name(path)
         arr = np.array(sorted(hashes), dtype=cfg.hash_config.np_descr)
-        arr.tofile(str(out / f"{name}.index.hashes"))
+        put_bytes(join(str(out_dir), f"{name}.index.hashes"), arr.tobytes())
         counts[name] = counts.get(name, 0) + len(arr)
-    (out / LENGTHS_FILE).write_text(json.dumps(sorted(lengths)))
+    put_bytes(join(str(out_dir), LENGTHS_FILE), json.dumps(sorted(lengths)).encode())
     return counts
 
 
@@ -150,8 +154,8 @@ class Decontaminate(NGramsDecontFilter):
         return reject(doc, self.reason, {"task": task, "ngram": gram})
 
 
-def iter_items(files: Iterable[Path]) -> Iterable[dict]:
+def iter_items(files: Iterable[str]) -> Iterable[dict]:
     for p in files:
-        for line in p.read_text().splitlines():
+        for line in read_text(str(p)).splitlines():
             if line.strip():
                 yield json.loads(line)

@@ -12,7 +12,6 @@ import sys
 from functools import lru_cache
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 from datatrove.data import Document
 from datatrove.pipeline.readers import JsonlReader, ParquetReader
@@ -233,21 +232,20 @@ class RejectWriter(ParquetWriter):
 
 
 def shard_files(url: str) -> tuple[str, list[str]]:
-    """(root, document shard paths relative to root) of a stage folder or one parquet file."""
-    fs, root = fsspec.core.url_to_fs(str(url).rstrip("/"))
-    if not fs.exists(root):
-        raise FactoryError("input not found", where=str(url), field="inputs", fix="check the path, or run the stage that writes it")
-    if root.endswith(".parquet") and fs.isfile(root):
-        parent, name = root.rsplit("/", 1)
-        return _join(url, parent, fs), [name]
-    files = sorted(fs.glob(f"{root}/**/*.parquet"))
+    """(root URL, document shard paths relative to it) of a stage folder or one parquet file (any fsspec URL)."""
+    from factory.stage import fresh_fs, storage_errors, to_url
+
+    with storage_errors(url):
+        fs, root = fresh_fs(url)
+        if not fs.exists(root):
+            raise FactoryError("input not found", where=str(url), field="inputs",
+                               fix="check the path, or run the stage that writes it")
+        if root.endswith(".parquet") and fs.isfile(root):
+            parent, name = root.rsplit("/", 1)
+            return to_url(fs, parent), [name]
+        files = sorted(fs.glob(f"{root}/**/*.parquet"))
     files = [f for f in files if "/rejected/" not in f and "/.tmp-" not in f and "/_work/" not in f]
     if not files:
         raise FactoryError("no parquet shards in this folder", where=str(url), field="inputs",
                            fix="point at a stage folder that holds document rows")
-    return _join(url, root, fs), [f[len(root) + 1:] for f in files]
-
-
-def _join(url: str, root: str, fs) -> str:
-    proto = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-    return root if proto in ("file", "local") else f"{proto}://{root}"
+    return to_url(fs, root), [f[len(root) + 1:] for f in files]

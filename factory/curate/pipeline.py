@@ -128,7 +128,8 @@ def compile_jobs(cfg: CurateConfig, inputs: list[tuple[str, list[str]]], refs: l
     return [
         Job("filter", filter_job, tasks),
         Job("reference", ref_job, tasks, skip=not refs or not dedup_on),
-        Job("buckets", [MinhashDedupBuckets(f"{work}/sigs", f"{work}/dups", config=mcfg)], mh.num_buckets,
+        # each signature file read whole (lines_to_buffer=-1), not 5 lines a request: one GET per file on a store
+        Job("buckets", [MinhashDedupBuckets(f"{work}/sigs", f"{work}/dups", config=mcfg, lines_to_buffer=-1)], mh.num_buckets,
             skip=not mh.enabled),
         Job("decide", decide, 1, skip=not dedup_on),
         Job("write", [RankJsonlReader(f"{work}/filtered"),
@@ -177,9 +178,11 @@ def make_executor(cfg: CurateConfig, job: Job, logs: str, n_docs: int = SMALL, r
 def run_jobs(cfg: CurateConfig, jobs: list[Job], out: str, on_job: Callable[[str, float], None] | None = None,
              n_docs: int = SMALL) -> None:
     """Run the jobs in order (on Ray: on one WorkerPool for them all); a job that leaves tasks
-    unfinished stops the run with a clear error."""
+    unfinished stops the run with a clear error. `out` is the stage folder's URL."""
     import time
     from contextlib import nullcontext
+
+    from factory.stage import forget_listings
 
     todo = [j for j in jobs if not j.skip]
     ex = cfg.executor
@@ -193,11 +196,13 @@ def run_jobs(cfg: CurateConfig, jobs: list[Job], out: str, on_job: Callable[[str
     with pool:
         for job in todo:
             t0 = time.time()
+            forget_listings()  # the previous job's files were written by other processes
             executor = make_executor(cfg, job, f"{out}/{WORK}/logs/{job.name}", n_docs, cpus)
             if ex.use_ray:
                 executor.run_on(pool)
             else:
                 executor.run()
+            forget_listings()
             left = executor.get_incomplete_ranks(skip_completed=True)
             if left:
                 raise FactoryError(f"curation job '{job.name}' left {len(left)} of {job.tasks} tasks unfinished "

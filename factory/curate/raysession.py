@@ -47,7 +47,10 @@ class FactoryRayExecutor(RayPipelineExecutor):
         _default_sigterm()
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        from factory.stage import forget_listings
+
         _default_sigterm()
+        forget_listings()  # a pooled worker outlives jobs: files listed earlier may have changed since
         return super()._run_for_rank(rank, local_rank, node_rank)
 
     def run_on(self, pool) -> None:
@@ -66,6 +69,7 @@ class FactoryRayExecutor(RayPipelineExecutor):
         self.save_executor_as_json()
         pool.run(self, [ranks[i: i + self.tasks_per_job] for i in range(0, len(ranks), self.tasks_per_job)],
                  self.workers)
+        self.logging_dir.invalidate_cache()
         if self.get_incomplete_ranks(skip_completed=True):
             return
         total = PipelineStats()
