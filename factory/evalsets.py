@@ -34,12 +34,15 @@ _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _WORD = re.compile(r"^[A-Za-z][a-z]{3,}$")
 
 
-def write_benchmark(out_dir: str | Path, spec: dict[str, Any], items: list[dict[str, Any]]) -> Path:
-    """Write one benchmark folder (benchmark.yaml + data.jsonl) and return it."""
-    d = Path(out_dir) / spec["name"]
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "data.jsonl").write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
-    (d / "benchmark.yaml").write_text(yaml.safe_dump({**spec, "n": len(items)}, sort_keys=False))
+def write_benchmark(out_dir: str | Path, spec: dict[str, Any], items: list[dict[str, Any]]) -> str:
+    """Write one benchmark folder (benchmark.yaml + data.jsonl) under `out_dir` (any fsspec URL);
+    return the folder's URL."""
+    from factory.stage import join, put_bytes, storage_errors
+
+    d = join(str(out_dir), spec["name"])
+    with storage_errors(d):
+        put_bytes(join(d, "data.jsonl"), "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items).encode())
+        put_bytes(join(d, "benchmark.yaml"), yaml.safe_dump({**spec, "n": len(items)}, sort_keys=False).encode())
     return d
 
 
@@ -203,10 +206,14 @@ def wiki_val(records: list[dict], n: int, seed: int) -> tuple[dict, list[dict]]:
     return spec, items
 
 
-def source_loss_bench(out_dir: str | Path, name: str, ds_folder: str | Path, windows: int = 32, seq_len: int = 256) -> Path:
+def source_loss_bench(out_dir: str | Path, name: str, ds_folder: str | Path, windows: int = 32, seq_len: int = 256) -> str:
     """A val_loss benchmark over the last `windows` windows of a tokenized source (a folder of .ds
-    shards). Those windows are held out only if the tokenize stage kept them out of training."""
-    spec = {"name": name, "type": "val_loss", "higher_is_better": False, "ds": str(Path(ds_folder).resolve()),
+    shards, local or any fsspec URL). Those windows are held out only if the tokenize stage kept
+    them out of training."""
+    from factory.stage import is_url
+
+    ds = str(ds_folder) if is_url(str(ds_folder)) else str(Path(ds_folder).resolve())
+    spec = {"name": name, "type": "val_loss", "higher_is_better": False, "ds": ds,
             "windows": windows, "seq_len": seq_len, "description": f"mean token loss on the tail of {ds_folder}"}
     return write_benchmark(out_dir, spec, [])
 
@@ -225,12 +232,16 @@ def build(
 
     titles: knowledge items are drawn only from these (e.g. the titles the web source covers).
     holdout_titles: titles kept out of training: never a knowledge item, they make `wiki_val`.
-    Returns {"dirs": {name: folder}, "titles": sorted subject titles of the knowledge items}.
+    Returns {"dirs": {name: folder}, "titles": sorted subject titles of the knowledge items};
+    `out_dir` and the folders are local paths or fsspec URLs.
     """
+    from factory.stage import check_store
+
     benches = list(benches)
     bad = [b for b in benches if b not in BUILTIN]
     if bad:
         raise FactoryError(f"unknown built-in benchmark(s) {bad}", where="evalsets", field="benches", fix=f"pick from {list(BUILTIN)}")
+    check_store(str(out_dir))
     if records is None:
         from factory.seeds import load_wiki_summaries
 
@@ -256,7 +267,7 @@ def build(
             raise FactoryError(f"no items could be built for {name}", where="evalsets", field="titles",
                                fix="give more titles (each topic needs 4 with a description)")
         spec["seed"] = seed
-        dirs[name] = str(write_benchmark(out_dir, spec, items))
+        dirs[name] = write_benchmark(out_dir, spec, items)
         if name.startswith("wiki_") and name != "wiki_val":
             subjects.update(it["subject"] for it in items)
     return {"dirs": dirs, "titles": sorted(subjects)}
