@@ -6,7 +6,8 @@ every literal port number in the blocks becomes the first port of a free run of 
 machine (a node's ports and worker range are offsets from it), so the walk-through never meets
 another Ray; HOME is a temp folder (the token `ray get-auth-token --generate` writes, datasets'
 cache); and the environment starts without any Ray address, token or S3 setting of the caller.
-Around the blocks the harness only adds `set -e` and records the shell's variables.
+Around the blocks the harness only adds `set -e` (to the steps, not to the stop block) and records
+the shell's variables.
 
 The last block (stopping the nodes) runs after the outcome is checked on the store while moto still
 runs; it stops the cluster by itself (it is safe as written: it never calls `ray stop`), and the
@@ -177,13 +178,15 @@ def test_readme_cluster_walkthrough(tmp_path):
         before = cluster_processes(work, gcs_port, groups)  # moto and every Ray process the steps left
         assert before, "no process of the cluster was found before the stop step"
         declared = state.read_text()
-        rc, pgid = run_bash(f"set -e -o pipefail\nset -x\n{declared}\n{stop}", env, tmp_path / "stop.log", timeout_s=120)
+        # as a user runs it (no `set -e`: a worker that exits with its raylet before `kill` reaches it is fine)
+        rc, pgid = run_bash(f"set -x\n{declared}\n{stop}", env, tmp_path / "stop.log", timeout_s=120)
         groups.add(pgid)
-        assert rc == 0, (tmp_path / "stop.log").read_text()[-3000:]
+        assert rc != -9, "the stop step hung"
         psutil = _psutil()
         gone, alive = psutil.wait_procs(before, timeout=15)
-        assert not alive, f"left running by the stop step: {[' '.join(p.cmdline())[:120] for p in alive]}"
-        assert not Path(work).exists()
+        stop_log = (tmp_path / "stop.log").read_text()
+        assert not alive, f"left running by the stop step: {[' '.join(p.cmdline())[:120] for p in alive]}\n{stop_log}"
+        assert not Path(work).exists(), stop_log
         print(f"walk-through: steps {steps_s:.0f} s, total {time.time() - t0:.0f} s")
     finally:
         shell = shell_vars(state)
