@@ -16,7 +16,9 @@ def _parse_source(spec: str) -> tuple[str, dict]:
     if "=" not in spec:
         raise FactoryError(f"bad --source {spec!r}", field="--source", fix="write name=path or name=path:kind1,kind2")
     name, rest = spec.split("=", 1)
-    path, _, kinds = rest.partition(":")
+    path, sep, kinds = rest.rpartition(":")
+    if not sep or not kinds or "/" in kinds:  # no kinds, or the ':' is a URL's scheme (s3://...)
+        path, kinds = rest, ""
     return name, {"path": path, **({"kinds": kinds.split(",")} if kinds else {})}
 
 
