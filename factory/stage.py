@@ -201,10 +201,6 @@ def write_card(stage: StageDir, title: str, summary: dict[str, Any], licence: st
 _BUCKETED = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 
 
-def _fs_is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    return "file" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
-
-
 def fresh_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path) of `url` with the instance's cached listings dropped: other processes and
     nodes write to the same store, so a listing taken earlier may be stale."""
@@ -215,7 +211,7 @@ def fresh_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """A path of `fs` as a URL again (a plain path for local files)."""
-    return path if _fs_is_local(fs) else fs.unstrip_protocol(path)
+    return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
 def is_url(s: str) -> bool:
@@ -251,7 +247,7 @@ def put_bytes(url: str, data: bytes) -> str:
     itself) on an object store. Returns `url`."""
     with storage_errors(url):
         fs, path = fsspec.core.url_to_fs(str(url))
-        if not _fs_is_local(fs):
+        if not is_local(fs):
             fs.pipe_file(path, data)
             return str(url)
         parent, name = path.rsplit("/", 1)
