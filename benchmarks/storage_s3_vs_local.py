@@ -1,0 +1,157 @@
+"""Object storage vs local disk: the generate and curate stages with every input, output and the
+request cache on an S3-compatible server on loopback (moto's standalone server), against the same
+stages on local disk, same corpus, same run.
+
+ours   = docs/s with the stage folders (and, for generate, the request cache) on s3://
+anchor = docs/s of the same stage on a local folder
+Target: ours / anchor >= 0.9 for each stage.
+
+Generate runs against a zero-latency OpenAI-compatible simulator (benchmarks/_stub_server.py), so
+the teacher hides none of the storage cost: every completion goes through the cache (segments of
+`cache_flush_every` completions on s3, an append log locally). Curate runs the default pipeline on
+a Ray pool, reading its corpus from the same kind of storage it writes to. Ray is up before the
+clocks start, as on a cluster. Local and s3 alternate over rounds (the order flips each round) and
+the median per side is reported with the spread, so one slow spell on a shared machine cannot
+decide the ratio.
+
+    python benchmarks/storage_s3_vs_local.py [--seeds 4000] [--docs 3000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+RECIPE = """name: bench_stub
+description: One short text per seed (the storage benchmark).
+kind: synthetic
+sampling: {temperature: 0.0, max_tokens: 32}
+steps:
+  - name: text
+    user: "Write about {{ title }}."
+"""
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def gen_once(tmp: Path, where: str, seeds: str, url: str, model: str, shards: int) -> float:
+    """docs/s of one generate run into `where` (a fresh folder; the cache inside it)."""
+    from factory.generate import GenerateConfig, run
+    from factory.teacher.config import local_config
+
+    tcfg = local_config([url], model, max_in_flight=64, sampling={"temperature": 0.0})
+    cfg = GenerateConfig(seeds=seeds, recipes=[str(tmp / "bench_stub.yaml")], out=where, teacher=tcfg, workers=2,
+                         concurrency=32, shards=shards)
+    t0 = time.perf_counter()
+    m = run(cfg, show_progress=False)
+    return m["counts"]["docs"] / (time.perf_counter() - t0)
+
+
+def cur_once(gen: str, ref: str, bench: str, out: str) -> float:
+    from curation_vs_datatrove import config
+
+    from factory.curate import run
+
+    cfg = config(gen, ref, bench, out, True, os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    m = run(cfg)
+    return m["counts"]["in"] / (time.perf_counter() - t0)
+
+
+def summary(xs: list[float]) -> dict:
+    return {"median": round(statistics.median(xs), 2), "min": round(min(xs), 2), "max": round(max(xs), 2),
+            "runs": [round(x, 2) for x in xs]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=4000, help="seeds (one request, one document each) per generate run")
+    ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument("--docs", type=int, default=3000, help="documents per curate run")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/storage_s3_vs_local.json"))
+    a = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from _stub_server import MODEL, StubServer
+    from curation_vs_datatrove import corpus
+    from tests.s3server import S3Server
+
+    import fsspec
+    import ray
+
+    from factory.cluster import init_ray
+    from factory.schema import make_doc
+
+    tmp = Path(tempfile.mkdtemp(prefix="storebench-"))
+    s3 = S3Server().start()
+    os.environ["FACTORY_SPOOL_DIR"] = str(tmp / "spool")
+    try:
+        bucket = s3.bucket("bench")
+        s3fs = fsspec.filesystem("s3")
+        (tmp / "bench_stub.yaml").write_text(RECIPE)
+        seeds = tmp / "seeds.jsonl"
+        seeds.write_text("".join(json.dumps(make_doc(f"Item {i} is a topic with a short description, number {i}.", "web",
+                                                     "bench", seed_id=f"bench:{i}", extra={"title": f"Topic {i}"})) + "\n"
+                                 for i in range(a.seeds)))
+        s3fs.put(str(seeds), f"{bucket}/in/seeds.jsonl")
+        gen, ref, bench, n = corpus(tmp / "corpus", a.docs)
+        s3fs.put(gen, f"{bucket}/in/gen", recursive=True)
+        s3fs.put(ref, f"{bucket}/in/seeds", recursive=True)
+        s3fs.put(bench, f"{bucket}/in/bench.jsonl")
+        init_ray(None, num_cpus=os.cpu_count(), object_store_memory=300 * 1024**2)
+        res = {"generate": {"local": [], "s3": []}, "curate": {"local": [], "s3": []}}
+        with StubServer(completion_tokens=32) as stub:
+            for r in range(a.rounds):
+                order = ("local", "s3") if r % 2 == 0 else ("s3", "local")
+                for side in order:
+                    out = str(tmp / f"g{r}") if side == "local" else f"{bucket}/g{r}"
+                    src = str(seeds) if side == "local" else f"{bucket}/in/seeds.jsonl"
+                    res["generate"][side].append(gen_once(tmp, out, src, stub.url, MODEL, a.shards))
+                for side in order:
+                    if side == "local":
+                        rate = cur_once(gen, ref, bench, str(tmp / f"c{r}"))
+                    else:
+                        rate = cur_once(f"{bucket}/in/gen", f"{bucket}/in/seeds", f"{bucket}/in/bench.jsonl", f"{bucket}/c{r}")
+                    res["curate"][side].append(rate)
+                print(f"round {r + 1}: generate local {res['generate']['local'][-1]:.1f} / s3 {res['generate']['s3'][-1]:.1f} "
+                      f"docs/s; curate local {res['curate']['local'][-1]:.1f} / s3 {res['curate']['s3'][-1]:.1f} docs/s",
+                      flush=True)
+        ray.shutdown()
+        out = {}
+        for stage, sides in res.items():
+            loc, rem = summary(sides["local"]), summary(sides["s3"])
+            out[stage] = {"ours": rem["median"], "anchor": loc["median"], "ratio": round(rem["median"] / loc["median"], 3),
+                          "ours_runs": rem, "anchor_runs": loc}
+        result = {"ours": out["generate"]["ours"], "anchor": out["generate"]["anchor"],
+                  "ratio": min(out["generate"]["ratio"], out["curate"]["ratio"]), "unit": "docs/s (s3 / local)",
+                  "target": 0.9, "stages": out, "rounds": a.rounds, "generate_seeds": a.seeds, "curate_docs": n,
+                  "storage": "moto_server (S3-compatible HTTP server) on loopback",
+                  "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
+                  "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+        for stage, v in out.items():
+            print(f"{stage}: s3 {v['ours']} / local {v['anchor']} docs/s = {v['ratio']} (target 0.9)")
+    finally:
+        s3.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
