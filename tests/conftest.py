@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # test helpers shared across folders (fault-injecting proxy, fake Batch API) import by module name
@@ -16,12 +17,20 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import pytest  # noqa: E402
 
 
+from tests.s3server import S3Server  # noqa: E402
+
+# The S3 test server's endpoint, dummy keys and a spool folder are exported before any test runs, so
+# every Ray, torchrun or subprocess started during the session reaches the store, whichever test
+# started it first; the server process itself starts with the first test that asks for it.
+_S3 = S3Server()
+_S3.export(_S3.endpoint)
+os.environ.setdefault("FACTORY_SPOOL_DIR", tempfile.mkdtemp(prefix="factory-spool-"))
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto) on loopback; its endpoint and dummy keys are exported."""
-    from tests.s3server import S3Server
-
-    srv = S3Server().start()
+    srv = _S3.start()
     yield srv
     srv.stop()
 
