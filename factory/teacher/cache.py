@@ -62,17 +62,24 @@ def spool_root() -> Path:
     return Path(os.environ.get(SPOOL_ENV) or Path.home() / ".cache" / "synth-factory" / "spool")
 
 
-def _parse(data: bytes, into: dict[str, dict[str, Any]]) -> int:
-    """Add the records of `data` to `into`; returns the number of torn or bad lines skipped."""
-    bad = 0
+def _records(data: bytes) -> tuple[list[tuple[str, dict[str, Any], bytes]], int]:
+    """The (key, completion, line) records of `data`, and how many torn or bad lines were skipped."""
+    out, bad = [], 0
     for line in data.splitlines():
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-            into[rec["key"]] = rec["completion"]
+            out.append((rec["key"], rec["completion"], line))
         except (ValueError, KeyError, TypeError):
             bad += 1
+    return out, bad
+
+
+def _parse(data: bytes, into: dict[str, dict[str, Any]]) -> int:
+    """Add the records of `data` to `into`; returns the number of torn or bad lines skipped."""
+    recs, bad = _records(data)
+    into.update((key, completion) for key, completion, _ in recs)
     return bad
 
 
@@ -129,16 +136,8 @@ class CompletionCache:
 
     def _recover(self, data: bytes) -> int:
         """A spool left by a worker killed on this node: its records not in any segment go up now."""
-        bad = 0
-        for line in data.splitlines():
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                key, completion = rec["key"], rec["completion"]
-            except (ValueError, KeyError, TypeError):
-                bad += 1
-                continue
+        recs, bad = _records(data)
+        for key, completion, line in recs:
             if key not in self._data:
                 self._data[key] = completion
                 self._pending.append(line + b"\n")
