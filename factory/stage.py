@@ -13,7 +13,6 @@ import io
 import json
 import platform
 import time
-import uuid
 from collections import Counter
 from contextlib import contextmanager
 from importlib import metadata
@@ -92,17 +91,8 @@ class StageDir:
         return self.exists(name)
 
     def write_bytes(self, name: str, data: bytes) -> str:
-        final = self.path(name)
-        parent = final.rsplit("/", 1)[0]
-        if not is_local(self.fs):  # one PUT: the object appears complete or not at all
-            self.fs.pipe_file(final, data)
-            return final
-        self.fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
-        with self.fs.open(tmp, "wb") as f:
-            f.write(data)
-        self.fs.mv(tmp, final)
-        return final
+        put_bytes(f"{self.url}/{name}", data)
+        return self.path(name)
 
     def write_table(self, name: str, table: pa.Table) -> str:
         buf = io.BytesIO()
@@ -198,7 +188,10 @@ def write_card(stage: StageDir, title: str, summary: dict[str, Any], licence: st
 
 
 # storage helpers: each input and output is a URL resolved with its own filesystem ---------------
-_BUCKETED = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+# The file primitives and the storage-error diagnosis live in train.storage (the torch-only side,
+# which cannot import this package); here they raise FactoryError.
+from train import storage as _storage  # noqa: E402
+from train.storage import OBJECT_STORES, is_url, join  # noqa: E402,F401  (re-exported)
 
 
 def fresh_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -214,28 +207,14 @@ def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
-def is_url(s: str) -> bool:
-    return "://" in str(s)
-
-
-def join(url: str, *parts: str) -> str:
-    """`url/part/...` for local paths and URLs alike."""
-    out = str(url).rstrip("/")
-    for p in parts:
-        out = f"{out}/{str(p).strip('/')}"
-    return out
-
-
 def exists(url: str) -> bool:
     with storage_errors(url):
-        fs, path = fresh_fs(url)
-        return fs.exists(path)
+        return _storage.exists(url)
 
 
 def read_bytes(url: str) -> bytes:
     with storage_errors(url):
-        fs, path = fresh_fs(url)
-        return fs.cat_file(path)
+        return _storage.read_bytes(url)
 
 
 def read_text(url: str) -> str:
@@ -243,20 +222,11 @@ def read_text(url: str) -> str:
 
 
 def put_bytes(url: str, data: bytes) -> str:
-    """Write one whole file: a temporary name then a rename on a local disk, one PUT (atomic by
-    itself) on an object store. Returns `url`."""
+    """Write one whole file (a temporary name then a rename on a local disk, one PUT on a store).
+    Returns `url`."""
     with storage_errors(url):
-        fs, path = fsspec.core.url_to_fs(str(url))
-        if not is_local(fs):
-            fs.pipe_file(path, data)
-            return str(url)
-        parent, name = path.rsplit("/", 1)
-        fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-        fs.mv(tmp, path)
-        return str(url)
+        _storage.write_bytes(url, data)
+    return str(url)
 
 
 def check_store(url: str) -> None:
@@ -264,7 +234,7 @@ def check_store(url: str) -> None:
     typo must not make a new bucket) or the credentials from the environment do not reach it."""
     fs, path = fsspec.core.url_to_fs(str(url))
     proto = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    if not set(proto) & set(_BUCKETED):
+    if not set(proto) & set(OBJECT_STORES):
         return
     bucket = path.split("/", 1)[0]
     with storage_errors(url):
@@ -278,18 +248,14 @@ def check_store(url: str) -> None:
 
 def storage_error(e: BaseException, url: str) -> FactoryError | None:
     """A storage exception as one FactoryError naming `url` and a fix (None: not a storage error)."""
+    found = e if isinstance(e, _storage.StorageError) else _storage.explain(e, url)
+    if found is not None:
+        return FactoryError(found.what, where=url, fix=found.fix)
     names = {c.__name__ for c in type(e).__mro__}
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    creds = "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, an instance role) in the environment"
-    if names & {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError", "RefreshError"}:
-        return FactoryError(f"no storage credentials found ({msg})", where=url, fix=creds)
-    if "PermissionError" in names:
-        return FactoryError(f"access denied ({msg})", where=url, fix=f"check the credentials' rights on this bucket; {creds}")
     if "FileNotFoundError" in names:
-        fix = ("create the bucket or correct the URL" if "bucket" in msg.lower()
-               else "check the URL, or run the stage that writes it")
-        return FactoryError(f"not found ({msg})", where=url, fix=fix)
-    if names & {"EndpointConnectionError", "ConnectionError", "ConnectTimeoutError", "ClientConnectorError"}:
+        return FactoryError(f"not found ({msg})", where=url, fix="check the URL, or run the stage that writes it")
+    if names & {"ConnectionError", "ConnectTimeoutError"}:
         return FactoryError(f"storage unreachable ({msg})", where=url,
                             fix="check the network and the endpoint (AWS_ENDPOINT_URL)")
     if names & {"BotoCoreError", "ClientError"} or isinstance(e, OSError):

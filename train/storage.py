@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import tempfile
+import uuid
 from pathlib import Path
 
 from train.config import ConfigError
@@ -117,7 +119,7 @@ def _fresh(url: str):
 
 def exists(p) -> bool:
     if not is_url(p):
-        return Path(p).exists()
+        return Path(str(p).removeprefix("file://")).exists()
     fs, path = _fresh(p)
     with errors(p):
         return fs.exists(path)
@@ -125,7 +127,7 @@ def exists(p) -> bool:
 
 def read_bytes(p) -> bytes:
     if not is_url(p):
-        return Path(p).read_bytes()
+        return Path(str(p).removeprefix("file://")).read_bytes()
     fs, path = fs_path(p)
     with errors(p):
         return fs.cat_file(path)
@@ -136,10 +138,14 @@ def read_text(p) -> str:
 
 
 def write_bytes(p, data: bytes) -> None:
-    """One object written whole (object stores commit a PUT atomically); local: parent made."""
+    """One file written whole: one PUT on an object store (which commits it atomically); on a local
+    disk a temporary name then a rename, parents made."""
     if not is_url(p):
-        Path(p).parent.mkdir(parents=True, exist_ok=True)
-        Path(p).write_bytes(data)
+        q = Path(str(p).removeprefix("file://"))
+        q.parent.mkdir(parents=True, exist_ok=True)
+        tmp = q.with_name(f".tmp-{uuid.uuid4().hex}-{q.name}")
+        tmp.write_bytes(data)
+        os.replace(tmp, q)
         return
     fs, path = fs_path(p)
     with errors(p):
