@@ -23,8 +23,10 @@ def generate(config: str = typer.Argument(..., help="generation config YAML"),
     acc, counts = m.get("accounting", {}), m.get("counts", {})
     rows = [["documents", counts.get("docs", 0)], ["seeds", counts.get("seeds", 0)], ["rejected", counts.get("rejected", 0)]]
     rows += [[f"  {r}", n] for r, n in sorted(m.get("dropped", {}).items())]
-    rows += [[k, acc.get(k, 0)] for k in ("requests", "retries", "cache_hits", "prompt_tokens", "completion_tokens", "cost")]
-    rows += [["wall s", m.get("timings", {}).get("wall_s", 0)], ["output", cfg.out]]
+    this = m.get("this_run", {})  # what this run paid and took; the folder's totals are in the manifest
+    rows += [[f"{k} (this run)", this.get(k, 0)] for k in ("requests", "retries", "cache_hits", "completion_tokens", "cost")]
+    rows += [["completion tokens (all runs)", acc.get("completion_tokens", 0)], ["cost (all runs)", acc.get("cost", 0)]]
+    rows += [["wall s (this run)", m.get("timings", {}).get("wall_s", 0)], ["output", cfg.out]]
     console.print(table("generate", ["", "value"], rows))
 
 
