@@ -70,6 +70,7 @@ def test_nodes_install_this_package_and_share_the_token(name):
         for c in installs:
             wanted = set(re.search(r"\[([\w,]+)\]", c).group(1).split(","))
             assert wanted <= extras(), f"{name}: unknown extras {wanted - extras()}"
+            assert "s3" in wanted, f"{name}: nodes without the s3 filesystem cannot reach s3:// outputs: {c}"
     assert raw["file_mounts"]["~/synth-factory"] == "."
     assert raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
     assert {".venv", "runs", ".git"} <= set(raw["rsync_exclude"])

@@ -88,3 +88,29 @@ def test_curate_through_a_flaky_store(flaky_s3, s3_bucket, tmp_path):
 
     assert StageDir.read_manifest(f"{s3_bucket}/curated")["status"] == "done"
     assert rows(f"{s3_bucket}/curated") == rows(str(tmp_path / "local"))
+
+
+def test_more_attempts_from_the_environment_outlast_a_run_of_500s(flaky_s3, s3_bucket, monkeypatch):
+    """The README's advice for flaky stores: botocore gives up on 5 InternalErrors in a row (s3fs
+    does not retry them), and AWS_MAX_ATTEMPTS / AWS_RETRY_MODE from the environment outlast them."""
+    from s3fs import S3FileSystem
+
+    fsspec.filesystem("s3").pipe(f"{s3_bucket}/k", b"x")
+    flaky_s3.set(fail_count=5, status=500, methods={"GET"})
+    S3FileSystem.clear_instance_cache()
+    with pytest.raises(OSError):
+        fsspec.filesystem("s3").cat_file(f"{s3_bucket}/k")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "8")
+    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+    flaky_s3.set(fail_count=5, status=500, methods={"GET"})
+    S3FileSystem.clear_instance_cache()
+    assert fsspec.filesystem("s3").cat_file(f"{s3_bucket}/k") == b"x"
+    S3FileSystem.clear_instance_cache()
+
+
+def test_an_unreachable_store_is_one_line(tmp_path):
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:1"}
+    r = subprocess.run([*CLI, "seeds", "seeds/wiki.yaml", "--out", "s3://no-store-here/seeds"], capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 2 and r.stderr.startswith("error: s3://no-store-here/seeds") and "cannot reach" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
