@@ -91,6 +91,17 @@ def filter_steps(cfg: CurateConfig, rejected: str, index_dir: str | None) -> lis
     return steps
 
 
+def folder(url: str) -> Any:
+    """A folder for datatrove steps: on an object store a DataFolder that skips the `makedirs`
+    before each file it writes (a store has no folders; s3fs spends a request on the bucket each
+    time); elsewhere the URL as is."""
+    from datatrove.io import DataFolder
+
+    from factory.stage import OBJECT_STORES
+
+    return DataFolder(url, auto_mkdir=False) if url.split("://", 1)[0] in OBJECT_STORES else url
+
+
 def compile_jobs(cfg: CurateConfig, inputs: list[tuple[str, list[str]]], refs: list[tuple[str, list[str]]],
                  out: str, index_dir: str | None) -> list[Job]:
     """The five datatrove jobs for this config (paths under the stage folder `out`)."""
@@ -101,39 +112,43 @@ def compile_jobs(cfg: CurateConfig, inputs: list[tuple[str, list[str]]], refs: l
     from factory.curate.io import DocWriter, RankJsonlReader, RejectWriter, SharedTokenizer, doc_reader, work_writer
 
     work = f"{out}/{WORK}"
-    rejected = f"{work}/rejected"
+
+    def at(name: str) -> Any:  # a work folder, as datatrove steps take it
+        return folder(f"{work}/{name}")
+
+    rejected = at("rejected")
     mh = cfg.dedup.minhash
     mcfg = MinhashConfig(n_grams=mh.n_grams, num_buckets=mh.num_buckets, hashes_per_bucket=mh.hashes_per_bucket,
                          seed=mh.seed)
     tasks = cfg.executor.tasks
     tok = SharedTokenizer(cfg.language)
     readers = [doc_reader(files, root) for root, files in inputs]
-    sig = [MinhashDedupSignature(f"{work}/sigs", config=mcfg, language=tok)] if mh.enabled else []
+    sig = [MinhashDedupSignature(at("sigs"), config=mcfg, language=tok)] if mh.enabled else []
     filter_job = readers + filter_steps(cfg, rejected, index_dir) + [
-        work_writer(f"{work}/filtered"), DocIndex(f"{work}/index"), *sig]
-    ref_job = [doc_reader(files, root) for root, files in refs] + [DocIndex(f"{work}/index", prefix="ref-", snippets=True)]
+        work_writer(at("filtered")), DocIndex(at("index")), *sig]
+    ref_job = [doc_reader(files, root) for root, files in refs] + [DocIndex(at("index"), prefix="ref-", snippets=True)]
     if mh.enabled:
-        ref_job.append(OffsetSignature(f"{work}/sigs", config=mcfg, language=tok))
+        ref_job.append(OffsetSignature(at("sigs"), config=mcfg, language=tok))
     decide = []
     if mh.enabled:
-        dups = f"{work}/dups"
+        dups = at("dups")
         if mh.threshold > 0:
-            decide.append(VerifyPairs(f"{work}/sigs", dups, f"{work}/dups_verified", mh.num_buckets,
+            decide.append(VerifyPairs(at("sigs"), dups, at("dups_verified"), mh.num_buckets,
                                       mh.hashes_per_bucket, mh.threshold))
-            dups = f"{work}/dups_verified"
-        decide.append(MinhashDedupCluster(dups, f"{work}/clusters", config=mcfg, save_cluster_id=True))
-    decide.append(Decide(f"{work}/index", f"{work}/clusters" if mh.enabled else None, f"{work}/decide",
+            dups = at("dups_verified")
+        decide.append(MinhashDedupCluster(dups, at("clusters"), config=mcfg, save_cluster_id=True))
+    decide.append(Decide(at("index"), at("clusters") if mh.enabled else None, at("decide"),
                          exact=cfg.dedup.exact))
     dedup_on = mh.enabled or cfg.dedup.exact
     return [
         Job("filter", filter_job, tasks),
         Job("reference", ref_job, tasks, skip=not refs or not dedup_on),
         # each signature file read whole (lines_to_buffer=-1), not 5 lines a request: one GET per file on a store
-        Job("buckets", [MinhashDedupBuckets(f"{work}/sigs", f"{work}/dups", config=mcfg, lines_to_buffer=-1)], mh.num_buckets,
+        Job("buckets", [MinhashDedupBuckets(at("sigs"), at("dups"), config=mcfg, lines_to_buffer=-1)], mh.num_buckets,
             skip=not mh.enabled),
         Job("decide", decide, 1, skip=not dedup_on),
-        Job("write", [RankJsonlReader(f"{work}/filtered"),
-                      ApplyDecisions(f"{work}/decide", RejectWriter(rejected, "dedup")), DocWriter(f"{work}/kept")],
+        Job("write", [RankJsonlReader(at("filtered")),
+                      ApplyDecisions(at("decide"), RejectWriter(rejected, "dedup")), DocWriter(at("kept"))],
             tasks),
     ]
 
@@ -197,7 +212,7 @@ def run_jobs(cfg: CurateConfig, jobs: list[Job], out: str, on_job: Callable[[str
         for job in todo:
             t0 = time.time()
             forget_listings()  # the previous job's files were written by other processes
-            executor = make_executor(cfg, job, f"{out}/{WORK}/logs/{job.name}", n_docs, cpus)
+            executor = make_executor(cfg, job, folder(f"{out}/{WORK}/logs/{job.name}"), n_docs, cpus)
             if ex.use_ray:
                 executor.run_on(pool)
             else:
