@@ -33,3 +33,19 @@ def request_keys(out) -> list[tuple[str, str, int]]:
 
     rows = read_docs(str(out)).select(["meta"]).to_pylist()
     return sorted((r["meta"]["seed_id"], r["meta"]["recipe"], int(extra(r).get("sample", 0))) for r in rows)
+
+
+def gen_cfg(seeds: str, out, urls, model, **kw):
+    """A GenerateConfig for the test teacher(s) at `urls`, short retries, the tiny_fact recipe by default."""
+    from factory.generate import GenerateConfig
+    from factory.teacher.config import Endpoint, RetryPolicy, TeacherConfig
+
+    tk = kw.pop("teacher_kw", {})
+    tk.setdefault("retry", RetryPolicy(base_s=0.05, max_s=0.5, max_attempts=12))
+    teacher = TeacherConfig(endpoints=[Endpoint(base_url=u, model=model) for u in urls], timeout_s=kw.pop("timeout_s", 30),
+                            sampling={"temperature": 0.0}, **tk)
+    kw.setdefault("recipes", [recipe("tiny_fact")])
+    kw.setdefault("shards", 3)
+    kw.setdefault("workers", 2)
+    kw.setdefault("concurrency", 2)
+    return GenerateConfig(seeds=seeds, out=str(out), teacher=teacher, **kw)

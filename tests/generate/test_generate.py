@@ -5,26 +5,13 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from gen_helpers import recipe, request_keys
+from gen_helpers import gen_cfg, request_keys
 from factory.errors import FactoryError
-from factory.generate import GenerateConfig, run
+from factory.generate import run
 from factory.schema import extra
 from factory.stage import read_docs
-from factory.teacher.config import Endpoint, RetryPolicy, TeacherConfig
 from factory.teacher.server import free_port
 from fault_proxy import FaultProxy
-
-
-def gen_cfg(seeds: str, out, urls, model, **kw) -> GenerateConfig:
-    tk = kw.pop("teacher_kw", {})
-    tk.setdefault("retry", RetryPolicy(base_s=0.05, max_s=0.5, max_attempts=12))
-    teacher = TeacherConfig(endpoints=[Endpoint(base_url=u, model=model) for u in urls], timeout_s=kw.pop("timeout_s", 30),
-                            sampling={"temperature": 0.0}, **tk)
-    kw.setdefault("recipes", [recipe("tiny_fact")])
-    kw.setdefault("shards", 3)
-    kw.setdefault("workers", 2)
-    kw.setdefault("concurrency", 2)
-    return GenerateConfig(seeds=seeds, out=str(out), teacher=teacher, **kw)
 
 
 def ids(out) -> list[str]:

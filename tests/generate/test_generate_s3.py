@@ -8,8 +8,7 @@ import pytest
 
 from factory.generate import run
 from factory.stage import StageDir
-from gen_helpers import request_keys
-from test_generate import gen_cfg
+from gen_helpers import gen_cfg, request_keys
 
 
 @pytest.mark.slow
