@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from factory.config import load_config
 from factory.errors import FactoryError
 from factory.schema import sha
-from factory.stage import StageDir, is_local, read_docs, write_card
+from factory.readers import read_jsonl
+from factory.stage import StageDir, exists, is_local, read_docs, write_card
 from factory.teacher.cache import adopt
 from factory.teacher.config import TeacherConfig, local_config
 from factory.teacher.shard import ACCOUNT_KEYS, REJECT_SCHEMA, reject_row, seed_id_of, shard_name
@@ -60,10 +61,12 @@ def teacher_config(cfg: GenerateConfig, where: str = "generate config") -> Teach
     return load_config(TeacherConfig, p)
 
 
-def identity(cfg: GenerateConfig, tcfg: TeacherConfig) -> dict[str, Any]:
-    """What decides the output (hashed into the manifest); endpoints, limits and workers do not."""
+def identity(cfg: GenerateConfig, tcfg: TeacherConfig, recipes: list) -> dict[str, Any]:
+    """What decides the output (hashed into the manifest), the recipes' file contents included;
+    endpoints, limits and workers do not."""
     models = sorted({e.model for e in tcfg.endpoints}) or ["local"]
-    return {"seeds": cfg.seeds, "recipes": cfg.recipes, "samples_per_seed": cfg.samples_per_seed, "limit": cfg.limit,
+    return {"seeds": cfg.seeds, "recipes": cfg.recipes, "recipe_sha": [r.content_sha for r in recipes],
+            "samples_per_seed": cfg.samples_per_seed, "limit": cfg.limit,
             "shards": cfg.shards, "recipe_sampling": cfg.recipe_sampling, "teacher_models": models,
             "teacher_sampling": tcfg.sampling, "teacher_seed": tcfg.seed, "mode": tcfg.mode}
 
@@ -73,32 +76,28 @@ def load_seeds(cfg: GenerateConfig) -> tuple[list[dict[str, Any]], list[dict[str
     """(good rows, quarantined rows): a seed needs non-empty `text` and an id (`id` or meta.seed_id)."""
     src = cfg.seeds
     if src.endswith(".jsonl"):
-        fs, p = fsspec.core.url_to_fs(src)
-        if not fs.exists(p):
+        if not exists(src):
             raise FactoryError("seed file not found", where=src, field="seeds", fix="run `factory seeds` or fix the path")
-        rows: list[Any] = []
-        for i, line in enumerate(fs.cat_file(p).decode().splitlines()):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as e:
-                    rows.append({"_bad": f"line {i + 1}: not JSON ({e})"})
+        numbered, unreadable = read_jsonl(src)
+        rows: list[tuple[str, Any]] = [(f"line {n}", r) for n, r in numbered]
+        rows += [(f"line {q['line']}", {"_bad": q["detail"]}) for q in unreadable]
+        rows.sort(key=lambda lr: int(lr[0].split()[1]))
     else:
-        rows = read_docs(src).to_pylist()
+        rows = [(f"row {n}", r) for n, r in enumerate(read_docs(src).to_pylist(), 1)]
     good, bad = [], []
-    for i, r in enumerate(rows):
+    for at, r in rows:
         problem = None
-        if not isinstance(r, dict) or "_bad" in r:
-            problem = r.get("_bad") if isinstance(r, dict) else "not an object"
-        elif not isinstance(r.get("text"), str) or not r["text"].strip():
-            problem = "missing or empty text"
-        elif not seed_id_of(r):
-            problem = "no id or meta.seed_id"
+        if "_bad" in r:
+            problem = r["_bad"]
         elif r.get("meta") is not None and not isinstance(r["meta"], dict):
-            problem = "meta is not an object"
+            problem = f"{at}: meta is not an object"
+        elif not isinstance(r.get("text"), str) or not r["text"].strip():
+            problem = f"{at}: missing or empty text"
+        elif not seed_id_of(r):
+            problem = f"{at}: no id or meta.seed_id"
         if problem:
-            sid = seed_id_of(r) if isinstance(r, dict) else ""
-            bad.append(reject_row(sid or f"row:{i}", "", 0, "malformed_seed", {"row": i, "problem": problem}))
+            sid = seed_id_of(r) if isinstance(r.get("meta") or {}, dict) else ""
+            bad.append(reject_row(sid or at, "", 0, "malformed_seed", {"at": at, "problem": problem}))
         else:
             r.setdefault("meta", {})
             good.append(r)
@@ -145,10 +144,19 @@ def run(cfg: GenerateConfig, where: str = "generate config", show_progress: bool
 
     tcfg = teacher_config(cfg, where)
     recipes = [load_recipe(r, **cfg.recipe_sampling) for r in cfg.recipes]
-    stage = StageDir(cfg.out, "generate", identity(cfg, tcfg), inputs=[cfg.seeds])
+    seeds, bad = load_seeds(cfg)  # bad input fails here, before the output folder is touched
+    for r in recipes:  # an undefined template variable fails here, before any request
+        sample = next((row for row in seeds if r.accepts(row)), None)
+        if sample is not None:
+            r.check_templates(sample, f"seed {seed_id_of(sample)}")
+    with StageDir(cfg.out, "generate", identity(cfg, tcfg, recipes), inputs=[cfg.seeds]) as stage:
+        return _run(cfg, where, show_progress, tcfg, recipes, stage, seeds, bad)
+
+
+def _run(cfg: GenerateConfig, where: str, show_progress: bool, tcfg: TeacherConfig, recipes: list, stage: StageDir,
+         seeds: list[dict[str, Any]], bad: list[dict[str, Any]]) -> dict[str, Any]:
     fs, root = fsspec.core.url_to_fs((cfg.cache_dir or f"{stage.url}/cache").rstrip("/"))
     cache_root = root if is_local(fs) else fs.unstrip_protocol(root)  # local: absolute, as every worker sees it
-    seeds, bad = load_seeds(cfg)
     if bad:
         stage.write_table("rejected/seeds.parquet", pa.Table.from_pylist(bad, schema=REJECT_SCHEMA))
     shards = split(seeds, cfg.shards)

@@ -30,6 +30,8 @@ def show(name: str, dirs: Optional[list[str]] = DIRS) -> None:
     from factory.recipes import load_recipe
 
     r = load_recipe(name, dirs)
+    seed = _seed(r, None)
+    r.check_templates(seed, f"the sample seed {seed['meta']['seed_id']}")
     console.print(f"[bold]{r.name}[/bold] ({r.spec.kind}) from {r.path}\n{r.spec.description}\n")
     for k, v in r.spec.variables.items():
         console.print(f"[cyan]{k}[/cyan]: {' | '.join(v)}")
@@ -46,7 +48,8 @@ def show(name: str, dirs: Optional[list[str]] = DIRS) -> None:
     console.print(f"\n[bold]filters[/bold] {r.spec.filters.model_dump()}")
 
 
-def _seed(recipe, index: int):
+def _seed(recipe, index: int | None):
+    """The seed at `index`, or (None) the first seed the recipe accepts."""
     if "code" in recipe.spec.seed_kinds:
         from factory.seedcurate import code_rows
 
@@ -55,6 +58,8 @@ def _seed(recipe, index: int):
         from factory.seeds import wiki_rows
 
         rows = wiki_rows()
+    if index is None:
+        return next((row for row in rows if recipe.accepts(row)), rows[0])
     if not 0 <= index < len(rows):
         from factory.errors import FactoryError
 

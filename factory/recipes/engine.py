@@ -17,7 +17,8 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from factory.recipes import verify as V
 from factory.recipes.parse import ParseError, parse, render
-from factory.recipes.spec import RecipeSpec, StepSpec, VerifySpec, load_spec, resolve
+from factory.errors import FactoryError
+from factory.recipes.spec import RecipeSpec, StepSpec, VerifySpec, content_sha, load_spec, resolve
 from factory.schema import extra as row_extra
 from factory.schema import make_doc, sha
 
@@ -50,6 +51,30 @@ def seed_context(row: dict[str, Any]) -> dict[str, Any]:
             "seed_id": seed_id, "seed_kind": row.get("kind", ""), "extra": ex}
 
 
+class _Any:
+    """A stand-in for a step's output when checking templates: any attribute, item or loop works."""
+
+    def __getattr__(self, name: str) -> "_Any":
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self
+
+    def __getitem__(self, key: Any) -> "_Any":
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Any":
+        return self
+
+    def __iter__(self):
+        return iter([self])
+
+    def __len__(self) -> int:
+        return 1
+
+    def __str__(self) -> str:
+        return "output"
+
+
 class Recipe:
     """A loaded, validated recipe. `overrides` replace sampling keys in every step (e.g. max_tokens)."""
 
@@ -66,6 +91,48 @@ class Recipe:
 
     def with_sampling(self, **overrides: Any) -> "Recipe":
         return Recipe(self.spec, self.templates, self.path, {**self.overrides, **overrides})
+
+    @property
+    def content_sha(self) -> str:
+        """Hash of the recipe file, its template files and their includes."""
+        return content_sha(self.path, self.spec)
+
+    def accepts(self, seed_row: dict[str, Any]) -> bool:
+        ex = seed_context(seed_row)["extra"]
+        return (not self.spec.seed_kinds or seed_row.get("kind") in self.spec.seed_kinds) and all(
+            ex.get(k) for k in self.spec.requires)
+
+    def check_templates(self, seed_row: dict[str, Any], seed_where: str = "a sample seed") -> None:
+        """Render every template against `seed_row` (step outputs and verdicts as stand-ins); a
+        variable no template can see is one FactoryError naming the recipe file and the template."""
+        base = seed_context(seed_row)
+        variables = {}
+        for key in sorted(self.spec.variables):
+            for j in range(len(self.spec.variables[key])):
+                self._render(f"variables.{key}.{j}", base, seed_where)
+            variables[key] = self.templates[f"variables.{key}.0"].render(**base).strip()
+        ctx: dict[str, Any] = {**base, **variables, "vars": variables}
+        for i, step in enumerate(self.spec.steps):
+            for part in ("system", "user"):
+                if f"steps.{i}.{part}" in self.templates:
+                    self._render(f"steps.{i}.{part}", ctx, seed_where)
+            ctx[step.name] = _Any()
+        ctx["verdicts"] = _Any()
+        if "output.template" in self.templates:
+            self._render("output.template", ctx, seed_where)
+
+    def _render(self, key: str, ctx: dict[str, Any], seed_where: str) -> None:
+        from jinja2 import UndefinedError
+
+        try:
+            self.templates[key].render(**ctx)
+        except UndefinedError as e:
+            step = key.split(".")
+            field = f"steps[{self.spec.steps[int(step[1])].name}].{step[2]}" if step[0] == "steps" else key
+            raise FactoryError(f"template uses an undefined variable ({e.message}, rendered against {seed_where})",
+                               where=str(self.path), field=field,
+                               fix="define it under `variables:`, or use a seed field (text, title, topic, "
+                                   "description, seed_id, seed_kind, extra.*) or an earlier step's name") from None
 
     # variables ---------------------------------------------------------------------------------
     def sample_variables(self, seed_id: str, sample: int, ctx: dict[str, Any] | None = None) -> dict[str, str]:

@@ -10,11 +10,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2 import StrictUndefined, TemplateNotFound, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from factory.config import read_yaml, validate
+from factory.config import read_text_file, read_yaml, validate
 from factory.errors import FactoryError
 
 BUILTIN = Path(__file__).parent / "builtin"
@@ -181,6 +181,47 @@ def list_paths(dirs: list[str | Path] | None = None) -> list[tuple[str, Path]]:
     return sorted(seen.items())
 
 
+def template_path(recipe: Path, file: str) -> Path | None:
+    """A step's template file: next to the recipe, else among the built-ins."""
+    for fp in (recipe.parent / file, BUILTIN / file):
+        if fp.is_file():
+            return fp
+    return None
+
+
+def content_sha(path: Path, spec: RecipeSpec) -> str:
+    """A hash of everything that decides a recipe's prompts: its YAML, its template files and the
+    templates they include, so an edited recipe is a changed config for the stages that ran it."""
+    from jinja2 import meta
+
+    from factory.schema import sha
+
+    env = environment(path.parent)
+    texts = [path.read_bytes()]
+    sources = [s for st in spec.steps for s in (st.system, st.user) if s] + [spec.output.template or ""]
+    for st in spec.steps:
+        for file in (st.system_file, st.user_file):
+            fp = template_path(path, file) if file else None
+            if fp is not None:
+                texts.append(fp.read_bytes())
+                sources.append(fp.read_text(errors="replace"))
+    seen: set[str] = set()
+    while sources:
+        try:
+            refs = meta.find_referenced_templates(env.parse(sources.pop()))
+        except TemplateSyntaxError:
+            continue
+        for name in sorted({r for r in refs if r} - seen):
+            seen.add(name)
+            try:
+                src = env.loader.get_source(env, name)[0]
+            except TemplateNotFound:  # fails at render time, with its name
+                continue
+            texts.append(src.encode())
+            sources.append(src)
+    return sha(*texts)
+
+
 def load_spec(path: Path) -> tuple[RecipeSpec, dict[str, Any]]:
     """Validate a recipe file; return the spec and its compiled templates, keyed by field path."""
     spec = validate(RecipeSpec, read_yaml(path), str(path))
@@ -189,13 +230,11 @@ def load_spec(path: Path) -> tuple[RecipeSpec, dict[str, Any]]:
 
     def compile_(field: str, source: str | None, file: str | None) -> None:
         if file is not None:
-            fp = path.parent / file
-            if not fp.is_file():
-                fp = BUILTIN / file
-            if not fp.is_file():
+            fp = template_path(path, file)
+            if fp is None:
                 raise FactoryError("template file not found", where=str(path), field=field + "_file",
                                    fix=f"put {file} next to the recipe")
-            source = fp.read_text()
+            source = read_text_file(fp, "a Jinja2 template")
         if source is None:
             return
         try:
