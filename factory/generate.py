@@ -146,7 +146,7 @@ def run(cfg: GenerateConfig, where: str = "generate config", show_progress: bool
     recipes = [load_recipe(r, **cfg.recipe_sampling) for r in cfg.recipes]
     seeds, bad = load_seeds(cfg)  # bad input fails here, before the output folder is touched
     for r in recipes:  # an undefined template variable fails here, before any request
-        sample = next((row for row in seeds if r.accepts(row)), None)
+        sample = next((row for row in seeds if r.accepts(row)), seeds[0] if seeds else None)
         if sample is not None:
             r.check_templates(sample, f"seed {seed_id_of(sample)}")
     with StageDir(cfg.out, "generate", identity(cfg, tcfg, recipes), inputs=[cfg.seeds]) as stage:

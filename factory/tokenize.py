@@ -198,7 +198,17 @@ def run(cfg: TokenizeConfig, where: str = "<tokenize config>") -> dict[str, Any]
 
 
 def _run(cfg: TokenizeConfig, texts: dict[str, list[str]], where: str) -> dict[str, Any]:
-    stage = StageDir(cfg.out, "tokenize", cfg, inputs=[s.path for s in cfg.sources.values()])
+    ident = cfg.model_dump(mode="json")
+    if cfg.tokenizer.path:  # a given tokenizer decides the output by its content, not its name
+        if not exists(cfg.tokenizer.path):
+            raise FactoryError(f"no tokenizer file at {cfg.tokenizer.path}", where=where, field="tokenizer.path",
+                               fix="check the path")
+        ident["tokenizer_sha256"] = file_sha(cfg.tokenizer.path)
+    with StageDir(cfg.out, "tokenize", ident, inputs=[s.path for s in cfg.sources.values()]) as stage:
+        return _write(cfg, stage, texts, where)
+
+
+def _write(cfg: TokenizeConfig, stage: StageDir, texts: dict[str, list[str]], where: str) -> dict[str, Any]:
     tok_url, tok_json = _tokenizer(cfg, stage, texts, where)
     sources: dict[str, Any] = {}
     with progress() as bar:

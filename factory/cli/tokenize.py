@@ -48,6 +48,13 @@ def tokenize_cmd(
     rows = [[k, v["docs"], f"{v['tokens']:,}", len(v["files"])] for k, v in m["sources"].items()]
     console.print(table(f"tokenized into {cfg.out} (vocab {m['tokenizer']['vocab_size']})",
                         ["source", "docs", "tokens", "shards"], rows))
+    for name, v in m["sources"].items():
+        if not v["docs"]:
+            src = cfg.sources[name]
+            kinds = f" of kind {', '.join(src.kinds)}" if src.kinds else ""
+            console.print(f"[yellow]warning: source '{name}' has 0 documents{kinds} in {src.path}; a mix that draws "
+                          f"from it is refused (fix: generate documents{kinds}, e.g. with a recipe of that kind, or "
+                          f"drop the source)[/]")
 
 
 def register(app: typer.Typer) -> None:

@@ -54,6 +54,8 @@ def seed_context(row: dict[str, Any]) -> dict[str, Any]:
 class _Any:
     """A stand-in for a step's output when checking templates: any attribute, item or loop works."""
 
+    unsafe_callable = alters_data = False  # what Jinja's sandbox asks before a call
+
     def __getattr__(self, name: str) -> "_Any":
         if name.startswith("__"):
             raise AttributeError(name)
