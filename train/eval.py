@@ -179,8 +179,10 @@ def _max_len(model) -> int:
 @torch.inference_mode()
 def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_size: int = 32,
                    max_len: int | None = None) -> list[float]:
-    """Sum of log p(continuation | context) for each (context ids, continuation ids) pair."""
+    """Sum of log p(continuation | context) for each (context ids, continuation ids) pair: one
+    length-sorted batched pass, log-probabilities gathered on the model's device."""
     max_len = max_len or _max_len(model)
+    dev = _device(model)
     out = [0.0] * len(requests)
     seqs = []
     for i, (ctx, cont) in enumerate(requests):
@@ -191,14 +193,18 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_siz
         chunk = seqs[b: b + batch_size]
         T = len(chunk[0][1]) - 1
         inp = torch.zeros(len(chunk), T, dtype=torch.long)
-        for r, (_, full, _) in enumerate(chunk):
-            inp[r, : len(full) - 1] = torch.tensor(full[:-1])
-        logits = model(inp.to(_device(model))).float().cpu()
-        for r, (i, full, nc) in enumerate(chunk):
+        tgt = torch.zeros(len(chunk), T, dtype=torch.long)
+        mask = torch.zeros(len(chunk), T, dtype=torch.bool)
+        for r, (_, full, nc) in enumerate(chunk):
             L = len(full) - 1
-            lp = F.log_softmax(logits[r, L - nc: L], dim=-1)
-            tgt = torch.tensor(full[L - nc + 1: L + 1])
-            out[i] = float(lp.gather(-1, tgt[:, None]).sum())
+            inp[r, :L] = torch.tensor(full[:-1])
+            tgt[r, :L] = torch.tensor(full[1:])
+            mask[r, L - nc: L] = True
+        lp = F.log_softmax(model(inp.to(dev)).float(), dim=-1)
+        got = lp.gather(-1, tgt.to(dev)[..., None])[..., 0]
+        sums = torch.where(mask.to(dev), got, torch.zeros((), device=dev)).sum(-1).cpu().tolist()
+        for (i, _, _), v in zip(chunk, sums):
+            out[i] = float(v)
     return out
 
 
@@ -218,11 +224,13 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, batch_size: int
             buf[r, : len(ids)] = torch.tensor(ids)
         done = [False] * len(rows)
         for _ in range(max_new_tokens):
-            logits = model(buf[:, : max(lens)].to(_device(model))).cpu()
+            logits = model(buf[:, : max(lens)].to(_device(model)))
+            nxt = logits[torch.arange(len(rows), device=logits.device), torch.tensor(lens, device=logits.device) - 1]
+            nxt = nxt.argmax(-1).cpu().tolist()
             for r in range(len(rows)):
                 if done[r]:
                     continue
-                t = int(logits[r, lens[r] - 1].argmax())
+                t = int(nxt[r])
                 buf[r, lens[r]] = t
                 lens[r] += 1
                 out[idx[r]].append(t)
@@ -261,8 +269,9 @@ def _prompt(spec: dict, item: dict) -> str:
     return spec.get("prompt", "{question}").format(question=item["question"])
 
 
-def score_mc(model, tokenizer, spec: dict, items: list[dict], batch_size: int = 32) -> dict:
-    norm, pre, bos = spec.get("normalisation", "none"), spec.get("choice_prefix", " "), bos_id(tokenizer)
+def mc_requests(tokenizer, spec: dict, items: list[dict]) -> list[tuple[list[int], list[int]]]:
+    """One (context, continuation) pair per choice of every item, in item order."""
+    pre, bos = spec.get("choice_prefix", " "), bos_id(tokenizer)
     ctxs = _encode(tokenizer, [_prompt(spec, it) for it in items])
     conts = _encode(tokenizer, [pre + c for it in items for c in it["choices"]])
     reqs, k = [], 0
@@ -271,12 +280,21 @@ def score_mc(model, tokenizer, spec: dict, items: list[dict], batch_size: int = 
         for _ in it["choices"]:
             reqs.append((ctx, conts[k] or [0]))
             k += 1
-    ll = loglikelihoods(model, reqs, batch_size)
-    correct, k = [], 0
+    return reqs
+
+
+def mc_result(spec: dict, items: list[dict], reqs: list, ll: list[float]) -> dict:
+    """Accuracy under the benchmark's normalisation, and `bpb`: the bits per UTF-8 byte of the correct
+    answer given the prompt (lower is better), a likelihood metric that moves before accuracy does
+    in small models."""
+    norm, pre = spec.get("normalisation", "none"), spec.get("choice_prefix", " ")
+    correct, bpb, k = [], [], 0
     for it in items:
         scores = []
-        for c in it["choices"]:
+        for j, c in enumerate(it["choices"]):
             s = ll[k]
+            if j == it["answer"]:
+                bpb.append(-s / math.log(2) / max(1, len((pre + c).encode())))
             if norm == "length":
                 s /= max(1, len(reqs[k][1]))
             elif norm == "bytes":
@@ -284,7 +302,13 @@ def score_mc(model, tokenizer, spec: dict, items: list[dict], batch_size: int = 
             scores.append(s)
             k += 1
         correct.append(float(int(np.argmax(scores)) == it["answer"]))
-    return {"score": float(np.mean(correct)), "n": len(items), "stderr": _stderr(correct), "metric": f"acc({norm})"}
+    return {"score": float(np.mean(correct)), "n": len(items), "stderr": _stderr(correct), "metric": f"acc({norm})",
+            "bpb": float(np.mean(bpb)), "bpb_stderr": _stderr(bpb)}
+
+
+def score_mc(model, tokenizer, spec: dict, items: list[dict], batch_size: int = 32) -> dict:
+    reqs = mc_requests(tokenizer, spec, items)
+    return mc_result(spec, items, reqs, loglikelihoods(model, reqs, batch_size))
 
 
 def score_gen(model, tokenizer, spec: dict, items: list[dict], batch_size: int = 32) -> dict:
@@ -316,61 +340,94 @@ def read_ds_tokens(folder: str | Path) -> np.ndarray:
     return np.concatenate(parts)
 
 
-@torch.inference_mode()
-def score_val(model, tokenizer, spec: dict, items: list[dict], batch_size: int = 16) -> dict:
-    seq = min(int(spec.get("seq_len", 256)), _max_len(model))
+def val_windows(tokenizer, spec: dict, items: list[dict], max_len: int) -> list[list[int]]:
+    """Token windows of seq_len + 1: the tail of a `.ds` folder, or the documents in `text`."""
+    seq = min(int(spec.get("seq_len", 256)), max_len)
     if spec.get("ds"):
         toks = read_ds_tokens(spec["ds"])
         nwin = min(int(spec.get("windows", 64)), len(toks) // (seq + 1))
         start = len(toks) - nwin * (seq + 1)  # the tail of the source
-        windows = [toks[start + i * (seq + 1): start + (i + 1) * (seq + 1)].astype(np.int64).tolist() for i in range(nwin)]
-    else:
-        bos = bos_id(tokenizer)
-        windows = []
-        for ids in _encode(tokenizer, [it["text"] for it in items]):
-            ids = ([bos] if bos is not None else []) + ids
-            windows += [ids[i: i + seq + 1] for i in range(0, max(1, len(ids) - 1), seq) if len(ids[i: i + seq + 1]) > 1]
-    losses, counts = [], []
-    windows.sort(key=len, reverse=True)
-    for b in range(0, len(windows), batch_size):
-        chunk = windows[b: b + batch_size]
-        T = len(chunk[0]) - 1
-        inp = torch.zeros(len(chunk), T, dtype=torch.long)
-        tgt = torch.full((len(chunk), T), -100, dtype=torch.long)
-        for r, w in enumerate(chunk):
-            inp[r, : len(w) - 1] = torch.tensor(w[:-1])
-            tgt[r, : len(w) - 1] = torch.tensor(w[1:])
-        logits = model(inp.to(_device(model))).float().cpu()
-        nll = F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="none")
-        for r, w in enumerate(chunk):
-            losses.append(float(nll[r, : len(w) - 1].sum()))
-            counts.append(len(w) - 1)
-    per_win = [l / c for l, c in zip(losses, counts)]
-    return {"score": sum(losses) / max(1, sum(counts)), "n": len(windows), "stderr": _stderr(per_win),
+        return [toks[start + i * (seq + 1): start + (i + 1) * (seq + 1)].astype(np.int64).tolist() for i in range(nwin)]
+    bos = bos_id(tokenizer)
+    windows = []
+    for ids in _encode(tokenizer, [it["text"] for it in items]):
+        ids = ([bos] if bos is not None else []) + ids
+        windows += [ids[i: i + seq + 1] for i in range(0, max(1, len(ids) - 1), seq) if len(ids[i: i + seq + 1]) > 1]
+    return windows
+
+
+def val_result(windows: list[list[int]], ll: list[float]) -> dict:
+    counts = [len(w) - 1 for w in windows]
+    per_win = [-v / c for v, c in zip(ll, counts)]
+    return {"score": -sum(ll) / max(1, sum(counts)), "n": len(windows), "stderr": _stderr(per_win),
             "metric": "loss", "tokens": sum(counts)}
+
+
+def score_val(model, tokenizer, spec: dict, items: list[dict], batch_size: int = 16) -> dict:
+    windows = val_windows(tokenizer, spec, items, _max_len(model))
+    return val_result(windows, loglikelihoods(model, [([], w) for w in windows], batch_size))
 
 
 SCORERS: dict[str, Callable] = {"mc_loglik": score_mc, "gen_exact_match": score_gen, "val_loss": score_val}
 
 
-def evaluate(model, tokenizer, bench_dirs: list[str | Path], max_items: int | None = None,
-             batch_size: int = 32) -> dict[str, dict]:
-    """{benchmark name: {score, n, stderr, metric, higher_is_better, seconds}} for each benchmark."""
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    results = {}
-    try:
+class Evaluator:
+    """Benchmarks loaded and tokenized once, scored for any number of models: every multiple-choice
+    and loss benchmark in one length-sorted batched pass, generative ones after it. Each
+    multiple-choice benchmark also yields `<name>_bpb` (bits per byte of the correct answer)."""
+
+    def __init__(self, tokenizer, bench_dirs: list[str | Path], max_items: int | None = None,
+                 batch_size: int = 32, max_len: int = 2048):
+        self.tokenizer, self.batch_size = tokenizer, batch_size
+        self.benches = []  # (spec, items, requests or windows)
         for path in bench_dirs:
             spec, items = load_benchmark(path)
             if max_items is not None:
                 items = items[:max_items]
+            if spec["type"] == "mc_loglik":
+                reqs = mc_requests(tokenizer, spec, items)
+            elif spec["type"] == "val_loss":
+                reqs = [([], w) for w in val_windows(tokenizer, spec, items, max_len)]
+            else:
+                reqs = None
+            self.benches.append((spec, items, reqs))
+
+    def __call__(self, model) -> dict[str, dict]:
+        was_training = getattr(model, "training", False)
+        if hasattr(model, "eval"):
+            model.eval()
+        try:
+            return self._score(model)
+        finally:
+            if was_training:
+                model.train()
+
+    def _score(self, model) -> dict[str, dict]:
+        results: dict[str, dict] = {}
+        flat = [r for _, _, reqs in self.benches if reqs is not None for r in reqs]
+        t0 = time.perf_counter()
+        ll = loglikelihoods(model, flat, self.batch_size) if flat else []
+        pass_s = time.perf_counter() - t0
+        k = 0
+        for spec, items, reqs in self.benches:
             t0 = time.perf_counter()
-            r = SCORERS[spec["type"]](model, tokenizer, spec, items, batch_size)
+            if reqs is None:
+                r = SCORERS[spec["type"]](model, self.tokenizer, spec, items, self.batch_size)
+                r["seconds"] = round(time.perf_counter() - t0, 3)
+            else:
+                part, k = ll[k: k + len(reqs)], k + len(reqs)
+                r = mc_result(spec, items, reqs, part) if spec["type"] == "mc_loglik" else val_result([w for _, w in reqs], part)
+                r["seconds"] = round(pass_s * len(reqs) / max(1, len(flat)), 3)  # its share of the one pass
             r["higher_is_better"] = bool(spec.get("higher_is_better", spec["type"] != "val_loss"))
-            r["seconds"] = round(time.perf_counter() - t0, 3)
             results[spec["name"]] = r
-    finally:
-        if was_training:
-            model.train()
-    return results
+            if "bpb" in r:
+                results[f"{spec['name']}_bpb"] = {"score": r["bpb"], "n": r["n"], "stderr": r["bpb_stderr"], "metric": "bpb",
+                                                  "higher_is_better": False, "seconds": 0.0}
+        return results
+
+
+def evaluate(model, tokenizer, bench_dirs: list[str | Path], max_items: int | None = None,
+             batch_size: int = 32) -> dict[str, dict]:
+    """{benchmark name: {score, n, stderr, metric, higher_is_better, seconds}} for each benchmark
+    (and `<name>_bpb` for each multiple-choice one)."""
+    return Evaluator(tokenizer, bench_dirs, max_items, batch_size, _max_len(model))(model)

@@ -267,8 +267,10 @@ def params_sha(model) -> str:
 
 # --------------------------------------------------------------------------- the run
 
-def train(cfg: RunConfig) -> dict:
-    """Train per cfg on the ranks of the current process group; returns the run summary (run.json)."""
+def train(cfg: RunConfig, on_model=None) -> dict:
+    """Train per cfg on the ranks of the current process group; returns the run summary (run.json).
+    `on_model(model, args)`, if given, is called with the trained model after validation (every
+    rank takes part); what it returns is the summary's `on_model` entry."""
     t_start = time.time()
     device = init_distributed(cfg.train.device)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -354,6 +356,7 @@ def train(cfg: RunConfig) -> dict:
         held = held or HeldOut(cfg, rank, world, accum)
         val_loss = evaluate(model, held(), held.n, device)
         log.log({"step": total, "val_loss": val_loss})
+    hooked = on_model(model, args) if on_model is not None else None
     if cfg.checkpoint.final and total > start:
         save_ckpt(total)
     small = model.num_params() < 50_000_000
@@ -376,6 +379,8 @@ def train(cfg: RunConfig) -> dict:
         "wall_time_s": round(time.time() - t_start, 2), "hf_dir": str(hf_dir) if hf_dir else None,
         "plan": info["plan"], "ranks": ranks, "torch": torch.__version__,
     }
+    if hooked is not None:
+        summary["on_model"] = hooked
     if hasattr(data, "check_against_plan"):
         summary["epochs_seen"] = data.epochs_seen()
         summary["tokens_drawn"] = data.tokens_drawn()

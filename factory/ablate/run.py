@@ -25,183 +25,18 @@ default: a temp folder named after the URL), rebuilt from the URL on another mac
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import itertools
 import json
-import re
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
 
-from factory.config import read_yaml, validate
+from factory.ablate.grid import GridConfig, expand, load_grid, scaled
+from factory.ablate.inputs import Out, build_benchmarks, make_subset, plan_info, run_config
+from factory.config import read_yaml
 from factory.errors import FactoryError
 from train import storage
-
-
-class BenchConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    builtin: list[str] = Field(default_factory=lambda: ["wiki_mc", "wiki_cloze", "wiki_cloze_mc", "arith_mc", "arith_em"])
-    n: int = Field(500, ge=1, description="items per built-in benchmark")
-    seed: int = 0
-    files: list[str] = Field(default_factory=list, description="more benchmark folders or lm-eval style JSONL files")
-    holdout_titles: list[str] = Field(default_factory=list, description="wiki titles kept out of training (wiki_val)")
-    holdout_titles_file: str | None = Field(None, description="the same, one title a line (relative to data_root)")
-    titles_file: str | None = Field(None, description="knowledge items only from these titles, one a line (relative to data_root)")
-    titles_from: str | None = Field(None, description="or from the wiki titles of a stage folder of documents (relative to data_root)")
-    source_loss: bool = Field(True, description="also report the loss on the tail windows of each source")
-    source_windows: int = 32
-
-
-class EvalConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    max_items: int | None = None
-    batch_size: int = 32
-
-
-class ReportConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    x: str | None = None
-    group: str | None = None
-    title: str = ""
-    notes: str = ""
-
-
-class SubsetConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    source: str = Field(description="a tokenized source folder under data_root")
-    fraction: float = Field(gt=0, le=1, description="share of its documents (the first ones) to keep")
-
-
-class GridConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    description: str = ""
-    base_mix: str
-    data_root: str
-    out: str | None = None
-    tokens: int | None = Field(None, gt=0, description="total_tokens of every cell")
-    seeds: list[int] = Field(min_length=1)
-    model: dict[str, Any] = Field(default_factory=lambda: {"preset": "tiny"})
-    run_config: dict[str, Any] = Field(default_factory=dict, description="trainer run-config sections (train, optim, ...)")
-    nproc: int = 2
-    vary: list[dict[str, list[Any]]] | dict[str, list[Any]] = Field(min_length=1)
-    mode: Literal["cartesian", "zip"] = Field("cartesian", description="how fields combine when vary is one mapping")
-    labels: dict[str, str] = Field(default_factory=dict, description="field path -> short name in tables")
-    drop_zero_shares: bool = Field(True, description="leave sources with share 0 out of a cell's mix")
-    subsets: dict[str, SubsetConfig] = Field(default_factory=dict, description="smaller copies of a source, made in data_root")
-    benchmarks: BenchConfig = Field(default_factory=BenchConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
-    parallel: Literal["auto", "serial", "ray"] = "auto"
-
-
-def label(path: str, labels: dict[str, str]) -> str:
-    return labels.get(path) or re.sub(r"^sources_", "", path.replace(".", "_"))
-
-
-def load_grid(path: str | Path) -> GridConfig:
-    return validate(GridConfig, read_yaml(path), str(path))
-
-
-def _groups(g: GridConfig, where: str) -> list[dict[str, list[Any]]]:
-    if isinstance(g.vary, dict):
-        groups = [g.vary] if g.mode == "zip" else [{k: v} for k, v in g.vary.items()]
-    else:
-        groups = g.vary
-    for i, grp in enumerate(groups):
-        lens = {k: len(v) for k, v in grp.items()}
-        if not grp or 0 in lens.values():
-            raise FactoryError("a vary group lists no values", where=where, field=f"vary[{i}]", fix="give each field a list of values")
-        if len(set(lens.values())) > 1:
-            raise FactoryError(f"zipped fields have different lengths {lens}", where=where, field=f"vary[{i}]",
-                               fix="give zipped fields lists of the same length, or put them in separate groups")
-    return groups
-
-
-def _walk(d: Any, path: str, where: str, base: str) -> tuple[Any, str]:
-    """The container holding the last key of `path`, and that key; errors name the grid field."""
-    parts = path.split(".")
-    node = d
-    for i, p in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            hit = [x for x in node if isinstance(x, dict) and x.get("name") == p]
-            if not hit and p.isdigit() and int(p) < len(node):
-                hit = [node[int(p)]]
-            if not hit:
-                names = [x.get("name") for x in node if isinstance(x, dict)]
-                raise FactoryError(f"'{p}' is not in {'.'.join(parts[:i]) or 'the mix'} of {base} (names: {names})",
-                                   where=where, field=f"vary.{path}", fix="use a source name from the base mix")
-            node = hit[0]
-        elif isinstance(node, dict) and p in node:
-            node = node[p]
-        else:
-            raise FactoryError(f"'{p}' is not a field of the base mix {base}", where=where, field=f"vary.{path}",
-                               fix=f"use one of {sorted(node) if isinstance(node, dict) else '(none)'}")
-    if not isinstance(node, dict):
-        raise FactoryError(f"'{path}' does not name a field of a mapping in {base}", where=where, field=f"vary.{path}",
-                           fix="end the path at a field such as sources.<name>.share")
-    return node, parts[-1]
-
-
-def _allowed(path: str, node: dict) -> set[str]:
-    """Fields a path may set even when the base mix leaves them out."""
-    from factory.mixspec import MixConfig, PhaseSpec, SourceSpec
-
-    parts = path.split(".")
-    if len(parts) == 1:
-        return set(MixConfig.model_fields)
-    if parts[0] == "sources" and len(parts) == 3:
-        return set(SourceSpec.model_fields)
-    if parts[0] == "phases" and len(parts) == 3:
-        return set(PhaseSpec.model_fields)
-    if parts[0] == "phases" and len(parts) == 4 and parts[2] == "shares":
-        return set(node) | {"*"}
-    return set()
-
-
-def expand(grid_path: str | Path, g: GridConfig | None = None) -> list[dict[str, Any]]:
-    """The cells: [{"id", "params": {label: value}, "fields": {path: value}, "mix": mix dict}]."""
-    from factory.mixspec import mix_from_dict
-
-    where = str(grid_path)
-    g = g or load_grid(grid_path)
-    base_path = (Path(grid_path).parent / g.base_mix).resolve()
-    base = read_yaml(base_path)
-    groups = _groups(g, where)
-    rows = [[{k: v[j] for k, v in grp.items()} for j in range(len(next(iter(grp.values()))))] for grp in groups]
-    cells = []
-    for combo in itertools.product(*rows):
-        fields = {k: v for part in combo for k, v in part.items()}
-        mix = copy.deepcopy(base)
-        for path, value in fields.items():
-            node, key = _walk(mix, path, where, str(base_path))
-            allowed = _allowed(path, node)
-            if key not in node and key not in allowed and "*" not in allowed:
-                raise FactoryError(f"'{key}' is not a field of the mix {base_path}", where=where,
-                                   field=f"vary.{path}", fix=f"use one of {sorted(allowed or node)}")
-            node[key] = value
-        if g.tokens is not None:
-            mix["total_tokens"] = g.tokens
-        if g.drop_zero_shares:
-            _drop_zero(mix)
-        params = {label(p, g.labels): v for p, v in fields.items()}
-        cid = "__".join(f"{k}={v}" for k, v in params.items())
-        cid = re.sub(r"[^A-Za-z0-9_.=-]+", "-", cid)
-        mix["name"] = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{g.name}.{cid}")[:120]
-        mix_from_dict(mix, f"{where} (cell {cid})")
-        cells.append({"id": cid, "params": params, "fields": fields, "mix": mix})
-    return cells
-
-
-def _drop_zero(mix: dict) -> None:
-    zero = {s["name"] for s in mix.get("sources", []) if s.get("share") == 0 and not mix.get("phases")}
-    if zero and len(zero) < len(mix["sources"]):
-        mix["sources"] = [s for s in mix["sources"] if s["name"] not in zero]
 
 
 # --------------------------------------------------------------------------- running
@@ -225,135 +60,6 @@ def default_eval(run_dir: str, benches: list[str], max_items: int | None, batch_
     if tok is None:
         raise FactoryError("the run has no tokenizer.json", where=str(run_dir), fix="export the run with its tokenizer")
     return evaluate(model, tok, benches, max_items=max_items, batch_size=batch_size)
-
-
-def build_benchmarks(g: GridConfig, out: Path, base_mix: dict, data_root: Path) -> list[str]:
-    from factory import evalsets
-
-    bdir = out / "benchmarks"
-    b = g.benchmarks
-    hold = list(b.holdout_titles) + _lines(data_root, b.holdout_titles_file, "benchmarks.holdout_titles_file")
-    titles = _lines(data_root, b.titles_file, "benchmarks.titles_file") if b.titles_file else None
-    if b.titles_from:
-        titles = (titles or []) + _doc_titles(data_root, b.titles_from)
-    made = evalsets.build(bdir, holdout_titles=hold or None, titles=titles, seed=b.seed, n=b.n,
-                          benches=list(b.builtin) + (["wiki_val"] if hold else []))
-    dirs = list(made["dirs"].values())
-    if g.benchmarks.source_loss:
-        for s in base_mix.get("sources", []):
-            src = Path(s["path"]) if Path(s["path"]).is_absolute() else data_root / s["path"]
-            if src.exists():
-                dirs.append(str(evalsets.source_loss_bench(bdir, f"loss_{s['name']}", src, g.benchmarks.source_windows)))
-    for f in g.benchmarks.files:
-        if not Path(f).exists():
-            raise FactoryError("benchmark file not found", where=f, field="benchmarks.files", fix="check the path")
-        dirs.append(f)
-    return dirs
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-class Out:
-    """The output folder (a path or a URL) and `local`, the folder here holding what the planner
-    and trainer read from disk (for a local `out`, the same folder)."""
-
-    def __init__(self, out: str | Path, scratch: str | Path | None = None):
-        self.url = str(out).rstrip("/") if storage.is_url(out) else None
-        tag = hashlib.sha256(str(self.url).encode()).hexdigest()[:16]
-        self.local = Path(out) if not self.url else Path(scratch or Path(tempfile.gettempdir()) / "factory-ablate" / tag)
-        self.name = self.url or str(self.local)
-
-    def uri(self, rel: str) -> str:
-        return storage.join(self.url, rel) if self.url else str(self.local / rel)
-
-    def write(self, rel: str, text: str) -> None:  # the local copy and, for a URL, the object
-        (self.local / rel).parent.mkdir(parents=True, exist_ok=True)
-        (self.local / rel).write_text(text)
-        if self.url:
-            storage.write_text(self.uri(rel), text)
-
-    def exists(self, rel: str) -> bool:
-        return storage.exists(self.uri(rel))
-
-    def read(self, rel: str) -> str:
-        return storage.read_text(self.uri(rel))
-
-
-def run_config(g: GridConfig, seed_dir: Path, seed: int, run_dir: str | None = None) -> dict:
-    """The trainer's run config for one cell and seed: steps 0 = train on all of the plan's tokens.
-    The plan is read from seed_dir on local disk; the run goes to run_dir (default seed_dir/run)."""
-    fixed = {"run_dir": run_dir or str((seed_dir / "run").resolve()), "seed": seed, "model": dict(g.model),
-             "data": {"source": "plan", "plan": str((seed_dir / "plan.json").resolve())}}
-    return _merge(_merge({"train": {"steps": 0}}, g.run_config), fixed)
-
-
-def _lines(root: Path, name: str | None, field: str) -> list[str]:
-    if not name:
-        return []
-    p = Path(name) if Path(name).is_absolute() else root / name
-    if not p.exists():
-        raise FactoryError("titles file not found", where=str(p), field=field, fix="write one title a line, or fix the path")
-    return [t for t in p.read_text().splitlines() if t.strip()]
-
-
-def _doc_titles(root: Path, name: str) -> list[str]:
-    from factory.stage import read_docs
-
-    p = Path(name) if Path(name).is_absolute() else root / name
-    try:
-        ids = read_docs(str(p)).column("meta").combine_chunks().field("seed_id").to_pylist()
-    except FactoryError as e:
-        raise FactoryError(e.what, where=str(p), field="benchmarks.titles_from", fix="name a stage folder of wiki documents") from None
-    return [i[5:] for i in ids if i and i.startswith("wiki:")]
-
-
-def make_subset(data_root: Path, name: str, sub: SubsetConfig) -> Path:
-    """A tokenized source holding the first `fraction` of another's documents (same tokenizer)."""
-    import numpy as np
-
-    src, dst = data_root / sub.source, data_root / name
-    if (dst / "source.json").exists():
-        return dst
-    info = json.loads((src / "source.json").read_text()) if (src / "source.json").exists() else {}
-    files = sorted(src.glob("*.ds"))
-    if not files:
-        raise FactoryError(f"no .ds shards in {src}", where="grid", field=f"subsets.{name}.source", fix="name a tokenized source")
-    width = int(info.get("token_size", 2))
-    dtype = np.uint16 if width == 2 else np.uint32
-    toks = [np.fromfile(f, dtype=dtype) for f in files]
-    ends, base = [], 0
-    for f, t in zip(files, toks):
-        ends += [base + int(e) for e in np.fromfile(f"{f}.index", dtype="<u8")]
-        base += len(t)
-    keep = max(1, round(sub.fraction * len(ends)))
-    n = ends[keep - 1]
-    dst.mkdir(parents=True, exist_ok=True)
-    shard = dst / f"{name}_00000_unshuffled.ds"
-    np.concatenate(toks)[:n].astype(dtype).tofile(shard)
-    np.asarray(ends[:keep], dtype="<u8").tofile(f"{shard}.index")
-    meta = Path(f"{files[0]}.metadata")
-    head = meta.read_text().splitlines()[0] if meta.exists() else f"subset|{width}"
-    Path(f"{shard}.metadata").write_text(f"{head}\n{n}\n{n}\n")
-    (dst / "source.json").write_text(json.dumps({**info, "docs": keep, "tokens": n, "files": [shard.name],
-                                                 "subset_of": sub.source, "fraction": sub.fraction}, indent=1))
-    return dst
-
-
-def plan_info(plan: dict) -> dict[str, Any]:
-    """Facts of a cell's plan for the tables: the teacher-made share and the epochs per source."""
-    rows = [s for ph in plan.get("phases", []) for s in ph["sources"]]
-    total = sum(s["tokens"] for s in rows)
-    info: dict[str, Any] = {}
-    if total:
-        info["synthetic_share"] = round(sum(s["tokens"] for s in rows if s["kind"] != "web") / total, 3)
-    for s in rows:
-        info[f"epochs_{s['name']}"] = round(info.get(f"epochs_{s['name']}", 0) + s["epochs"], 2)
-    return info
 
 
 def _run_one(task: dict, train_fn: Callable, eval_fn: Callable) -> dict:
@@ -394,18 +100,10 @@ def _use_ray(g: GridConfig) -> bool:
     return False
 
 
-def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Callable[[dict], str] | None = None,
-        eval_fn: Callable[..., dict] | None = None, plan_fn: Callable[[Path, Path], dict] | None = None,
-        data_root: str | Path | None = None, show: bool = True, scratch: str | Path | None = None) -> dict[str, Any]:
-    """Expand, train, evaluate and report a grid; returns {"out", "results", "report", "ran", "skipped"}.
-
-    train_fn(run_config) -> run dir, eval_fn(run_dir, benches, max_items, batch_size) -> scores and
-    plan_fn(mix_yaml, data_root) -> plan dict default to the real trainer, scorer and mix planner.
-    `out` may be a URL; `scratch` is then the local folder for mixes, plans and benchmarks.
-    """
-    from factory import report
-    from factory.ui import console, progress, table
-
+def plan_tasks(grid_path: str | Path, out: str | Path | None = None, *, plan_fn: Callable[[Path, Path], dict] | None = None,
+               data_root: str | Path | None = None, scratch: str | Path | None = None) -> dict[str, Any]:
+    """Expand a grid (x its scales), write every cell's mix and plan and each seed's plan, and list
+    the runs still to do; writes `<out>/tasks.json` (the task list train.suite runs)."""
     g = load_grid(grid_path)
     o = Out(out or g.out or Path("runs/ablations") / g.name, scratch)
     if storage.is_url(data_root or g.data_root):
@@ -414,11 +112,9 @@ def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Calla
     data_root = Path(data_root or g.data_root)
     if not data_root.exists():
         raise FactoryError("data root not found", where=str(grid_path), field="data_root", fix="tokenize first, or fix the path")
-    cells = expand(grid_path, g)
+    cells = scaled(expand(grid_path, g), g)
     if plan_fn is None:
         from factory.mix import plan as plan_fn  # type: ignore[no-redef]
-    train_fn = train_fn or _default_train(g.nproc)
-    eval_fn = eval_fn or default_eval
     o.local.mkdir(parents=True, exist_ok=True)
     o.write("grid.yaml", yaml.safe_dump(g.model_dump(mode="json"), sort_keys=False))  # for a URL: fails early on a bad store
     for name, sub in g.subsets.items():
@@ -429,7 +125,7 @@ def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Calla
 
     tasks, skipped, aliases, seen = [], 0, [], {}
     for c in cells:
-        same = json.dumps({k: v for k, v in c["mix"].items() if k != "name"}, sort_keys=True)
+        same = json.dumps({k: v for k, v in c["mix"].items() if k != "name"}, sort_keys=True) + str(c.get("scale"))
         if same in seen:  # e.g. share 0 makes the other fields of that source moot: train once, report twice
             aliases.append((c, seen[same]))
             continue
@@ -448,15 +144,129 @@ def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Calla
                 skipped += 1
                 continue
             o.write(f"{sd}/plan.json", json.dumps({**plan, "seed": int(plan.get("seed", 0)) + s}, indent=1))
-            cfg = run_config(g, o.local / sd, s, o.uri(f"{sd}/run") if o.url else None)
+            cfg = run_config(g, o.local / sd, s, o.uri(f"{sd}/run") if o.url else None, c.get("scale"))
             tasks.append({"cell": c["id"], "seed": s, "params": params, "config": cfg, "benches": benches,
                           "max_items": g.eval.max_items, "batch_size": g.eval.batch_size, "eval_json": o.uri(f"{sd}/eval.json"),
-                          "plan_url": o.uri(f"{sd}/plan.json") if o.url else None})
+                          "plan_url": o.uri(f"{sd}/plan.json") if o.url else None, "cost": _cost(cfg, plan)})
+    suite = {"root": str(Path.cwd().resolve()), "benches": [o.uri(f"benchmarks/{Path(b).name}") if o.url and Path(b).is_relative_to(o.local)
+                                                           else b for b in benches],
+             "max_items": g.eval.max_items, "batch_size": g.eval.batch_size, "per_gpu_auto": _per_gpu(g, tasks),
+             "tasks": [{k: t[k] for k in ("cell", "seed", "params", "config", "eval_json", "plan_url", "cost")} for t in tasks]}
+    (o.local / "tasks.json").write_text(json.dumps(suite, indent=1))
+    return {"grid": g, "out": o, "cells": cells, "tasks": tasks, "aliases": aliases, "skipped": skipped,
+            "tasks_file": str(o.local / "tasks.json")}
+
+
+def _shape(cfg: dict, plan: dict) -> tuple[int, int]:
+    """(parameters, tokens per micro-batch) of a run, for packing and cost estimates."""
+    from train.model import model_args
+
+    m = {k: v for k, v in cfg["model"].items() if k != "preset"}
+    m.setdefault("vocab_size", plan.get("vocab_size", 8192))
+    a = model_args(cfg["model"].get("preset", "tiny"), **m)
+    params = a.n_layers * (4 * a.dim * a.dim + 3 * a.dim * a.ffn_dim) + a.vocab_size * a.dim * (1 if a.tie_embeddings else 2)
+    micro = int(cfg.get("train", {}).get("micro_batch", 4))
+    return params, micro * int(plan.get("seq_len", 256))
+
+
+def _cost(cfg: dict, plan: dict) -> float:
+    params, _ = _shape(cfg, plan)
+    return float(params) * float(plan.get("total_tokens") or 1)
+
+
+def _per_gpu(g: GridConfig, tasks: list[dict]) -> int:
+    if isinstance(g.pack, int):
+        return g.pack
+    if not tasks:
+        return 1
+    from train.suite import per_gpu_auto
+
+    free = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            free = float(torch.cuda.mem_get_info()[0])
+    except Exception:  # noqa: BLE001 - no CUDA here: the estimate goes by throughput alone
+        free = None
+    plans = [json.loads(Path(t["config"]["data"]["plan"]).read_text()) for t in tasks]
+    return min(per_gpu_auto(_shape(t["config"], p)[1], _shape(t["config"], p)[0], free) for t, p in zip(tasks, plans))
+
+
+def _run_lanes(p: dict, show: bool) -> None:
+    """The packed path: runs in lanes (train.suite), several per GPU, on this machine or through Ray
+    (each lane a Ray task holding 1/pack of a GPU, or one CPU on a machine without GPUs)."""
+    from train import suite
+
+    g, tasks_file = p["grid"], Path(p["tasks_file"])
+    spec = json.loads(tasks_file.read_text())
+    if not _use_ray(g):
+        res = suite.run_tasks(tasks_file, spec["per_gpu_auto"], None if suite.gpus() else g.lanes,
+                              echo=print if show else (lambda _: None))
+        if res["failed"]:
+            raise FactoryError(f"{len(res['failed'])} lane(s) failed", where=res["failed"][0],
+                               fix="read the lane log named here; finished runs are kept and a rerun does the rest")
+        return
+    import ray
+
+    ray.init(ignore_reinit_error=True)
+    try:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        per_gpu = int(spec["per_gpu_auto"])
+        files = suite.write_lanes(tasks_file, gpus * per_gpu if gpus else g.lanes, tasks_file.with_suffix("") / "lanes")
+        res = {"num_gpus": 1.0 / per_gpu} if gpus else {"num_cpus": 1}
+        remote = ray.remote(**res)(_ray_lane)
+        codes = ray.get([remote.remote(f.read_text(), str(f.with_suffix(".log")), 0 if gpus else len(files)) for f in files])
+    finally:
+        ray.shutdown()
+    bad = [str(f.with_suffix(".log")) for f, c in zip(files, codes) if c != 0]
+    if bad:
+        raise FactoryError(f"{len(bad)} lane(s) failed", where=bad[0],
+                           fix="read the lane log named here; finished runs are kept and a rerun does the rest")
+
+
+def _ray_lane(lane_text: str, log: str, cpu_lanes: int) -> int:
+    """One lane on a Ray worker: the lane file written where the worker runs, then the lane's process
+    (Ray has set CUDA_VISIBLE_DEVICES to the worker's share of a GPU)."""
+    import tempfile
+
+    from train import suite
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        f.write(lane_text)
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    return suite.launch_lane(f.name, suite.lane_env(None, max(1, cpu_lanes), None), log)
+
+
+def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Callable[[dict], str] | None = None,
+        eval_fn: Callable[..., dict] | None = None, plan_fn: Callable[[Path, Path], dict] | None = None,
+        data_root: str | Path | None = None, show: bool = True, scratch: str | Path | None = None,
+        plan_only: bool = False) -> dict[str, Any]:
+    """Expand, train, evaluate and report a grid; returns {"out", "results", "report", "ran", "skipped"}.
+
+    With the real trainer and one rank per run (nproc 1) the runs go in lanes packed onto the GPUs
+    (train.suite); otherwise one run at a time, or one per GPU through Ray. train_fn(run_config) ->
+    run dir, eval_fn(run_dir, benches, max_items, batch_size) -> scores and plan_fn(mix_yaml,
+    data_root) -> plan dict default to the real trainer, scorer and mix planner. `out` may be a
+    URL; `scratch` is then the local folder for mixes, plans and benchmarks. `plan_only` stops
+    after writing tasks.json (train it with `python -m train.suite`, then run again to report).
+    """
+    from factory.ui import console, progress
+
+    p = plan_tasks(grid_path, out, plan_fn=plan_fn, data_root=data_root, scratch=scratch)
+    g, o, cells, tasks = p["grid"], p["out"], p["cells"], p["tasks"]
+    n_scales = max(1, len(g.scales))
     if show:
-        console.print(f"[bold]{g.name}[/]: {len(cells)} cells x {len(g.seeds)} seeds; {len(tasks)} to run, {skipped} done")
-    if tasks and _use_ray(g):
+        console.print(f"[bold]{g.name}[/]: {len(cells) // n_scales} cells x {n_scales} scale(s) x {len(g.seeds)} seeds; "
+                      f"{len(tasks)} to run, {p['skipped']} done")
+    if plan_only:
+        return {"out": o.name, "tasks_file": p["tasks_file"], "ran": 0, "skipped": p["skipped"], "to_run": len(tasks)}
+    if tasks and train_fn is None and eval_fn is None and g.nproc == 1:
+        _run_lanes(p, show)
+    elif tasks and _use_ray(g):
         import ray
 
+        train_fn, eval_fn = train_fn or _default_train(g.nproc), eval_fn or default_eval
         ray.init(ignore_reinit_error=True)
         try:
             remote = ray.remote(num_gpus=1)(_run_one)
@@ -464,13 +274,25 @@ def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Calla
         finally:
             ray.shutdown()
     elif tasks:
+        train_fn, eval_fn = train_fn or _default_train(g.nproc), eval_fn or default_eval
         with progress() as bar:
             job = bar.add_task("ablation runs", total=len(tasks), info="")
             for t in tasks:
                 bar.update(job, info=f"{t['cell']} seed {t['seed']}")
                 rec = _run_one(t, train_fn, eval_fn)
                 bar.update(job, advance=1, info=f"last: {rec['train_s']}s train, {rec['eval_s']}s eval")
-    for c, orig in aliases:
+    res = finish(p, show)
+    return {**res, "ran": len(tasks), "skipped": p["skipped"]}
+
+
+def finish(p: dict, show: bool = True) -> dict[str, Any]:
+    """Copy the results of mixes trained once to the cells that name them again, collect every
+    eval.json and write the report."""
+    from factory import report
+    from factory.ui import console, table
+
+    g, o, cells = p["grid"], p["out"], p["cells"]
+    for c, orig in p["aliases"]:
         for s in g.seeds:
             src, dst = f"cells/{orig['id']}/seed{s}/eval.json", f"cells/{c['id']}/seed{s}/eval.json"
             if o.exists(src) and not o.exists(dst):
@@ -478,8 +300,10 @@ def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Calla
                 o.write(dst, json.dumps({**rec, "cell": c["id"], "params": {**rec["params"], **c["params"]},
                                          "same_as": orig["id"]}, indent=1))
     results = collect(o.name)
+    if not results:
+        raise FactoryError("no finished runs to report", where=o.name, fix="train the task list first (python -m train.suite)")
     o.write("results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
-    keys = list(cells[0]["params"])
+    keys = [k for k in cells[0]["params"] if k != "scale"]
     x = g.report.x or keys[0]
     group = g.report.group if g.report.group is not None else (next((k for k in keys if k != x and len({str(c["params"][k]) for c in cells}) > 1), None))
     paths = report.write(results, o.uri("report"), x=x, group=group, title=g.report.title or f"Ablation: {g.name}",
@@ -491,7 +315,7 @@ def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Calla
                 for c in summ["cells"]]
         console.print(table(f"{g.name}: mean ± 95% interval", ["cell", "seeds", *names], rows))
         console.print(f"report: {paths['report_md']}")
-    return {"out": o.name, "results": results, "report": paths, "ran": len(tasks), "skipped": skipped}
+    return {"out": o.name, "results": results, "report": paths}
 
 
 def collect(out: str | Path) -> list[dict]:

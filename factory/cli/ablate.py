@@ -17,6 +17,9 @@ def ablate(
     data: Optional[Path] = typer.Option(None, help="tokenized data folder on local disk (default: the grid's data_root)"),
     scratch: Optional[Path] = typer.Option(None, help="with a URL --out: the local folder for mixes, plans and benchmarks"),
     dry_run: bool = typer.Option(False, "--dry-run", help="only expand the grid and print the cells"),
+    plan_only: bool = typer.Option(False, "--plan-only", help="write the mixes, plans and OUT/tasks.json, then stop: "
+                                   "train them with `python -m train.suite OUT/tasks.json` (torch only, e.g. on a bare "
+                                   "GPU host), then run this again to report"),
 ) -> None:
     """Expand a mix grid, train and evaluate every cell x seed (finished ones are skipped), write the report."""
     from factory import ablate as ab
@@ -32,9 +35,12 @@ def ablate(
                             [[c["id"], *[c["params"][k] for k in keys]] for c in cells]))
         return
     try:
-        res = ab.run(grid, out, data_root=data, scratch=scratch)
+        res = ab.run(grid, out, data_root=data, scratch=scratch, plan_only=plan_only)
     except StorageError as e:
         raise FactoryError(e.what, where=e.url, fix=e.fix) from None
+    if plan_only:
+        console.print(f"{res['to_run']} runs to train: python -m train.suite {res['tasks_file']}")
+        return
     console.print(f"{res['ran']} runs trained, {res['skipped']} already done; report: {res['report']['report_md']}")
 
 
