@@ -138,12 +138,22 @@ def probe(tcfg: TeacherConfig, where: str) -> None:
 
 
 # run ---------------------------------------------------------------------------------------------
+def resolve_in(name: str, where: str, field: str) -> Path:
+    """A recipe's path; an unknown name is an error naming the config file and its field."""
+    from factory.recipes.spec import resolve
+
+    try:
+        return resolve(name)
+    except FactoryError as e:
+        raise FactoryError(e.what, where=where, field=field, fix=e.fix) from None
+
+
 def run(cfg: GenerateConfig, where: str = "generate config", show_progress: bool = True) -> dict[str, Any]:
     """Generate; returns the manifest. Raises FactoryError on bad input and when shards failed."""
     from factory.recipes import load_recipe
 
     tcfg = teacher_config(cfg, where)
-    recipes = [load_recipe(r, **cfg.recipe_sampling) for r in cfg.recipes]
+    recipes = [load_recipe(resolve_in(r, where, f"recipes[{i}]"), **cfg.recipe_sampling) for i, r in enumerate(cfg.recipes)]
     seeds, bad = load_seeds(cfg)  # bad input fails here, before the output folder is touched
     for r in recipes:  # an undefined template variable fails here, before any request
         sample = next((row for row in seeds if r.accepts(row)), seeds[0] if seeds else None)

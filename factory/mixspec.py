@@ -137,6 +137,9 @@ def check_mix(cfg: MixConfig, where: str) -> MixConfig:
         for k in shares:
             if k not in names:
                 raise _err(f"unknown source {k!r}", where, f"{f}.shares.{k}", f"use one of {names}")
+        if not any(v > 0 for v in shares.values()):
+            raise _err(f"phase {p.name!r} draws from no source", where, f"{f}.shares",
+                       f"give at least one of {names} a share above 0 in this phase, or drop the phase")
         _check_shares(shares, where, f"{f}.shares")
     fractions = [p.fraction for p in cfg.phases if p.fraction is not None]
     if fractions and all(p.fraction is not None for p in cfg.phases) and abs(sum(fractions) - 1) > SHARE_TOL:

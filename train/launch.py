@@ -51,12 +51,36 @@ def prepare(config: dict | str | Path | config_mod.RunConfig, overrides=None) ->
     for key in ("tokenizer", "val_plan"):
         if getattr(cfg.data, key):
             setattr(cfg.data, key, str(Path(getattr(cfg.data, key)).resolve()))
+    precheck(cfg, str(config) if isinstance(config, (str, Path)) else "run config")
     if url:
         storage.write_text(storage.join(cfg.run_dir, "config.yaml"), config_mod.dumps(cfg))
     local = storage.scratch(cfg.run_dir, cfg.scratch_dir)
     local.mkdir(parents=True, exist_ok=True)
     config_mod.dump(cfg, local / "config.yaml")
     return cfg
+
+
+def precheck(cfg: config_mod.RunConfig, where: str) -> None:
+    """What would stop every rank, found before any rank starts: the model preset, and train.steps
+    against the steps the plan holds (as `train.loop.plan_steps` counts them)."""
+    import json
+
+    from train.model import PRESETS
+
+    if cfg.model.preset not in PRESETS:
+        raise config_mod.ConfigError(f"{where}: field model.preset: unknown preset {cfg.model.preset!r}; "
+                                     f"use one of {', '.join(sorted(PRESETS))}")
+    if cfg.data.source != "plan" or not cfg.train.steps:
+        return
+    plan = json.loads(Path(cfg.data.plan).read_text())
+    phases = [ph for ph in plan.get("phases", []) if cfg.data.phase in (None, ph["name"])]
+    samples = sum(int(s["tokens"]) // int(plan["seq_len"]) for ph in phases for s in ph["sources"])
+    avail = samples // cfg.train.global_batch
+    if cfg.train.steps > avail:
+        raise config_mod.ConfigError(
+            f"{where}: field train.steps: {cfg.train.steps} steps of {cfg.train.global_batch} sequences exceed the "
+            f"{avail} the plan holds; set train.steps at most {avail} (0 trains on the whole plan), or plan more "
+            "tokens (`factory mix plan --tokens`)")
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -29,12 +29,7 @@ def evaluate(
     from train.eval import BenchmarkError, evaluate as score
     from train.model import load_for_eval
 
-    if not bench:  # the built-ins, next to a local run; for a URL in a local folder (same n, same files)
-        from factory import evalsets
-
-        where = Path(tempfile.gettempdir()) / "factory-eval" / f"n{n}" if storage.is_url(run_dir) else Path(run_dir)
-        bench = list(evalsets.build(where / "benchmarks", n=n)["dirs"].values())
-    try:
+    try:  # the model first: a missing run is refused before anything is written
         model, tok = load_for_eval(run_dir)
     except storage.StorageError as e:
         raise FactoryError(e.what, where=e.url, fix=e.fix) from None
@@ -42,6 +37,11 @@ def evaluate(
         raise FactoryError(str(e), where=str(run_dir), fix="give a run folder with an hf/ export") from None
     if tok is None:
         raise FactoryError("no tokenizer.json next to the model", where=str(run_dir), fix="export the run with its tokenizer")
+    if not bench:  # the built-ins, next to a local run; for a URL in a local folder (same n, same files)
+        from factory import evalsets
+
+        where = Path(tempfile.gettempdir()) / "factory-eval" / f"n{n}" if storage.is_url(run_dir) else Path(run_dir)
+        bench = list(evalsets.build(where / "benchmarks", n=n)["dirs"].values())
     try:
         res = score(model, tok, bench, max_items=max_items, batch_size=batch_size)
     except BenchmarkError as e:
