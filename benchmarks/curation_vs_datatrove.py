@@ -105,7 +105,7 @@ def anchor(cfg, out: str) -> float:
     build_index(benchmark_files(cfg.decont.benchmarks), idx, cfg.decont.text_fields, cfg.decont.n_grams,
                 cfg.decont.min_words)
     jobs = compile_jobs(cfg, [shard_files(u) for u in cfg.inputs], [shard_files(u) for u in cfg.dedup.reference],
-                        out, idx)
+                        f"{out}/_work", idx)
     for job in jobs:
         if not job.skip:
             LocalPipelineExecutor(job.steps, tasks=job.tasks, workers=min(cfg.executor.workers, job.tasks),

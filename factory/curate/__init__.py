@@ -70,11 +70,9 @@ def run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, Any
 
 
 def _run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, Any]:
-    from factory.curate.decont import benchmark_files, build_index
+    from factory.curate.decont import benchmark_files
     from factory.curate.io import shard_files
-    from factory.curate.pipeline import WORK, compile_jobs, run_jobs
-    from factory.curate.report import build, markdown, read_rejected
-    from factory.stage import StageDir, to_url, write_card
+    from factory.stage import StageDir, to_url
 
     if not cfg.output:
         raise FactoryError("no output folder given", field="output", fix="set output: PATH (or --out)")
@@ -88,42 +86,62 @@ def _run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, An
     if old and old.get("status") == "done":
         return old
     fs, out = stage.fs, stage.root
-    work = f"{out}/{WORK}"
     out_url = to_url(fs, out)  # what datatrove's steps and workers open, each with its own filesystem
-    t0 = time.time()
-    index_dir = None
-    if bench:
-        index_dir = f"{out_url}/{WORK}/decont_index"
-        hashes = build_index(bench, index_dir, cfg.decont.text_fields, cfg.decont.n_grams, cfg.decont.min_words,
-                             cfg.language)
-        stage.extra["decont_index"] = hashes
-    stage.timings["decont_index_s"] = round(time.time() - t0, 3)
-
-    n_in = _input_rows(inputs)
-    jobs = compile_jobs(cfg, inputs, refs, out_url, index_dir)
-    if inject:
-        inject(jobs)
     started = _ray_session(cfg) if cfg.executor.use_ray else False
     try:
-        def on_job(name: str, secs: float) -> None:
-            stage.timings[f"{name}_s"] = round(secs, 3)
-            if log:
-                log(f"curate: {name} done in {secs:.1f}s")
-
-        run_jobs(cfg, jobs, out_url, on_job, n_in)
+        return _curate(cfg, stage, inputs, refs, bench, out_url, log, inject)
     finally:
         if started:
             import ray
 
             ray.shutdown()
 
+
+def _curate(cfg: CurateConfig, stage, inputs, refs, bench, out_url: str, log: Any, inject: Any) -> dict[str, Any]:
+    import fsspec
+
+    from factory.curate.decont import build_index
+    from factory.curate.pipeline import compile_jobs, run_jobs, work_folder
+    from factory.curate.report import build, markdown, read_rejected
+    from factory.stage import write_card
+
+    fs, out = stage.fs, stage.root
+    work_url, scratch = work_folder(cfg, out_url)
+    wfs, work = fsspec.core.url_to_fs(work_url)
+    stage.extra["work"] = "this machine's scratch" if scratch else work_url
+    t0 = time.time()
+    index_dir = None
+    if bench:
+        index_dir = f"{work_url}/decont_index"
+        hashes = build_index(bench, index_dir, cfg.decont.text_fields, cfg.decont.n_grams, cfg.decont.min_words,
+                             cfg.language)
+        stage.extra["decont_index"] = hashes
+    stage.timings["decont_index_s"] = round(time.time() - t0, 3)
+
+    n_in = _input_rows(inputs)
+    jobs = compile_jobs(cfg, inputs, refs, work_url, index_dir)
+    if inject:
+        inject(jobs)
+
+    def on_job(name: str, secs: float) -> None:
+        stage.timings[f"{name}_s"] = round(secs, 3)
+        if log:
+            log(f"curate: {name} done in {secs:.1f}s")
+
+    run_jobs(cfg, jobs, work_url, on_job, n_in)
+
     # finalize: complete shards appear under their final names, all at once
-    fs.invalidate_cache()  # workers (other processes, other nodes) wrote these
-    for part in sorted(fs.glob(f"{work}/kept/*.parquet.part")):
-        fs.mv(part, f"{out}/{part.rsplit('/', 1)[1].removesuffix('.part')}")
+    wfs.invalidate_cache()  # workers (other processes, other nodes) wrote these
     fs.makedirs(f"{out}/rejected", exist_ok=True)
-    for part in sorted(fs.glob(f"{work}/rejected/*.parquet.part")):
-        fs.mv(part, f"{out}/rejected/{part.rsplit('/', 1)[1].removesuffix('.part')}")
+    for sub, dest in (("kept", out), ("rejected", f"{out}/rejected")):
+        for part in sorted(wfs.glob(f"{work}/{sub}/*.parquet.part")):
+            final = f"{dest}/{part.rsplit('/', 1)[1].removesuffix('.part')}"
+            if wfs is fs:
+                fs.mv(part, final)
+            else:  # scratch on this machine: one upload per shard
+                fs.put_file(part, final)
+                wfs.rm(part)
+    fs.invalidate_cache()
     kept_files = sorted(fs.glob(f"{out}/*.parquet"))
     rej_files = sorted(fs.glob(f"{out}/rejected/*.parquet"))
     rejected = read_rejected(fs, rej_files)
@@ -136,7 +154,7 @@ def _run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, An
     stage.counts.update({"in": n_in, "kept": n_kept, "rejected": len(rejected),
                          "reference": _input_rows(refs)})
     stage.dropped.update(dropped)
-    report = build(fs, out, work, rejected, kept_files, cfg.dedup.report_clusters)
+    report = build(fs, wfs, work, rejected, kept_files, cfg.dedup.report_clusters)
     summary = {"documents in": n_in, "kept": n_kept, "rejected": len(rejected),
                "executor": "ray" if cfg.executor.use_ray else "local", "dropped": dict(dropped)}
     stage.write_json("report.json", {"summary": summary, "dropped_detail": dict(detail), **report})
@@ -151,10 +169,13 @@ def _run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, An
         "removed by reason": ", ".join(f"{k} {v}" for k, v in dropped.most_common()) or "none",
         "recipes": ", ".join(f"{k} {v}" for k, v in recipes.most_common()) or "-",
         "dedup clusters removed": report["clusters_total"], "report": "report.md"}, cfg.licence)
-    if not cfg.keep_work:
-        for sub in ("filtered", "sigs", "dups", "clusters", "kept", "rejected"):
-            if fs.exists(f"{work}/{sub}"):
-                fs.rm(f"{work}/{sub}", recursive=True)
+    if scratch and not cfg.keep_work:
+        wfs.rm(work, recursive=True)
+    elif not cfg.keep_work:
+        for sub in ("filtered", "sigs", "dups", "dups_verified", "clusters", "kept", "rejected", "index", "decide",
+                    "decont_index"):
+            if wfs.exists(f"{work}/{sub}"):
+                wfs.rm(f"{work}/{sub}", recursive=True)
     return stage.finish(dropped_detail=dict(detail), report="report.md",
                         executor="ray" if cfg.executor.use_ray else "local")
 

@@ -134,6 +134,9 @@ class ExecutorCfg(_M):
     cpus_per_task: int = Field(1, ge=1)
     mem_per_cpu_gb: float = Field(0.5, gt=0)
     tasks_per_job: int = Field(0, ge=0, description="Ray: tasks per actor; 0: spread tasks over the workers")
+    work_dir: str | None = Field(None, description="intermediate files, a URL every worker reaches; default: the "
+                                 "output's _work/, or this machine's scratch when the output is on an object store "
+                                 "and every worker runs here")
 
     @property
     def use_ray(self) -> bool:
@@ -161,7 +164,7 @@ class CurateConfig(_M):
     def output_hash_view(self) -> dict[str, Any]:
         """The settings that decide the output (executor placement does not), for the stage folder hash."""
         return self.model_dump(mode="json", exclude={"executor": {"ray", "ray_address", "workers", "cpus_per_task",
-                                                                  "mem_per_cpu_gb", "tasks_per_job"},
+                                                                  "mem_per_cpu_gb", "tasks_per_job", "work_dir"},
                                                      "keep_work": True})
 
 

@@ -9,7 +9,12 @@ Five datatrove jobs, each a list of steps run by the same executor class:
 5. write      (tasks)        intermediate shards -> ApplyDecisions -> kept rows in DOC_SCHEMA
 
 Every filter's rejects go to `rejected/` with their reason. Datatrove's per-task completion
-markers (under `_work/logs/<job>/completions`) make a rerun or a retried Ray task skip finished work.
+markers (under `<work>/logs/<job>/completions`) make a rerun or a retried Ray task skip finished work.
+
+The work folder (`work_folder`) holds every intermediate file. Every worker must reach it, so on
+several nodes it is the output's `_work/` (or `executor.work_dir`); when the output is on an object
+store and every worker runs on this machine, it is a scratch folder on this machine's disk, so the
+store sees only the inputs read and the outputs written, not thousands of small intermediate objects.
 """
 
 from __future__ import annotations
@@ -102,16 +107,39 @@ def folder(url: str) -> Any:
     return DataFolder(url, auto_mkdir=False) if url.split("://", 1)[0] in OBJECT_STORES else url
 
 
+def one_machine(cfg: CurateConfig) -> bool:
+    """True when every worker of this run is a process of this machine: the local executor, or Ray
+    started here without an address (a Ray reached by address may span, or gain, other nodes)."""
+    if not cfg.executor.use_ray:
+        return True
+    if cfg.executor.ray_address or os.environ.get("RAY_ADDRESS"):
+        return False
+    import ray
+
+    return not ray.is_initialized() or sum(1 for n in ray.nodes() if n.get("Alive")) == 1
+
+
+def work_folder(cfg: CurateConfig, out_url: str) -> tuple[str, bool]:
+    """The URL of the run's work folder, and whether it is this machine's scratch (see the module doc)."""
+    from factory.schema import sha
+    from factory.stage import OBJECT_STORES
+    from factory.teacher.cache import spool_root
+
+    if cfg.executor.work_dir:
+        return cfg.executor.work_dir.rstrip("/"), False
+    if out_url.split("://", 1)[0] not in OBJECT_STORES or not one_machine(cfg):
+        return f"{out_url}/{WORK}", False
+    return str(spool_root() / "curate" / sha(out_url, cfg.output_hash_view(), n=16)), True
+
+
 def compile_jobs(cfg: CurateConfig, inputs: list[tuple[str, list[str]]], refs: list[tuple[str, list[str]]],
-                 out: str, index_dir: str | None) -> list[Job]:
-    """The five datatrove jobs for this config (paths under the stage folder `out`)."""
+                 work: str, index_dir: str | None) -> list[Job]:
+    """The five datatrove jobs for this config (intermediate files under the work folder URL `work`)."""
     from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
                                                   MinhashDedupSignature)
 
     from factory.curate.dedup import ApplyDecisions, Decide, DocIndex, OffsetSignature, VerifyPairs
     from factory.curate.io import DocWriter, RankJsonlReader, RejectWriter, SharedTokenizer, doc_reader, work_writer
-
-    work = f"{out}/{WORK}"
 
     def at(name: str) -> Any:  # a work folder, as datatrove steps take it
         return folder(f"{work}/{name}")
@@ -190,10 +218,10 @@ def make_executor(cfg: CurateConfig, job: Job, logs: str, n_docs: int = SMALL, r
     return LocalPipelineExecutor(job.steps, tasks=job.tasks, workers=workers, logging_dir=logs)
 
 
-def run_jobs(cfg: CurateConfig, jobs: list[Job], out: str, on_job: Callable[[str, float], None] | None = None,
+def run_jobs(cfg: CurateConfig, jobs: list[Job], work: str, on_job: Callable[[str, float], None] | None = None,
              n_docs: int = SMALL) -> None:
     """Run the jobs in order (on Ray: on one WorkerPool for them all); a job that leaves tasks
-    unfinished stops the run with a clear error. `out` is the stage folder's URL."""
+    unfinished stops the run with a clear error. `work` is the work folder's URL."""
     import time
     from contextlib import nullcontext
 
@@ -212,7 +240,7 @@ def run_jobs(cfg: CurateConfig, jobs: list[Job], out: str, on_job: Callable[[str
         for job in todo:
             t0 = time.time()
             forget_listings()  # the previous job's files were written by other processes
-            executor = make_executor(cfg, job, folder(f"{out}/{WORK}/logs/{job.name}"), n_docs, cpus)
+            executor = make_executor(cfg, job, folder(f"{work}/logs/{job.name}"), n_docs, cpus)
             if ex.use_ray:
                 executor.run_on(pool)
             else:
@@ -221,7 +249,7 @@ def run_jobs(cfg: CurateConfig, jobs: list[Job], out: str, on_job: Callable[[str
             left = executor.get_incomplete_ranks(skip_completed=True)
             if left:
                 raise FactoryError(f"curation job '{job.name}' left {len(left)} of {job.tasks} tasks unfinished "
-                                   f"(ranks {left[:8]})", where=f"{out}/{WORK}/logs/{job.name}",
+                                   f"(ranks {left[:8]})", where=f"{work}/logs/{job.name}",
                                    fix="read the task logs there; rerun the same command to resume")
             if on_job:
                 on_job(job.name, time.time() - t0)

@@ -25,8 +25,9 @@ def read_rejected(fs, files: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def build(fs, out_root: str, work_root: str, rejected: list[dict], kept_files: list[str], max_clusters: int,
+def build(fs, wfs, work_root: str, rejected: list[dict], kept_files: list[str], max_clusters: int,
           examples_per_reason: int = 3) -> dict[str, Any]:
+    """The report's examples and dedup clusters; `fs` holds the kept files, `wfs` the work folder."""
     by_reason: dict[str, list[dict]] = {}
     for r in rejected:
         lst = by_reason.setdefault(r["reason"], [])
@@ -34,14 +35,14 @@ def build(fs, out_root: str, work_root: str, rejected: list[dict], kept_files: l
             lst.append({"id": r["id"], "detail": r["detail"], "text": _snip(r["text"])})
     clusters: list[dict] = []
     cpath = f"{work_root}/decide/clusters.json"
-    if fs.exists(cpath):
-        with fs.open(cpath, "rt") as f:
+    if wfs.exists(cpath):
+        with wfs.open(cpath, "rt") as f:
             clusters = json.load(f)
     clusters.sort(key=lambda c: (-c["size"], c["cluster"]))
     shown = clusters[:max_clusters]
     texts = {r["id"]: r["text"] for r in rejected if r["reason"].endswith("_dup") or r["reason"].endswith("_reference")}
     want = {c["kept"] for c in shown}
-    texts.update(_lookup(fs, want - texts.keys(), work_root, kept_files))
+    texts.update(_lookup(fs, wfs, want - texts.keys(), work_root, kept_files))
     for c in shown:
         c["kept_text"] = _snip(texts.get(c["kept"]))
         c["removed_examples"] = [{"id": i, "text": _snip(texts.get(i))} for i in c["removed"][:3]]
@@ -50,12 +51,12 @@ def build(fs, out_root: str, work_root: str, rejected: list[dict], kept_files: l
             "docs_removed_by_dedup": sum(len(c["removed"]) for c in clusters), "clusters": shown}
 
 
-def _lookup(fs, ids: set[str], work_root: str, kept_files: list[str]) -> dict[str, str]:
+def _lookup(fs, wfs, ids: set[str], work_root: str, kept_files: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     if not ids:
         return out
-    for f in fs.glob(f"{work_root}/index/ref-*.jsonl"):
-        with fs.open(f, "rt") as fh:
+    for f in wfs.glob(f"{work_root}/index/ref-*.jsonl"):
+        with wfs.open(f, "rt") as fh:
             for line in fh:
                 rec = json.loads(line)
                 if rec["id"] in ids:

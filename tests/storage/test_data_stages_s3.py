@@ -288,6 +288,45 @@ def test_curate_s3_inputs_to_s3_like_local(s3_server, bucket, planted, local_cur
     assert run(cfg)["updated_at"] == m["updated_at"]  # finished: a rerun skips all work
 
 
+@pytest.mark.slow
+def test_curate_to_s3_keeps_intermediates_off_the_store(bucket, planted, local_curated, ray_with_s3, tmp_path,
+                                                         monkeypatch):
+    """One machine onto a store: intermediates live in this machine's scratch (a failed run resumes
+    from it, finished ranks are not redone), the store gets only the outputs; `executor.work_dir`
+    puts them on a URL every node reaches, cleaned after success but for the logs."""
+    from ray import cloudpickle
+
+    from factory.curate import run
+    from tests.curate import faults
+
+    monkeypatch.setenv("FACTORY_SPOOL_DIR", str(tmp_path / "spool"))
+    want, local_out = local_curated
+    out = f"{bucket}/curated_scratch"
+    fail = lambda rank: lambda jobs: next(j for j in jobs if j.name == "filter").steps.insert(1, faults.FailRank(rank))  # noqa: E731
+    cloudpickle.register_pickle_by_value(faults)
+    try:
+        with pytest.raises(FactoryError, match="left 1 of 2 tasks unfinished"):
+            run(curate_cfg(planted.inputs, planted.reference, planted.bench, out, ray=True), inject=fail(1))
+        done = list((tmp_path / "spool" / "curate").glob("*/logs/filter/completions/00000"))
+        assert len(done) == 1 and not s3().exists(f"{out}/_work")
+        before = done[0].stat().st_mtime_ns
+        again = curate_cfg(planted.inputs, planted.reference, planted.bench, out, ray=True)
+        again.keep_work = True
+        m = run(again, inject=fail(-1))
+    finally:
+        cloudpickle.unregister_pickle_by_value(faults)
+    assert m["status"] == "done" and m["work"] == "this machine's scratch" and m["counts"] == want["counts"]
+    assert done[0].stat().st_mtime_ns == before  # rank 0 was not run again
+    assert curated(out) == curated(local_out) and not s3().exists(f"{out}/_work")
+    run(curate_cfg(planted.inputs, planted.reference, planted.bench, f"{bucket}/curated_scratch2"))
+    assert list((tmp_path / "spool" / "curate").iterdir()) == [done[0].parents[3]]  # removed after success
+
+    shared = f"{bucket}/shared-work/run1"
+    m = run(curate_cfg(planted.inputs, planted.reference, planted.bench, f"{bucket}/curated_shared", work_dir=shared))
+    assert m["work"] == shared and curated(f"{bucket}/curated_shared") == curated(local_out)
+    assert {f.split("/")[3] for f in s3().find(shared)} == {"logs"}
+
+
 @pytest.fixture(scope="module")
 def ray_with_s3(s3_server):
     """A local Ray started after the S3 server, so its workers inherit the endpoint and keys."""
