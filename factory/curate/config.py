@@ -50,6 +50,67 @@ class RefusalCfg(_M):
     ])
 
 
+class CommentaryCfg(_M):
+    """Text about the task or to the user anywhere in a document (case-insensitive regexes, `^` a
+    line start). A match in a short first or last line is cut and noted in `meta.extra.stripped`
+    (`strip`); anywhere else it rejects the document."""
+
+    enabled: bool = True
+    strip: bool = True
+    edge_words: int = Field(40, ge=1, description="a first or last line this short may be cut")
+    min_words_left: int = Field(20, ge=0, description="fewer words left after cutting: reject")
+    patterns: list[str] = Field(default_factory=list)
+
+
+META_PATTERNS = [
+    r"\bhere(?:'s| is| are)\b[^.!?\n]{0,40}\b(?:version|rewrite|summary|revision|draft|rewritten|revised|reformatted)\b",
+    r"\b(?:the|this|that|your) (?:original|source|given|provided|above|following) (?:text|passage|article|source|paragraph|content|draft|information)\b",
+    r"\b(?:the|this|that) (?:passage|source text|draft|rubric|critique)\b",
+    r"\bi(?:'ve| have)? (?:rewritten|reformatted|revised|simplified|restructured|rephrased|condensed|summarized|kept|added|removed|included|tried|made sure)\b",
+    r"\b(?:i'll|i will|let me) (?:provide|rewrite|reformat|revise|summarize|create|write|give you|break|explain|start|begin|help)\b",
+    r"\b(?:rewrite|revise|reformat|distill) the (?:source|text|passage|article|draft)\b",
+    r"\b(?:add|adds|adding) no new claims\b|\bkeep(?:ing)? every fact\b|\bplain (?:encyclopedic )?english\b",
+    r"\b(?:in this|this) (?:rewrite|revision|revised version|rewritten version|response)\b",
+    r"\b(?:revised|rewritten|improved|final|updated) (?:version|draft|text|article)\s*:",
+    r"\bword count\b|\(\s*\d+ words\s*\)|\bwords? long\b",
+]
+
+CHATTER_PATTERNS = [
+    r"^\W*(?:sure|certainly|of course|absolutely|great|okay|ok)\b[!,.]",
+    r"\bi hope (?:this|that|these|you)\b",
+    r"\blet me know\b",
+    r"\bfeel free to\b",
+    r"\bhappy (?:learning|reading|studying|exploring|coding)\b",
+    r"\b(?:great|good|excellent|interesting) question\b",
+    r"\bthank(?:s| you) for (?:asking|reading|your|the)\b",
+    r"\bif you have any (?:other |more |further )?questions\b",
+    r"\bi(?:'d| would)? be (?:happy|glad) to\b",
+    r"\bis there anything else\b",
+    r"\bgood luck\b",
+]
+
+
+class FaithfulnessCfg(_M):
+    """Names, numbers and dates of a document that its seed (looked up by `meta.seed_id`) does not
+    support. Documents whose seed is not found, and the recipes in `skip_recipes`, are not checked."""
+
+    enabled: bool = True
+    seeds: list[str] = Field(default_factory=list,
+                             description="seed stage folders; empty: the folders in dedup.reference")
+    max_unsupported: float = Field(0.25, ge=0, le=1, description="reject above this share of unsupported spans")
+    min_unsupported: int = Field(2, ge=1, description="and at least this many of them")
+    skip_recipes: list[str] = Field(default_factory=lambda: ["exercises", "code_tests", "instruction_reversal"])
+
+
+class QualityCfg(_M):
+    """The hashed n-gram quality classifier: its score goes to `meta.extra.quality`; below
+    `threshold` the document is rejected. `model`: weights from `python -m factory.curate.quality train`."""
+
+    enabled: bool = False
+    model: str = ""
+    threshold: float = Field(0.5, ge=0, le=1)
+
+
 class TruncatedCfg(_M):
     enabled: bool = True
     finish_reasons: list[str] = Field(default_factory=lambda: ["length"])
@@ -88,12 +149,16 @@ class FiltersCfg(_M):
     truncated: TruncatedCfg = Field(default_factory=TruncatedCfg)
     verification: VerificationCfg = Field(default_factory=VerificationCfg)
     leakage: LeakageCfg = Field(default_factory=LeakageCfg)
+    meta_commentary: CommentaryCfg = Field(default_factory=lambda: CommentaryCfg(patterns=META_PATTERNS))
+    chatter: CommentaryCfg = Field(default_factory=lambda: CommentaryCfg(patterns=CHATTER_PATTERNS))
     refusal: RefusalCfg = Field(default_factory=RefusalCfg)
     language: LanguageCfg = Field(default_factory=LanguageCfg)
     gopher_quality: Toggle = Field(default_factory=lambda: Toggle(enabled=True))
     gopher_repetition: Toggle = Field(default_factory=lambda: Toggle(enabled=True))
     fineweb_quality: Toggle = Field(default_factory=Toggle)
     c4_quality: Toggle = Field(default_factory=Toggle)
+    faithfulness: FaithfulnessCfg = Field(default_factory=FaithfulnessCfg)
+    quality: QualityCfg = Field(default_factory=QualityCfg)
 
 
 class MinhashCfg(_M):

@@ -26,7 +26,12 @@ def _meta(doc: Document) -> dict[str, Any]:
 
 
 def _extra(doc: Document) -> dict[str, Any]:
-    raw = _meta(doc).get("extra")
+    return extra_of(_meta(doc))
+
+
+def extra_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """A row's `meta.extra` (stored as JSON) as a dict; {} when absent or unreadable."""
+    raw = meta.get("extra")
     if not raw:
         return {}
     try:

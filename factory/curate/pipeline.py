@@ -60,6 +60,9 @@ def filter_steps(cfg: CurateConfig, rejected: str, index_dir: str | None) -> lis
                                             GopherRepetitionFilter)
 
     from factory.curate import filters as F
+    from factory.curate.chatter import CommentaryFilter
+    from factory.curate.faithful import FaithfulnessFilter
+    from factory.curate.quality import QualityFilter
     from factory.curate.decont import Decontaminate
     from factory.curate.io import RejectWriter, SharedTokenizer
 
@@ -78,6 +81,10 @@ def filter_steps(cfg: CurateConfig, rejected: str, index_dir: str | None) -> lis
         lk = f.leakage
         steps.append(F.LeakageFilter(lk.patterns, lk.instruction_phrases, lk.recipe_phrases, lk.min_phrase_words,
                                      w("leakage")))
+    for name in ("meta_commentary", "chatter"):
+        c = getattr(f, name)
+        if c.enabled:
+            steps.append(CommentaryFilter(name, c.patterns, c.strip, c.edge_words, c.min_words_left, w(name)))
     if f.refusal.enabled:
         steps.append(F.RefusalFilter(f.refusal.patterns, w("refusal")))
     if f.language.enabled:
@@ -90,6 +97,15 @@ def filter_steps(cfg: CurateConfig, rejected: str, index_dir: str | None) -> lis
         t = getattr(f, name)
         if t.enabled:
             steps.append(_datatrove_filter(cls, t.options, name, w(name), tok))
+    fa = f.faithfulness
+    if fa.enabled and (fa.seeds or cfg.dedup.reference):
+        steps.append(FaithfulnessFilter(fa.seeds or cfg.dedup.reference, fa.max_unsupported, fa.min_unsupported,
+                                        fa.skip_recipes, w("unfaithful")))
+    if f.quality.enabled:
+        if not f.quality.model:
+            raise FactoryError("filters.quality is on but names no model", field="filters.quality.model",
+                               fix="train one with `python -m factory.curate.quality train ...` and give its path")
+        steps.append(QualityFilter(f.quality.model, f.quality.threshold, w("quality")))
     if index_dir is not None:
         steps.append(Decontaminate(index_dir, cfg.decont.n_grams, cfg.decont.action, tok,
                                    exclusion_writer=w("contamination")))
@@ -213,9 +229,9 @@ def make_executor(cfg: CurateConfig, job: Job, logs: str, n_docs: int = SMALL, r
         return RayPipelineExecutor(job.steps, tasks=job.tasks, workers=workers, logging_dir=logs,
                                    cpus_per_task=ex.cpus_per_task, mem_per_cpu_gb=ex.mem_per_cpu_gb,
                                    tasks_per_job=per_job)
-    from datatrove.executor.local import LocalPipelineExecutor
+    from factory.curate.logs import QuietLocalExecutor
 
-    return LocalPipelineExecutor(job.steps, tasks=job.tasks, workers=workers, logging_dir=logs)
+    return QuietLocalExecutor(job.steps, tasks=job.tasks, workers=workers, logging_dir=logs)
 
 
 def run_jobs(cfg: CurateConfig, jobs: list[Job], work: str, on_job: Callable[[str, float], None] | None = None,

@@ -21,8 +21,37 @@ def read_rejected(fs, files: list[str]) -> list[dict[str, Any]]:
     rows = []
     for f in files:
         with fs.open(f, "rb") as fh:
-            rows += pq.read_table(fh, columns=["id", "text", "reason", "detail"]).to_pylist()
+            t = pq.read_table(fh, columns=["id", "text", "reason", "detail", "meta"])
+        for r in t.to_pylist():
+            r["recipe"] = (r.pop("meta") or {}).get("recipe") or "-"
+            rows.append(r)
     return rows
+
+
+def by_recipe(fs, rejected: list[dict], kept_files: list[str], examples: int = 2) -> dict[str, Any]:
+    """Per recipe: documents in and kept, dropped per reason, and a few examples of each reason."""
+    out: dict[str, Any] = {}
+
+    def entry(recipe: str) -> dict[str, Any]:
+        return out.setdefault(recipe, {"in": 0, "kept": 0, "dropped": Counter(), "examples": {}})
+
+    for f in kept_files:
+        with fs.open(f, "rb") as fh:
+            metas = pq.read_table(fh, columns=["meta"]).column("meta").to_pylist()
+        for m in metas:
+            e = entry((m or {}).get("recipe") or "-")
+            e["in"] += 1
+            e["kept"] += 1
+    for r in rejected:
+        e = entry(r["recipe"])
+        e["in"] += 1
+        e["dropped"][r["reason"]] += 1
+        lst = e["examples"].setdefault(r["reason"], [])
+        if len(lst) < examples:
+            lst.append({"id": r["id"], "detail": r["detail"], "text": _snip(r["text"])})
+    for e in out.values():
+        e["dropped"] = dict(e["dropped"].most_common())
+    return dict(sorted(out.items()))
 
 
 def build(fs, wfs, work_root: str, rejected: list[dict], kept_files: list[str], max_clusters: int,
@@ -47,7 +76,7 @@ def build(fs, wfs, work_root: str, rejected: list[dict], kept_files: list[str], 
         c["kept_text"] = _snip(texts.get(c["kept"]))
         c["removed_examples"] = [{"id": i, "text": _snip(texts.get(i))} for i in c["removed"][:3]]
     kinds = Counter(c["kind"] for c in clusters)
-    return {"examples": by_reason, "clusters_total": len(clusters), "clusters_by_kind": dict(kinds),
+    return {"examples": by_reason, "by_recipe": by_recipe(fs, rejected, kept_files), "clusters_total": len(clusters), "clusters_by_kind": dict(kinds),
             "docs_removed_by_dedup": sum(len(c["removed"]) for c in clusters), "clusters": shown}
 
 
@@ -82,6 +111,16 @@ def markdown(summary: dict[str, Any], report: dict[str, Any]) -> str:
         lines.append(f"### {reason}")
         lines += [f"- `{e['id']}` ({e['detail']}): {e['text']}" for e in exs]
         lines.append("")
+    lines += ["## By recipe", "", "| recipe | in | kept | dropped (reason: docs) |", "|---|---|---|---|"]
+    for recipe, e in report.get("by_recipe", {}).items():
+        lines.append(f"| {recipe} | {e['in']} | {e['kept']} | "
+                     + (", ".join(f"{k}: {v}" for k, v in e["dropped"].items()) or "-") + " |")
+    lines.append("")
+    for recipe, e in report.get("by_recipe", {}).items():
+        for reason, exs in e["examples"].items():
+            lines.append(f"### {recipe}: {reason}")
+            lines += [f"- `{x['id']}` ({x['detail']}): {x['text']}" for x in exs]
+            lines.append("")
     lines += ["## Dedup clusters", "", f"{report['clusters_total']} clusters lost "
               f"{report['docs_removed_by_dedup']} documents ({report['clusters_by_kind']}).", ""]
     for c in report["clusters"]:

@@ -22,6 +22,7 @@ class Planted:
     bad: dict[str, str] = field(default_factory=dict)            # doc id -> expected rejection reason
     contaminated: list[str] = field(default_factory=list)
     rows: dict[str, dict] = field(default_factory=dict)
+    stripped: dict[str, str] = field(default_factory=dict)       # doc id -> its text once preamble/sign-off are cut
 
 
 def _gopher_clean(recs: list[dict]) -> list[dict]:
@@ -69,8 +70,9 @@ def build(tmp, n_distinct: int = 220, seed: int = 0) -> Planted:
     other = spare[40:]
     bad = [
         (syn("As an AI language model, I cannot share opinions. " + lesson(other[0]), 8000), "refusal"),
-        (syn("Sure! Here is a lesson for you:\n\n" + lesson(other[1]), 8001), "refusal"),
-        (syn(lesson(other[2]) + "\n\nI hope this helps!", 8002), "refusal"),
+        (syn(lesson(other[1]).replace("\n\n", "\n\nHere is a rewritten version of the original text.\n\n", 1), 8001),
+         "meta_commentary"),
+        (syn(lesson(other[2]).replace("\n\n", "\n\nFeel free to ask me anything about it.\n\n", 1), 8002), "chatter"),
         (syn(lesson(other[3]), 8003, finish="length"), "truncated"),
         (syn("Write for {{ audience }}: " + lesson(other[4]), 8004), "leakage"),
         (syn("<|im_start|>assistant\n" + lesson(other[5]), 8005), "leakage"),
@@ -81,6 +83,11 @@ def build(tmp, n_distinct: int = 220, seed: int = 0) -> Planted:
     ]
     for row, reason in bad:
         add(row, bad=reason)
+    for j, (pre, post) in enumerate([("Sure! Here is a lesson for you:", ""), ("", "I hope this helps!"),
+                                     ("Here's a rewritten version of the text:", "Let me know if you have questions.")]):
+        text = lesson(other[20 + j])
+        row = add(syn("\n\n".join(x for x in (pre, text, post) if x), 8100 + j))
+        p.stripped[row["id"]] = text
     # benchmark items taken from documents we plant: long questions (13-grams) and one short one
     items = []
     for j, r in enumerate(other[10:18]):

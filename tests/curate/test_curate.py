@@ -57,8 +57,15 @@ def test_counts_provenance_card_and_report(planted, result):
     assert sum(manifest["dropped"].values()) == len(rej)
     for reason, n in manifest["dropped"].items():
         assert n == sum(r["reason"] == reason for r in rej.values())
-    for row in kept:  # provenance untouched, field for field
-        assert row == planted.rows[row["id"]]
+    for row in kept:  # provenance untouched, field for field; a cut preamble or sign-off is recorded
+        src = planted.rows[row["id"]]
+        if row["id"] in planted.stripped:
+            assert row["text"] == planted.stripped[row["id"]] != src["text"]
+            cut = json.loads(row["meta"]["extra"])["stripped"]
+            assert cut and all(c["text"] in src["text"] and c["text"] not in row["text"] for c in cut)
+            row = {**row, "text": src["text"], "meta": {**row["meta"], "extra": src["meta"]["extra"]}}
+        assert row == src
+    assert planted.stripped.keys() <= {r["id"] for r in kept}
     for r in rej.values():
         src = planted.rows[r["id"]]
         assert {k: r[k] for k in src} == src

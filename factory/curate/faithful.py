@@ -1,0 +1,175 @@
+"""Faithfulness of seed-grounded documents: names, numbers and dates that the seed does not support.
+
+A rule-based extractor (offline, no model): numbers of two or more digits or with a decimal part,
+and capitalized word runs that do not merely open a sentence. A span is supported when it occurs in
+the seed text, its title or topic, or the recipe's variables, or when each of its words does.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from factory.curate.filters import Step, _extra, _meta, extra_of
+from factory.curate.io import reject
+
+_NUM = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?=(?:st|nd|rd|th|s)?(?!\w))")
+_CAP = re.compile(r"[A-Z][\w'’\-]*(?:(?:\s+(?:of|the|de|da|du|del|von|van|der|la|le|y|and|&))*\s+[A-Z][\w'’\-]*)*")
+_OPENERS = re.compile(r"(?:^|[.!?:;\"“(\[]\s*|\n\s*(?:[-*•>#]+|\d+[.)])?\s*)$")
+_WORD = re.compile(r"[\w'’]+")
+_JOIN = {"of", "the", "de", "da", "du", "del", "von", "van", "der", "la", "le", "y", "and", "&"}
+# capitalized words that open clauses or label parts of a document, never names by themselves
+_STOP = set("""a an the this that these those it its he she his her they their them we our you your i in on at
+of for to by with from as and or but if when while after before during since until so because although though
+what who whom whose which where why how there here then than also however therefore thus yes no not is are was
+were be been has have had do does did can could will would may might must should one two three four five six seven
+eight nine ten first second third next finally today question answer step note summary example key fact facts
+introduction conclusion overview definition lesson chapter section part title topic background draft revision
+q a mr mrs ms dr st""".split())
+
+
+def _norm(s: str) -> str:
+    return " ".join(_WORD.findall(s.lower().replace("’", "'"))).replace("'s ", " ").removesuffix("'s")
+
+
+def _num(s: str) -> str:
+    s = s.replace(",", "")
+    return s[:-2] if s.endswith(".0") else s
+
+
+def spans(text: str) -> list[tuple[str, str]]:
+    """(kind, span) pairs: "number" or "name", in order of appearance."""
+    out: list[tuple[str, str]] = []
+    for m in _NUM.finditer(text):
+        v = _num(m.group(0))
+        if len(v.replace(".", "")) >= 2 and not _list_marker(text, m):
+            out.append(("number", v))
+    for m in _CAP.finditer(text):
+        words = m.group(0).split()
+        if _OPENERS.search(text[:m.start()]) or m.start() == 0:
+            while words and words[0].lower().strip("'’") in _STOP | _JOIN:
+                words = words[1:]
+            if len(words) == 1 and not _capitalized_elsewhere(text, words[0], m.start()):
+                continue  # a single word opening a sentence: most likely not a name
+        while words and words[-1].lower() in _JOIN:
+            words = words[:-1]
+        if words and not all(w.lower().strip("'’") in _STOP for w in words):
+            out.append(("name", " ".join(words)))
+    return out
+
+
+def _list_marker(text: str, m: re.Match) -> bool:
+    line_start = text.rfind("\n", 0, m.start()) + 1
+    return not text[line_start:m.start()].strip() and text[m.end():m.end() + 1] in (".", ")")
+
+
+def _capitalized_elsewhere(text: str, word: str, at: int) -> bool:
+    for m in re.finditer(rf"(?<![\w]){re.escape(word)}(?![\w])", text):
+        if m.start() != at and not _OPENERS.search(text[:m.start()]):
+            return True
+    return False
+
+
+class Support:
+    """What a seed supports: its normalized text, its words and its numbers."""
+
+    def __init__(self, *texts: str):
+        joined = "\n".join(t for t in texts if t)
+        self.text = f" {_norm(joined)} "
+        self.words = set(self.text.split())
+        self.numbers = {_num(m.group(0)) for m in _NUM.finditer(joined)}
+
+    def supports(self, kind: str, span: str) -> bool:
+        if kind == "number":
+            return span in self.numbers
+        n = _norm(span)
+        if f" {n} " in self.text:
+            return True
+        words = [w for w in n.split() if w not in _JOIN]
+        return bool(words) and all(w in self.words or w.removesuffix("s") in self.words for w in words)
+
+
+def unsupported(text: str, support: Support) -> tuple[list[str], int]:
+    """(unsupported spans, deduplicated, in order; how many distinct spans were checked)."""
+    seen: dict[str, bool] = {}
+    for kind, span in spans(text):
+        if span not in seen:
+            seen[span] = support.supports(kind, span)
+    return [s for s, ok in seen.items() if not ok], len(seen)
+
+
+def _strings(v: Any) -> list[str]:
+    if isinstance(v, str):
+        return [v]
+    if isinstance(v, dict):
+        return [s for x in v.values() for s in _strings(x)]
+    if isinstance(v, list):
+        return [s for x in v for s in _strings(x)]
+    return []
+
+
+class SeedTexts:
+    """seed_id -> (text, title/topic/description) from seed stage folders, loaded once per process."""
+
+    def __init__(self, folders: list[str]):
+        self.folders = list(folders)
+        self._map: dict[str, str] | None = None
+
+    def __getstate__(self):
+        return {"folders": self.folders, "_map": None}
+
+    def get(self, seed_id: str | None) -> str | None:
+        if self._map is None:
+            self._map = load_seeds(self.folders)
+        return self._map.get(seed_id) if seed_id else None
+
+
+def load_seeds(folders: list[str]) -> dict[str, str]:
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from factory.curate.io import shard_files
+
+    out: dict[str, str] = {}
+    for url in folders:
+        root, files = shard_files(url)
+        fs, path = fsspec.core.url_to_fs(root)
+        for f in files:
+            with fs.open(f"{path}/{f}", "rb") as fh:
+                for r in pq.read_table(fh, columns=["id", "text", "meta"]).to_pylist():
+                    m = r.get("meta") or {}
+                    sid = m.get("seed_id") or r["id"]
+                    extra = extra_of(m)
+                    ctx = " \n".join(_strings({k: extra.get(k) for k in ("title", "topic", "description")}))
+                    out[sid] = f"{r['text']}\n{ctx}"
+                    out.setdefault(r["id"], out[sid])
+    return out
+
+
+class FaithfulnessFilter(Step):
+    """Reject a document when more than `max_unsupported` of its names and numbers (and at least
+    `min_unsupported` of them) are not supported by its seed; the spans go in the rejected row."""
+
+    name = reason = "unfaithful"
+
+    def __init__(self, seeds: list[str], max_unsupported: float, min_unsupported: int, skip_recipes: list[str],
+                 exclusion_writer=None):
+        super().__init__(exclusion_writer)
+        self.seeds = SeedTexts(seeds)
+        self.max_unsupported, self.min_unsupported = max_unsupported, min_unsupported
+        self.skip = set(skip_recipes)
+
+    def filter(self, doc):
+        meta = _meta(doc)
+        if meta.get("recipe") in self.skip:
+            return True
+        seed = self.seeds.get(meta.get("seed_id"))
+        if seed is None:
+            return True
+        variables = " \n".join(s for k, v in _extra(doc).items() if k not in ("verdicts", "stripped")
+                               for s in _strings(v))
+        bad, total = unsupported(doc.text, Support(seed, variables))
+        self.stat_update("checked")
+        if total and len(bad) >= self.min_unsupported and len(bad) / total > self.max_unsupported:
+            return reject(doc, self.reason, f"{len(bad)}/{total} unsupported: " + "; ".join(bad)[:400])
+        return True

@@ -1,0 +1,182 @@
+"""Meta-commentary and chatter, faithfulness to the seed and the quality classifier, step by step
+and through a real curation run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from datatrove.data import Document
+
+from factory.config import read_yaml
+from factory.curate import config as C
+from factory.curate import load, run
+from factory.curate.chatter import CommentaryFilter
+from factory.curate.faithful import Support, spans, unsupported
+from factory.errors import FactoryError
+from factory.stage import read_docs
+
+from .corpus import lesson, records, syn, write_stage
+
+BODY = ("Réunion is an island in the Indian Ocean, east of Madagascar and about 175 km southwest of Mauritius. "
+        "It is an overseas department and region of the French Republic. Its capital is Saint-Denis, and in 2019 it had about "
+        "860,000 inhabitants.")
+SEED = ("Réunion is an island in the Indian Ocean that is an overseas department and region of the French Republic. "
+        "It is located approximately 679 km east of Madagascar and 175 km southwest of Mauritius. As of January "
+        "2019, it had a population of 859,959. The capital is Saint-Denis.")
+
+
+def doc(text: str, **meta) -> Document:
+    return Document(text, "d1", metadata={"meta": {"extra": json.dumps(meta.pop("extra", {})), **meta}})
+
+
+def meta_step(**kw) -> CommentaryFilter:
+    return CommentaryFilter("meta_commentary", C.META_PATTERNS, **kw)
+
+
+def chatter_step(**kw) -> CommentaryFilter:
+    return CommentaryFilter("chatter", C.CHATTER_PATTERNS, **kw)
+
+
+def test_default_yaml_agrees_with_config_defaults():
+    assert C.CurateConfig.model_validate(read_yaml(C.DEFAULT_YAML)).model_dump() == C.CurateConfig().model_dump()
+
+
+@pytest.mark.parametrize("text,step,cut", [
+    ("Here's a rewritten version of the original text using plain English:\n\n" + BODY, meta_step, "start"),
+    ("Sure! Here is a lesson about Réunion.\n" + BODY, chatter_step, "start"),
+    (BODY + "\n\nI hope this helps! Let me know if you have other questions.", chatter_step, "end"),
+])
+def test_preamble_or_sign_off_is_cut_and_recorded(text, step, cut):
+    d = doc(text)
+    assert step().filter(d) is True
+    assert d.text == BODY
+    rec = json.loads(d.metadata["meta"]["extra"])["stripped"]
+    assert [r["where"] for r in rec] == [cut] and rec[0]["text"] in text and rec[0]["step"] == step().reason
+
+
+@pytest.mark.parametrize("text,step,hit", [
+    (BODY + " In the article, I've reformatted the original text. " + BODY, meta_step, "i've reformatted"),
+    (BODY + "\nRewrite the source using plain language to avoid any new claims.\n" + BODY, meta_step, "rewrite the source"),
+    ("Réunion\n\nFeel free to ask me more.\n\n" + BODY, chatter_step, "feel free to"),
+])
+def test_commentary_inside_a_document_rejects_it_with_the_match(text, step, hit):
+    d = doc(text)
+    ok, reason = step().filter(d)
+    assert not ok and reason == step().reason
+    assert hit in d.metadata["_reject"]["detail"].lower()
+    assert d.text == text  # a rejected document is quarantined as it came
+
+
+def test_nothing_left_after_cutting_or_strip_off_rejects():
+    d = doc("Here's a rewritten version of the text:\nI have rewritten it for you.")
+    ok, _ = meta_step().filter(d)
+    assert not ok and "nothing left" in d.metadata["_reject"]["detail"]
+    d = doc("Here's a revised version:\n\n" + BODY)
+    ok, _ = meta_step(strip=False).filter(d)
+    assert not ok
+    assert meta_step().filter(doc(BODY)) is True and chatter_step().filter(doc(BODY)) is True
+
+
+def test_commentary_patterns_spare_real_encyclopedia_prose():
+    """The default patterns match at most 0.2% of the offline Wikipedia summaries."""
+    texts = [r["extract"] for r in records(40)][:3000]
+    hits = sum(meta_step().rx.search(t) is not None or chatter_step().rx.search(t) is not None for t in texts)
+    assert hits <= 0.002 * len(texts), hits
+
+
+def test_spans_find_names_numbers_and_dates_not_sentence_openers():
+    s = dict.fromkeys(sp for _, sp in spans("The island had 860,000 people in 2019. Its capital, Saint-Denis, "
+                                             "lies in the Indian Ocean.\n1. Tourism grew on March 19th."))
+    assert {"860000", "2019", "Saint-Denis", "Indian Ocean", "March"} <= s.keys()
+    assert not {"The", "Its", "Tourism", "1"} & s.keys()
+
+
+def test_unsupported_spans_against_the_seed():
+    wrong = ("Réunion is a fictional island in French Polynesia, in the Pacific Ocean. Andrew Carnegie visited "
+             "it on March 19th, 2016, when 12,000 people lived there.")
+    bad, total = unsupported(wrong, Support(SEED))
+    assert {"French Polynesia", "Pacific Ocean", "Andrew Carnegie", "2016", "12000"} <= set(bad)
+    assert "Réunion" not in bad and total == len(bad)  # a lone sentence-opening word is not taken for a name
+    ok, total = unsupported(BODY.replace("860,000", "859,959"), Support(SEED))
+    assert ok == [] and total >= 5
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory):
+    """A real curation run: lessons around real seeds, some faithful, some with facts the seed lacks."""
+    from factory.seeds import wiki_rows
+
+    tmp = tmp_path_factory.mktemp("quality_steps")
+    recs = [r for r in records(60) if not any(ch.isdigit() for ch in r["extract"])][:12]
+    seeds = wiki_rows(records=recs)
+    rows, want = [], {}
+    for i, (r, s) in enumerate(zip(recs, seeds)):
+        sid = s["meta"]["seed_id"]
+        text = lesson(r)
+        if i % 2:  # facts from nowhere
+            text += (f"\n\nHistorians in Buenos Aires and Kyoto dated it to 1642, and Gustav Lindqvist counted "
+                     f"4,381 records of it at the Royal Danish Library in 1911.")
+            want_reason = "unfaithful"
+        else:
+            want_reason = None
+        row = syn(text, i, recipe="wiki_rewrite", seed=sid, kind="rewrite")
+        rows.append(row)
+        want[row["id"]] = want_reason
+    gen = write_stage(tmp / "gen", rows, shards=2)
+    ref = write_stage(tmp / "seeds", seeds, "seeds", shards=1)
+    out = str(tmp / "out")
+    cfg = load(None, inputs=[gen], output=out)
+    cfg.filters.faithfulness.seeds = [ref]
+    cfg.dedup.minhash.enabled = cfg.dedup.exact = False
+    cfg.filters.gopher_quality.enabled = cfg.filters.gopher_repetition.enabled = False
+    return run(cfg), out, want
+
+
+def test_unfaithful_documents_rejected_with_their_spans(curated):
+    manifest, out, want = curated
+    rej = {r["id"]: r for f in sorted((Path(out) / "rejected").glob("*.parquet")) for r in pq.read_table(f).to_pylist()}
+    kept = {r["id"] for r in read_docs(out).to_pylist()}
+    for i, reason in want.items():
+        if reason:
+            assert rej[i]["reason"] == "unfaithful"
+            assert "Buenos Aires" in rej[i]["detail"] and "1642" in rej[i]["detail"]
+        else:
+            assert i in kept, rej.get(i)
+    report = json.loads((Path(out) / "report.json").read_text())
+    assert report["by_recipe"]["wiki_rewrite"]["dropped"]["unfaithful"] == sum(1 for r in want.values() if r)
+
+
+def test_quality_classifier_trains_scores_and_filters(tmp_path):
+    from factory.curate.quality import Model, QualityFilter, train
+
+    good = [lesson(r) for r in records(60)[:60]]
+    bad = [f"Sure! I'd be happy to help. Here's a rewritten version of the text. I hope this helps! {i}" for i in range(60)]
+    model = train(good + bad, [1] * 60 + [0] * 60)
+    path = str(tmp_path / "q.npz")
+    model.save(path)
+    again = Model.load(path)
+    fresh_good, fresh_bad = lesson(records(60)[70]), "Sure! Here's a revised version of the draft, I hope this helps!"
+    assert again.score(fresh_good) > 0.5 > again.score(fresh_bad)
+    f = QualityFilter(path, 0.5)
+    d = doc(fresh_good)
+    assert f.filter(d) is True and json.loads(d.metadata["meta"]["extra"])["quality"] > 0.5
+    d = doc(fresh_bad)
+    ok, reason = f.filter(d)
+    assert not ok and reason == "quality" and "score" in d.metadata["_reject"]["detail"]
+
+
+def test_quality_filter_without_or_with_a_bad_model_is_one_clear_error(tmp_path):
+    from factory.curate.pipeline import filter_steps
+    from factory.curate.quality import Model
+
+    cfg = load(None)
+    cfg.filters.quality.enabled = True
+    with pytest.raises(FactoryError, match="names no model"):
+        filter_steps(cfg, str(tmp_path / "rej"), None)
+    (tmp_path / "bad.npz").write_bytes(b"not a model")
+    with pytest.raises(FactoryError, match="cannot read the quality model") as e:
+        Model.load(str(tmp_path / "bad.npz"))
+    assert "filters.quality.model" in str(e.value)
