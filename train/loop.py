@@ -24,6 +24,7 @@ from train import checkpoint, config as config_mod, storage
 from train.config import RunConfig
 from train.metrics import MetricsLog, device_name, peak_flops
 from train.model import Transformer, model_args
+from train.progress import clock, eta_s, every_s
 
 
 # --------------------------------------------------------------------------- ranks and devices
@@ -325,7 +326,8 @@ def train(cfg: RunConfig, on_model=None) -> dict:
             keep=cfg.checkpoint.keep)
 
     rec, first_local, held = {}, None, None
-    t_train = time.time()
+    t_train = last_line = time.time()
+    every = every_s()
     for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
         batches = [next(batches_it) for _ in range(accum)]
@@ -341,12 +343,15 @@ def train(cfg: RunConfig, on_model=None) -> dict:
         if cfg.eval.every and step % cfg.eval.every == 0:
             held = held or HeldOut(cfg, rank, world, accum)
             rec["val_loss"] = evaluate(model, held(), held.n, device)
-        if step % cfg.train.log_every == 0 or step == total:
+        logged = step % cfg.train.log_every == 0 or step == total
+        if logged:
             log.log(rec)
-            if rank == 0:
-                mfu = f" mfu {rec['mfu']:.3f}" if rec["mfu"] is not None else ""
-                print(f"[train] step {step}/{total} loss {out['loss']:.4f} gnorm {out['grad_norm']:.3f} "
-                      f"lr {lr:.2e} {tps:,.0f} tok/s{mfu}", flush=True)
+        if rank == 0 and (logged or time.time() - last_line >= every):  # a line at least every `every` s
+            last_line, elapsed = time.time(), time.time() - t_train
+            mfu = f" mfu {rec['mfu']:.3f}" if rec["mfu"] is not None else ""
+            print(f"[train] step {step}/{total} loss {out['loss']:.4f} gnorm {out['grad_norm']:.3f} "
+                  f"lr {lr:.2e} {tps:,.0f} tok/s{mfu} elapsed {clock(elapsed)} "
+                  f"eta {clock(eta_s(step - start, total - start, elapsed))}", flush=True)
         if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < total:
             save_ckpt(step)
     train_s = time.time() - t_train

@@ -70,9 +70,12 @@ class MetricsLog:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # installed with the package; a bare GPU host may lack it
+                print("[train] train.tensorboard is on but the tensorboard package is not installed: no TensorBoard "
+                      "logs, metrics.jsonl only (fix: pip install tensorboard, or set train.tensorboard: false)",
+                      flush=True)
+            else:
                 self.tb = SummaryWriter(str(self.tb_dir))
-            except Exception:  # tensorboard is optional
-                self.tb = None
         self.sync()
 
     def log(self, rec: dict) -> None:

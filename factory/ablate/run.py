@@ -262,7 +262,7 @@ def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Calla
     if plan_only:
         return {"out": o.name, "tasks_file": p["tasks_file"], "ran": 0, "skipped": p["skipped"], "to_run": len(tasks)}
     if tasks and train_fn is None and eval_fn is None and g.nproc == 1:
-        _run_lanes(p, show)
+        _watched(tasks, lambda: _run_lanes(p, show), show)
     elif tasks and _use_ray(g):
         import ray
 
@@ -270,19 +270,37 @@ def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Calla
         ray.init(ignore_reinit_error=True)
         try:
             remote = ray.remote(num_gpus=1)(_run_one)
-            ray.get([remote.remote(t, train_fn, eval_fn) for t in tasks])
+            _watched(tasks, lambda: ray.get([remote.remote(t, train_fn, eval_fn) for t in tasks]), show)
         finally:
             ray.shutdown()
     elif tasks:
         train_fn, eval_fn = train_fn or _default_train(g.nproc), eval_fn or default_eval
-        with progress() as bar:
-            job = bar.add_task("ablation runs", total=len(tasks), info="")
+        with progress(disable=not show) as bar:
+            job = bar.add_task("ablation runs", total=len(tasks), unit="runs", info="")
             for t in tasks:
                 bar.update(job, info=f"{t['cell']} seed {t['seed']}")
                 rec = _run_one(t, train_fn, eval_fn)
                 bar.update(job, advance=1, info=f"last: {rec['train_s']}s train, {rec['eval_s']}s eval")
     res = finish(p, show)
     return {**res, "ran": len(tasks), "skipped": p["skipped"]}
+
+
+def _watched(tasks: list[dict], work: Callable[[], Any], show: bool, poll_s: float = 5.0) -> Any:
+    """Run `work()` (runs in other processes) while a progress line counts the runs whose eval.json exists."""
+    import concurrent.futures as cf
+
+    from factory.ui import progress
+
+    with progress(disable=not show) as bar, cf.ThreadPoolExecutor(1) as ex:
+        job = bar.add_task("ablation runs", total=len(tasks), unit="runs", info="")
+        fut = ex.submit(work)
+        while True:
+            try:
+                return fut.result(timeout=poll_s)
+            except cf.TimeoutError:
+                pass
+            finally:
+                bar.update(job, completed=sum(storage.exists(t["eval_json"]) for t in tasks))
 
 
 def finish(p: dict, show: bool = True) -> dict[str, Any]:

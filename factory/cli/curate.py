@@ -24,6 +24,7 @@ def curate(
 
     from factory.curate import config as C
     from factory.curate import run
+    from factory.curate.logs import LOG
 
     cfg = C.load(config)
     data = cfg.model_dump()
@@ -46,11 +47,12 @@ def curate(
     from factory.config import validate
 
     cfg = validate(C.CurateConfig, data, config or str(C.DEFAULT_YAML))
-    m = run(cfg, log=console.log)
+    m = run(cfg)
     c = m["counts"]
     rows = [["in", c.get("in", 0)], ["kept", c.get("kept", 0)]]
     rows += [[f"dropped: {k}", v] for k, v in sorted(m["dropped"].items(), key=lambda kv: -kv[1])]
     console.print(table(f"curate -> {cfg.output} ({m.get('executor')})", ["count", "docs"], rows))
+    console.print(f"report: {cfg.output.rstrip('/')}/report.md; datatrove's logs: {cfg.output.rstrip('/')}/{LOG}")
 
 
 def register(app: typer.Typer) -> None:

@@ -101,6 +101,7 @@ def _curate(cfg: CurateConfig, stage, inputs, refs, bench, out_url: str, log: An
     import fsspec
 
     from factory.curate.decont import build_index
+    from factory.curate.logs import shown
     from factory.curate.pipeline import compile_jobs, run_jobs, work_folder
     from factory.curate.report import build, markdown, read_rejected
     from factory.stage import write_card
@@ -123,12 +124,14 @@ def _curate(cfg: CurateConfig, stage, inputs, refs, bench, out_url: str, log: An
     if inject:
         inject(jobs)
 
-    def on_job(name: str, secs: float) -> None:
-        stage.timings[f"{name}_s"] = round(secs, 3)
-        if log:
-            log(f"curate: {name} done in {secs:.1f}s")
+    with shown(out_url, jobs, n_in) as shown_done:  # a progress line; datatrove's logs to datatrove.log
+        def on_job(name: str, secs: float) -> None:
+            stage.timings[f"{name}_s"] = round(secs, 3)
+            shown_done(name, secs)
+            if log:
+                log(f"curate: {name} done in {secs:.1f}s")
 
-    run_jobs(cfg, jobs, work_url, on_job, n_in)
+        run_jobs(cfg, jobs, work_url, on_job, n_in)
 
     # finalize: complete shards appear under their final names, all at once
     wfs.invalidate_cache()  # workers (other processes, other nodes) wrote these

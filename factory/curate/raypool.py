@@ -28,7 +28,7 @@ class CurationWorker:
 
     def run(self, executor, ranks: list[int]) -> list[int]:
         for rank in ranks:  # a fresh copy per rank, as datatrove's forked process: steps count one rank each
-            copy.deepcopy(executor)._run_for_rank(rank, 0 if rank == 0 and executor.log_first else 1)
+            copy.deepcopy(executor)._run_for_rank(rank, 1)  # errors only on the console: the rest is in the task log
         return ranks
 
 

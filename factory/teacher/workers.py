@@ -94,7 +94,7 @@ def run_on_ray(cfg: Any, tcfg: TeacherConfig, shards: dict[int, list[dict[str, A
     bar = make_progress(disable=not show_progress)
     try:
         with bar:
-            task = bar.add_task("generate", total=total_units, info="starting")
+            task = bar.add_task("generate", total=total_units, unit="units", info="starting")
             while queue or running:
                 while queue and idle:
                     k, w = queue.pop(0), idle.pop()

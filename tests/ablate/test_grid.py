@@ -227,3 +227,24 @@ def test_plan_info_gives_teacher_share_and_epochs():
     plan = {"phases": [{"sources": [{"name": "web", "kind": "web", "tokens": 300, "epochs": 0.5},
                                     {"name": "synthetic", "kind": "synthetic", "tokens": 100, "epochs": 4.0}]}]}
     assert ablate.plan_info(plan) == {"synthetic_share": 0.25, "epochs_web": 0.5, "epochs_synthetic": 4.0}
+
+
+def test_progress_lines_give_an_eta_from_the_first_finished_run(tmp_path, capsys, monkeypatch):
+    """Not a terminal: plain progress lines; once a run has finished the ETA is a time (runs take
+    minutes, so an estimate that waits for several runs inside 30 s would never show one)."""
+    import re
+    import time
+
+    monkeypatch.setenv("FACTORY_PROGRESS_EVERY_S", "0.1")
+    fake = FakeTrainer()
+
+    def slow(cfg):
+        time.sleep(0.6)
+        return fake(cfg)
+
+    ablate.run(_grid(tmp_path, seeds=[0], vary=[SHARES]), tmp_path / "out", train_fn=slow, eval_fn=_fake_eval,
+               plan_fn=_fake_plan, show=True)
+    lines = re.findall(r"^ablation runs (\d)/3 \(\d+%\) [\d.]+ runs/s elapsed \d:\d\d:\d\d eta (\S+)", capsys.readouterr().err, re.M)
+    assert {"0", "1", "2", "3"} <= {d for d, _ in lines}, lines
+    assert all(re.fullmatch(r"\d:\d\d:\d\d", eta) for d, eta in lines if d != "0"), lines
+    assert lines[-1] == ("3", "0:00:00")

@@ -3,6 +3,7 @@ rank that raises stops the run with its job named and the rerun finishes only wh
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,7 +123,14 @@ def test_cli_local_multiprocess(planted, local_run, tmp_path):
                         planted.reference, "--bench", planted.bench], capture_output=True, text=True, timeout=600,
                        env={**__import__("os").environ, "RAY_ADDRESS": ""})
     assert r.returncode == 0, r.stderr[-3000:]
+    shown = (r.stderr + r.stdout).splitlines()
     assert "kept" in r.stderr + r.stdout
+    # the terminal gets a progress line and the summary; datatrove's logs go to a file in the stage folder
+    assert len(shown) < 40 and not any("| INFO" in line or "PIPELINE" in line for line in shown), "\n".join(shown)
+    assert re.search(r"^curate \d+/\d+ \(100%\) [\d.]+ tasks/s elapsed \d:\d\d:\d\d eta 0:00:00", r.stderr, re.M), r.stderr
+    log = (out / "datatrove.log").read_text()
+    assert "All 2 tasks" in log  # the executor's own summary, printed in this process
+    assert "Launching pipeline for rank=1" in (out / "_work" / "logs" / "filter" / "logs" / "task_00001.log").read_text()
     assert snapshot(str(out)) == local_run
     bad = subprocess.run([str(exe), "curate", "--in", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=120)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -48,6 +49,11 @@ def test_learns_and_ranks_agree(base_run):
     assert {"loss", "grad_norm", "lr", "tokens_per_s", "mfu", "step_s"} <= set(rec)
     ckpts = sorted(p.name for p in (base_run / "checkpoints").iterdir())
     assert ckpts == ["step_0000008", "step_0000012"]  # keep=2, no leftover .tmp
+    # each step line carries a rate, the elapsed time and an ETA that is a time
+    steps = re.findall(r"^\[train\] step (\d+)/12 .* ([\d,]+) tok/s elapsed (\d:\d\d:\d\d) eta (\S+)$",
+                       (base_run / "train.log").read_text(), re.M)
+    assert [int(s[0]) for s in steps] == list(range(1, 13)), steps
+    assert all(re.fullmatch(r"\d:\d\d:\d\d", s[3]) for s in steps) and steps[-1][3] == "0:00:00", steps
 
 
 def test_export_of_a_run_matches_transformers(base_run):
