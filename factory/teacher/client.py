@@ -66,6 +66,16 @@ def classify(exc: BaseException) -> tuple[str, bool, float | None, int | None]:
     return type(exc).__name__, False, None, None
 
 
+def _refused(exc: BaseException) -> bool:
+    """The connection could not be opened at all (refused, unknown host), not dropped after."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError) or type(seen).__name__ == "ConnectError":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class TeacherClient:
     """`async with TeacherClient(cfg) as t: c = await t.complete(messages, sampling, sample)`."""
 
@@ -102,16 +112,35 @@ class TeacherClient:
         return self
 
     async def _probe(self, i: int) -> None:
-        ep = self.cfg.endpoints[i]
-        try:
-            models = [m.id async for m in self._clients[i].models.list()]
-        except openai.AuthenticationError:
-            raise FactoryError(f"endpoint {ep.base_url} refused the API key", where=self.where,
-                               field=f"endpoints.{i}.api_key_env", fix=f"check the value of {ep.api_key_env}") from None
-        except (openai.APIConnectionError, openai.APIStatusError) as e:
-            raise FactoryError(f"cannot reach teacher endpoint {ep.base_url} ({type(e).__name__}: {e})", where=self.where,
-                               field=f"endpoints.{i}.base_url",
-                               fix="start the server (`factory teacher serve`) or correct base_url") from None
+        """GET /models, retried on transient errors (connection, timeout, 429, 5xx) like a request."""
+        ep, r = self.cfg.endpoints[i], self.cfg.retry
+        for attempt in range(1, r.max_attempts + 1):
+            try:
+                models = [m.id async for m in self._clients[i].models.list()]
+                break
+            except openai.AuthenticationError:
+                raise FactoryError(f"endpoint {ep.base_url} refused the API key", where=self.where,
+                                   field=f"endpoints.{i}.api_key_env", fix=f"check the value of {ep.api_key_env}") from None
+            except (openai.APIConnectionError, openai.APIStatusError) as e:
+                reason, retryable, wait, status = classify(e)
+                refused = _refused(e)  # nothing listens there: no point waiting
+                if retryable and not refused and attempt < r.max_attempts:
+                    await asyncio.sleep(max(self._backoff(attempt), wait or 0.0))
+                    continue
+                tries = f"{attempt} attempt{'s' if attempt > 1 else ''}"
+                if refused:
+                    fix = "nothing listens there: start the server (e.g. `factory teacher serve`) or correct base_url"
+                elif status is None:
+                    fix = "the server drops or stalls the connection: check its logs, or raise retry.max_attempts"
+                elif status == 404:
+                    fix = "correct base_url: it is the API root, usually ending in /v1"
+                elif retryable:
+                    fix = "wait until the server is ready, or raise retry.max_attempts / retry.max_s"
+                else:
+                    fix = "check base_url and the server's logs"
+                raise FactoryError(f"cannot reach teacher endpoint {ep.base_url} ({type(e).__name__}: "
+                                   f"{str(e)[:200]}; {tries})", where=self.where, field=f"endpoints.{i}.base_url",
+                                   fix=fix) from None
         if ep.model not in models:
             raise FactoryError(f"model '{ep.model}' is not served by {ep.base_url} (it serves: {', '.join(models) or 'nothing'})",
                                where=self.where, field=f"endpoints.{i}.model", fix=f"use one of: {', '.join(models)}")
@@ -217,10 +246,14 @@ class TeacherClient:
                 await self.balancer.release(state)
             if attempt < r.max_attempts:
                 self.stats["retries"] += 1
-                backoff = min(r.max_s, r.base_s * 2 ** (attempt - 1))
-                backoff = backoff * (1 - r.jitter) + backoff * r.jitter * self._rng.random()
-                await asyncio.sleep(max(backoff, wait or 0.0))
+                await asyncio.sleep(max(self._backoff(attempt), wait or 0.0))
         raise TeacherError("retries_exhausted", f"{r.max_attempts} attempts, last: {last}", retryable=True)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter after the `attempt`-th failure."""
+        r = self.cfg.retry
+        backoff = min(r.max_s, r.base_s * 2 ** (attempt - 1))
+        return backoff * (1 - r.jitter) + backoff * r.jitter * self._rng.random()
 
     def accounting(self) -> dict[str, Any]:
         s = self.stats

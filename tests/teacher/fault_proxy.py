@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -19,8 +21,10 @@ import httpx
 
 class FaultProxy:
     def __init__(self, upstream: str, *, p429: float = 0.0, p500: float = 0.0, phang: float = 0.0,
-                 ptrunc: float = 0.0, p400: float = 0.0, hang_s: float = 5.0, retry_after: str = "1", seed: int = 0):
+                 ptrunc: float = 0.0, p400: float = 0.0, hang_s: float = 5.0, retry_after: str = "1", seed: int = 0,
+                 get_faults: list[str] | None = None):
         self.upstream = upstream.rstrip("/").removesuffix("/v1")
+        self.get_faults = list(get_faults or [])  # answers to the next GETs, in order: "503" or "reset"
         self.rates = [("429", p429), ("500", p500), ("hang", phang), ("trunc", ptrunc), ("400", p400)]
         self.hang_s, self.retry_after = hang_s, retry_after
         self._rng = random.Random(seed)
@@ -46,6 +50,15 @@ class FaultProxy:
                 self.wfile.write(body)
 
             def do_GET(self):
+                with proxy._lock:
+                    fault = proxy.get_faults.pop(0) if proxy.get_faults else None
+                proxy._record("GET " + self.path, fault or "ok")
+                if fault == "503":
+                    return self._send(503, b'{"error":{"message":"loading model (injected)"}}')
+                if fault == "reset":  # close with RST, no response
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return None
                 r = proxy._http.get(proxy.upstream + self.path)
                 self._send(r.status_code, r.content)
 

@@ -178,3 +178,31 @@ def test_limits_are_split_between_workers():
     cfg = TeacherConfig(endpoints=[Endpoint(base_url="http://x/v1", model="m")], max_in_flight=8, rpm=60, tpm=1000)
     s = cfg.scaled(4)
     assert (s.max_in_flight, s.rpm, s.tpm) == (2, 15, 250)
+
+
+def test_startup_probe_retries_transient_errors(teacher):
+    """One 503 and one reset on GET /v1/models (a server still loading): the probe retries with the
+    request retry policy and the run starts; an endpoint that keeps answering 503 is one error whose
+    fix says to wait or raise the retry budget."""
+    async def probe(cfg):
+        async with TeacherClient(cfg):
+            pass
+
+    with FaultProxy(teacher.endpoints[0], get_faults=["503", "reset"]) as px:
+        asyncio.run(probe(cfg_for([px.base_url], teacher.model)))
+        assert [o for _, k, o in px.log if k.startswith("GET")] == ["503", "reset", "ok"]
+    with FaultProxy(teacher.endpoints[0], get_faults=["503"] * 3) as px:
+        cfg = cfg_for([px.base_url], teacher.model, retry=RetryPolicy(base_s=0.01, max_s=0.05, max_attempts=3))
+        with pytest.raises(FactoryError) as e:
+            asyncio.run(probe(cfg))
+    msg = str(e.value)
+    assert "503" in msg and "3 attempts" in msg and "endpoints.0.base_url" in msg and "retry.max_attempts" in msg
+    assert "start the server" not in msg
+
+
+def test_probe_of_a_closed_port_fails_at_once_with_the_fix():
+    cfg = cfg_for([f"http://127.0.0.1:{free_port()}/v1"], "m", retry=RetryPolicy(base_s=5, max_attempts=8))
+    t0 = time.monotonic()
+    with pytest.raises(FactoryError, match="nothing listens there: start the server"):
+        asyncio.run(_run(cfg, 1))
+    assert time.monotonic() - t0 < 5  # refused is not retried: no backoff slept
