@@ -100,6 +100,9 @@ class FaithfulnessCfg(_M):
     max_unsupported: float = Field(0.25, ge=0, le=1, description="reject above this share of unsupported spans")
     min_unsupported: int = Field(2, ge=1, description="and at least this many of them")
     skip_recipes: list[str] = Field(default_factory=lambda: ["exercises", "code_tests", "instruction_reversal"])
+    max_novelty: float = Field(0.3, ge=0, le=1, description="reject above this share of content words the seed never uses")
+    novelty_per_recipe: dict[str, float] = Field(default_factory=lambda: {"textbook": 0.6, "discussion": 0.6},
+                                                 description="max_novelty for recipes that add examples")
 
 
 class QualityCfg(_M):
@@ -217,7 +220,7 @@ class CurateConfig(_M):
     decont: DecontCfg = Field(default_factory=DecontCfg)
     executor: ExecutorCfg = Field(default_factory=ExecutorCfg)
     keep_work: bool = Field(False, description="keep intermediate files (signatures, filtered shards) after success")
-    licence: str = "see the seed licences"
+    licence: str | None = Field(None, description="the card's licence (default: the licences the inputs declare)")
 
     @model_validator(mode="after")
     def _bounds(self) -> "CurateConfig":

@@ -14,10 +14,10 @@ from factory.curate.filters import Step, _extra, _meta, extra_of
 from factory.curate.io import reject
 
 _NUM = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?=(?:st|nd|rd|th|s)?(?!\w))")
-_CAP = re.compile(r"[A-Z][\w'’\-]*(?:(?:\s+(?:of|the|de|da|du|del|von|van|der|la|le|y|and|&))*\s+[A-Z][\w'’\-]*)*")
+_CAP = re.compile(r"[A-Z][\w'’\-]*(?:(?:\s+(?:of|the|de|da|du|del|von|van|der|la|le|y))*\s+[A-Z][\w'’\-]*)*")
 _OPENERS = re.compile(r"(?:^|[.!?:;\"“(\[]\s*|\n\s*(?:[-*•>#]+|\d+[.)])?\s*)$")
 _WORD = re.compile(r"[\w'’]+")
-_JOIN = {"of", "the", "de", "da", "du", "del", "von", "van", "der", "la", "le", "y", "and", "&"}
+_JOIN = {"of", "the", "de", "da", "du", "del", "von", "van", "der", "la", "le", "y"}
 # capitalized words that open clauses or label parts of a document, never names by themselves
 _STOP = set("""a an the this that these those it its he she his her they their them we our you your i in on at
 of for to by with from as and or but if when while after before during since until so because although though
@@ -25,7 +25,9 @@ what who whom whose which where why how there here then than also however theref
 were be been has have had do does did can could will would may might must should one two three four five six seven
 eight nine ten first second third next finally today question answer step note summary example key fact facts
 introduction conclusion overview definition lesson chapter section part title topic background draft revision
-q a mr mrs ms dr st""".split())
+q a mr mrs ms dr st about into onto over under more most very such many much other some each every like only
+just even both either neither whether within without between among through upon well make made known called used
+using often also very been being these those them itself which while would could should shall""".split())
 
 
 def _norm(s: str) -> str:
@@ -78,6 +80,7 @@ class Support:
         self.text = f" {_norm(joined)} "
         self.words = set(self.text.split())
         self.numbers = {_num(m.group(0)) for m in _NUM.finditer(joined)}
+        self.stems = set(content_words(joined))
 
     def supports(self, kind: str, span: str) -> bool:
         if kind == "number":
@@ -87,6 +90,27 @@ class Support:
             return True
         words = [w for w in n.split() if w not in _JOIN]
         return bool(words) and all(w in self.words or w.removesuffix("s") in self.words for w in words)
+
+
+def _stem(w: str) -> str:
+    for suf in ("ing", "ed", "es", "s", "ly"):
+        if len(w) > len(suf) + 3 and w.endswith(suf):
+            return w[: -len(suf)]
+    return w
+
+
+def content_words(text: str) -> list[str]:
+    """Lowercased words of four or more letters that are not function words, stemmed."""
+    return [_stem(w) for w in _WORD.findall(text.lower()) if len(w) >= 4 and w.isalpha() and w not in _STOP]
+
+
+def novelty(text: str, support: Support) -> float:
+    """The share of a document's content words that its seed never uses (0: all from the seed)."""
+    words = content_words(text)
+    if not words:
+        return 0.0
+    known = support.stems
+    return sum(w not in known for w in words) / len(words)
 
 
 def unsupported(text: str, support: Support) -> tuple[list[str], int]:
@@ -153,11 +177,12 @@ class FaithfulnessFilter(Step):
     name = reason = "unfaithful"
 
     def __init__(self, seeds: list[str], max_unsupported: float, min_unsupported: int, skip_recipes: list[str],
-                 exclusion_writer=None):
+                 max_novelty: float = 1.0, novelty_per_recipe: dict[str, float] | None = None, exclusion_writer=None):
         super().__init__(exclusion_writer)
         self.seeds = SeedTexts(seeds)
         self.max_unsupported, self.min_unsupported = max_unsupported, min_unsupported
         self.skip = set(skip_recipes)
+        self.max_novelty, self.novelty_per_recipe = max_novelty, dict(novelty_per_recipe or {})
 
     def filter(self, doc):
         meta = _meta(doc)
@@ -168,8 +193,14 @@ class FaithfulnessFilter(Step):
             return True
         variables = " \n".join(s for k, v in _extra(doc).items() if k not in ("verdicts", "stripped")
                                for s in _strings(v))
-        bad, total = unsupported(doc.text, Support(seed, variables))
+        support = Support(seed, variables)
+        bad, total = unsupported(doc.text, support)
+        novel = novelty(doc.text, support)
         self.stat_update("checked")
+        spans_ = f"{len(bad)}/{total} unsupported: " + "; ".join(bad)[:400]
         if total and len(bad) >= self.min_unsupported and len(bad) / total > self.max_unsupported:
-            return reject(doc, self.reason, f"{len(bad)}/{total} unsupported: " + "; ".join(bad)[:400])
+            return reject(doc, self.reason, spans_)
+        limit = self.novelty_per_recipe.get(meta.get("recipe"), self.max_novelty)
+        if novel > limit:
+            return reject(doc, self.reason, f"novel words {novel:.2f} > {limit}; {spans_}")
         return True

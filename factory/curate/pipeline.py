@@ -100,7 +100,7 @@ def filter_steps(cfg: CurateConfig, rejected: str, index_dir: str | None) -> lis
     fa = f.faithfulness
     if fa.enabled and (fa.seeds or cfg.dedup.reference):
         steps.append(FaithfulnessFilter(fa.seeds or cfg.dedup.reference, fa.max_unsupported, fa.min_unsupported,
-                                        fa.skip_recipes, w("unfaithful")))
+                                        fa.skip_recipes, fa.max_novelty, fa.novelty_per_recipe, w("unfaithful")))
     if f.quality.enabled:
         if not f.quality.model:
             raise FactoryError("filters.quality is on but names no model", field="filters.quality.model",

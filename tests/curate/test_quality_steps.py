@@ -104,6 +104,23 @@ def test_unsupported_spans_against_the_seed():
     assert ok == [] and total >= 5
 
 
+def test_novelty_is_the_share_of_content_words_the_seed_never_uses():
+    from factory.curate.faithful import FaithfulnessFilter, novelty
+
+    assert novelty(BODY, Support(SEED)) < 0.2
+    invented = ("Réunion is famous for volcanic wine terraces, submarine orchestras and glacier festivals where "
+                "penguins compete in elaborate marathons every winter.")
+    assert novelty(invented, Support(SEED)) > 0.6
+    f = FaithfulnessFilter([], 0.25, 2, [], max_novelty=0.3, novelty_per_recipe={"textbook": 1.0})
+    f.seeds._map = {"wiki:Réunion": SEED}
+    d = doc(invented, seed_id="wiki:Réunion", recipe="wiki_rewrite")
+    ok, _ = f.filter(d)
+    assert not ok and d.metadata["_reject"]["detail"].startswith("novel words")
+    assert f.filter(doc(invented, seed_id="wiki:Réunion", recipe="textbook")) is True  # its own limit
+    assert f.filter(doc(BODY, seed_id="wiki:Réunion", recipe="wiki_rewrite")) is True
+    assert f.filter(doc(invented, seed_id="wiki:elsewhere", recipe="wiki_rewrite")) is True  # no seed: not judged
+
+
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
     """A real curation run: lessons around real seeds, some faithful, some with facts the seed lacks."""
