@@ -22,33 +22,24 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.nodes import BIN, _psutil, _tree, free_port_range, kill_now
+from tests.cluster.nodes import _psutil, _tree, free_port_range, kill_now
+from tests.readme_blocks import readme_blocks, run_bash, user_env
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
 START, END = "<!-- cluster-walkthrough -->", "<!-- /cluster-walkthrough -->"
 PORT = re.compile(r"(?<![\w.$-])(\d{4,5})(?![\w.])")  # 5555, :6379, =8265 ... (not 200000000, not $((p+5)))
 RUN = 100  # ports per literal: a node's 6 ports, or a node's 100 worker ports
-CLEAN_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
-             "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-             "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_PROFILE", "FSSPEC_S3_ENDPOINT_URL", "FACTORY_SPOOL_DIR",
-             "WORK", "VIRTUAL_ENV")
 
 
 def walkthrough_blocks() -> list[str]:
-    text = README.read_text()
-    assert START in text and END in text, f"README.md lost its {START} ... {END} markers"
-    section = text.split(START, 1)[1].split(END, 1)[0]
-    blocks = re.findall(r"^```bash\n(.*?)^```", section, re.S | re.M)
+    blocks = readme_blocks(START, END)
     assert len(blocks) >= 2, "the walk-through needs its steps and a last block that stops the nodes"
     return blocks
 
@@ -70,26 +61,6 @@ def remap(script: str, ports: dict[str, int]) -> str:
     return PORT.sub(lambda m: str(ports[m.group(1)]), script)
 
 
-def user_env(home: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    env.update(HOME=str(home), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", HF_HUB_OFFLINE="1",
-               RAY_USAGE_STATS_ENABLED="0", COLUMNS="120", PYTHONUNBUFFERED="1")
-    return env
-
-
-def run_bash(script: str, env: dict, log: Path, timeout_s: float) -> tuple[int, int]:
-    """Run `script` with bash from the repo root in its own process group; (returncode, group id)."""
-    path = log.with_suffix(".sh")
-    path.write_text(script)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(["bash", str(path)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            return proc.wait(timeout=timeout_s), proc.pid
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return -9, proc.pid
 
 
 def shell_vars(path: Path) -> dict[str, str]:
@@ -202,13 +173,13 @@ def test_readme_cluster_walkthrough(tmp_path):
 
 
 def load_curated(endpoint: str, cache: Path):
-    """`datasets.load_dataset("parquet", data_files="s3://...", storage_options=...)`; datasets'
+    """`datasets.load_dataset("parquet", data_dir="s3://...", storage_options=...)`; datasets'
     offline mode refuses every remote URL, so it is lifted for this call (the store is on loopback)."""
     import datasets
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-        return datasets.load_dataset("parquet", data_files="s3://factory/curated/*.parquet", split="train",
+        return datasets.load_dataset("parquet", data_dir="s3://factory/curated", split="train",
                                      cache_dir=str(cache), storage_options={
                                          "key": "testing", "secret": "testing",
                                          "client_kwargs": {"endpoint_url": endpoint}})

@@ -6,38 +6,15 @@ fails on its input writes nothing, and a run that fails later leaves its manifes
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from factory.errors import FactoryError
+from tests.clihelp import ROOT, cli, one_error
 
-ROOT = Path(__file__).resolve().parents[2]
 BINARY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"
-
-
-def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """`factory ARGS` in a fresh process; never a traceback, whatever the outcome."""
-    env = {**os.environ, "COLUMNS": "200"}
-    r = subprocess.run([sys.executable, "-c", "from factory.cli import main; main()", *args], capture_output=True,
-                       text=True, cwd=cwd, env=env, timeout=300)
-    assert "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
-    return r
-
-
-def one_error(r: subprocess.CompletedProcess, *names: str) -> str:
-    """The single `error:` line of a refused command, which names each of `names` and a fix."""
-    assert r.returncode == 2, r.stdout + r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    for n in names:
-        assert n in lines[0], (n, lines[0])
-    assert "(fix: " in lines[0], lines[0]
-    return lines[0]
 
 
 def seeds_jsonl(path: Path) -> Path:
@@ -59,7 +36,7 @@ def test_seeds_quarantine_bad_bytes_and_broken_rows_with_their_line(tmp_path):
     m = json.loads((tmp_path / "out/manifest.json").read_text())
     assert m["status"] == "done" and m["counts"] == {"in": 5, "out": 2}
     assert m["dropped"] == {"bad_utf8": 1, "bad_json": 1, "missing_text": 1}
-    good = pq.read_table(tmp_path / "out/seeds.parquet").to_pylist()
+    good = pq.read_table(tmp_path / "out/data/train-seeds.parquet").to_pylist()
     assert sorted(g["text"] for g in good) == ["The first good seed.", "The second good seed."]
     bad = pq.read_table(tmp_path / "out/rejected/seeds.parquet").to_pylist()
     assert [(b["line"], b["reason"]) for b in bad] == [(2, "bad_utf8"), (3, "bad_json"), (5, "missing_text")]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from factory.errors import FactoryError
-from tests.foundation.test_bad_input import ROOT, cli, one_error
+from tests.clihelp import ROOT, cli, one_error
 
 RECIPE = "name: tiny\ndescription: d\nkind: synthetic\nsampling: {{max_tokens: 8}}\nsteps:\n  - name: fact\n    user: \"{user}\"\n"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.foundation.test_bad_input import cli, one_error
+from tests.clihelp import cli, one_error
 
 
 def listing(folder: Path) -> list[str]:
