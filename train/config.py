@@ -204,7 +204,9 @@ def load(config: str | Path | dict | RunConfig | None = None,
         if not p.exists():
             raise ConfigError(f"{p}: file not found; check the path")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not a UTF-8 text file (byte {e.start}); give a YAML run config saved as UTF-8") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
     data = _merge(data, parse_overrides(overrides))

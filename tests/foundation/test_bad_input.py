@@ -59,7 +59,8 @@ def test_seeds_with_no_usable_row_writes_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["seeds", "{f}"], ["mix", "plan", "{f}"], ["recipes", "show", "{f}"],
-                                     ["generate", "{f}"], ["tokenize", "{f}"]])
+                                     ["generate", "{f}"], ["tokenize", "{f}"], ["train", "{f}"],
+                                     ["ablate", "{f}"], ["curate", "{f}"]])
 def test_binary_config_file_is_one_error_naming_it(tmp_path, command):
     f = tmp_path / "conf.yaml"
     f.write_bytes(BINARY)
