@@ -155,6 +155,10 @@ def run(cfg: GenerateConfig, where: str = "generate config", show_progress: bool
     tcfg = teacher_config(cfg, where)
     recipes = [load_recipe(resolve_in(r, where, f"recipes[{i}]"), **cfg.recipe_sampling) for i, r in enumerate(cfg.recipes)]
     seeds, bad = load_seeds(cfg)  # bad input fails here, before the output folder is touched
+    if not seeds:
+        first = json.loads(bad[0]["detail"])["problem"] if bad else "no rows"
+        raise FactoryError(f"no usable seed rows ({len(bad)} malformed, first: {first})", where=cfg.seeds, field="seeds",
+                           fix="each seed needs a non-empty text and an id (or meta.seed_id); see `factory seeds`")
     for r in recipes:  # an undefined template variable fails here, before any request
         sample = next((row for row in seeds if r.accepts(row)), seeds[0] if seeds else None)
         if sample is not None:

@@ -132,3 +132,10 @@ def test_stage_dir_marks_a_failed_run_but_keeps_done_output(tmp_path):
         with StageDir(str(tmp_path / "s"), "x", {"a": 1}):
             raise FactoryError("later")
     assert StageDir.read_manifest(str(tmp_path / "s"))["status"] == "done"
+
+
+def test_generate_without_a_usable_seed_writes_nothing(tmp_path):
+    (tmp_path / "s.jsonl").write_bytes(b'{"title": "no text"}\n\xff\xfe\n')
+    one_error(cli("generate", str(gen_config(tmp_path, str(tmp_path / "s.jsonl"), 9))), "s.jsonl", "field 'seeds'",
+              "no usable seed rows (2 malformed, first: line 1: missing or empty text)")
+    assert not (tmp_path / "gen").exists()
