@@ -204,9 +204,10 @@ def findings(summary: dict, x: str, group: str | None) -> list[str]:
 
 
 def write(results: list[dict], out_dir: str | Path, x: str = "synthetic_share", group: str | None = None,
-          title: str = "", notes: str = "") -> dict[str, str]:
+          title: str = "", notes: str = "", scales: list[str] | None = None) -> dict[str, str]:
     """Write table.md, summary.json, plot.png and report.md under out_dir (a path or a URL);
-    returns their paths (URLs for a URL)."""
+    returns their paths (URLs for a URL). With two or more `scales` (the `scale` param of each
+    result, smallest first) the report adds decision accuracy and the effect of x per scale."""
     import tempfile
 
     from train import storage
@@ -215,24 +216,37 @@ def write(results: list[dict], out_dir: str | Path, x: str = "synthetic_share", 
         raise ValueError("report.write: no results to report")
     if storage.is_url(out_dir):
         with tempfile.TemporaryDirectory(prefix="report-") as tmp:
-            local = write(results, tmp, x, group, title, notes)
+            local = write(results, tmp, x, group, title, notes, scales)
             storage.put_dir(tmp, str(out_dir), last="report.md")
         return {k: storage.join(out_dir, Path(v).name) for k, v in local.items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(results)
     tbl = table_md(summary, x, group)
+    two = bool(scales) and len(scales) > 1
     snr_lines = ["| benchmark | spread of cell means | noise | noise kind | signal/noise |", "|---|---|---|---|---|"]
-    for b, s in summary["snr"].items():
-        snr_lines.append(f"| {b} | {s['spread']:.4f} | {s['noise']:.4f} | {s['noise_kind']} | {s['snr']:.2f} |")
-    png = plot(summary, x, group, out / "plot.png", title)
+    for sc in scales if two else [None]:
+        part = summarise([r for r in results if (r.get("params") or {}).get("scale") == sc]) if sc else summary
+        for b, s in part["snr"].items():
+            snr_lines.append(f"| {b}{f' ({sc})' if sc else ''} | {s['spread']:.4f} | {s['noise']:.4f} | {s['noise_kind']} | {s['snr']:.2f} |")
+    if two:  # one line per scale and group in the plot; decision accuracy instead of pooled findings
+        from factory.ablate.decision import section
+
+        line = f"scale/{group}" if group else "scale"
+        lined = {**summary, "cells": [{**c, "params": {**c["params"], line: "/".join(str(c["params"].get(k)) for k in ["scale", group] if k)}}
+                                      for c in summary["cells"]]}
+        png = plot(lined, x, line, out / "plot.png", title)
+        found = section(results, summary, scales, x, group)
+    else:
+        png = plot(summary, x, group, out / "plot.png", title)
+        found = ["## Findings", "", *findings(summary, x, group), ""]
     (out / "table.md").write_text(tbl + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     seeds = sorted({len(c["seeds"]) for c in summary["cells"]})
     md = [f"# {title or 'Ablation report'}", "", notes, "",
           f"{len(summary['cells'])} cells, {'/'.join(map(str, seeds))} seed(s) each. Accuracies in %, losses in nats/token; "
           "± is the 95% t-interval over seeds (over items when a cell has one seed).", "",
-          "## Results", "", tbl, "", "## Findings", "", *findings(summary, x, group), "",
+          "## Results", "", tbl, "", *found,
           "## Signal-to-noise", "", "Spread of the cell means divided by the mean seed-to-seed standard deviation.", "",
           *snr_lines, "", "## Plot", "", "![plot](plot.png)", ""]
     (out / "report.md").write_text("\n".join(md))

@@ -44,6 +44,7 @@ class ModelArgs:
 # Sizes match the published calibration points (the anchor's table) where one exists.
 PRESETS: dict[str, dict] = {
     "tiny": dict(dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=688, tie_embeddings=True),
+    "20m": dict(dim=512, n_layers=6, n_heads=8, n_kv_heads=8, ffn_dim=1408),  # ~23M with a 4k vocabulary
     "125m": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, ffn_dim=2048),
     "350m": dict(dim=1024, n_layers=24, n_heads=16, n_kv_heads=8, ffn_dim=2816),
     "1b": dict(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=5632),

@@ -325,7 +325,7 @@ def finish(p: dict, show: bool = True) -> dict[str, Any]:
     x = g.report.x or keys[0]
     group = g.report.group if g.report.group is not None else (next((k for k in keys if k != x and len({str(c["params"][k]) for c in cells}) > 1), None))
     paths = report.write(results, o.uri("report"), x=x, group=group, title=g.report.title or f"Ablation: {g.name}",
-                         notes=g.report.notes or g.description)
+                         notes=g.report.notes or g.description, scales=list(g.scales) or None)
     if show:
         summ = json.loads(storage.read_text(paths["summary_json"]))
         names = summ["benches"]
