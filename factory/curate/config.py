@@ -63,16 +63,22 @@ class CommentaryCfg(_M):
 
 
 META_PATTERNS = [
-    r"\bhere(?:'s| is| are)\b[^.!?\n]{0,40}\b(?:version|rewrite|summary|revision|draft|rewritten|revised|reformatted)\b",
+    r"\bhere(?:'s| is| are)\b[^.!?\n]{0,40}\b(?:version|rewrite|summary|revision|draft|rewritten|revised|reformatted|study guide|lesson|possible answer|textbook section)\b",
     r"\b(?:the|this|that|your) (?:original|source|given|provided|above|following) (?:text|passage|article|source|paragraph|content|draft|information)\b",
     r"\b(?:the|this|that) (?:passage|source text|draft|rubric|critique)\b",
+    r"\b(?:this|the) (?:article|essay) (?:aims|will|presents|explores|provides|discusses|covers|examines)\b|\bin this (?:article|essay)\b",
+    r"\b(?:the|this) text (?:above|below|is about|describes|provides|tells|speaks)\b",
+    r"^\W*(?:source text|rewritten\b[^:\n]{0,40}|revised\b[^:\n]{0,40}|rewrite)\s*:",
     r"\bi(?:'ve| have)? (?:rewritten|reformatted|revised|simplified|restructured|rephrased|condensed|summarized|kept|added|removed|included|tried|made sure)\b",
-    r"\b(?:i'll|i will|let me) (?:provide|rewrite|reformat|revise|summarize|create|write|give you|break|explain|start|begin|help)\b",
+    r"\bi(?:'ve| have)? made (?:several |some |a few |the following )?changes\b",
+    r"\b(?:i'll|i will|let me|i'm going to) (?:provide|rewrite|reformat|revise|summarize|create|write|give you|break|explain|start|begin|help)\b",
     r"\b(?:rewrite|revise|reformat|distill) the (?:source|text|passage|article|draft)\b",
     r"\b(?:add|adds|adding) no new claims\b|\bkeep(?:ing)? every fact\b|\bplain (?:encyclopedic )?english\b",
     r"\b(?:in this|this) (?:rewrite|revision|revised version|rewritten version|response)\b",
     r"\b(?:revised|rewritten|improved|final|updated) (?:version|draft|text|article)\s*:",
-    r"\bword count\b|\(\s*\d+ words\s*\)|\bwords? long\b",
+    r"\b(?:this|the) exercise (?:is designed|requires|asks)\b",
+    r"\b(?:the|these|my|your) instructions\b|\bthe requested (?:layout|format|length|style)\b",
+    r"\bword count\b|\(\s*\d+ words\s*\)",
 ]
 
 CHATTER_PATTERNS = [
@@ -87,6 +93,8 @@ CHATTER_PATTERNS = [
     r"\bi(?:'d| would)? be (?:happy|glad) to\b",
     r"\bis there anything else\b",
     r"\bgood luck\b",
+    r"\b(?:to answer|answering) your question\b|\bplease provide\b|\bwe invite you\b",
+    r"\bi(?:'m| am) giving you\b|\bi will give you\b",
 ]
 
 
@@ -156,7 +164,8 @@ class FiltersCfg(_M):
     chatter: CommentaryCfg = Field(default_factory=lambda: CommentaryCfg(patterns=CHATTER_PATTERNS))
     refusal: RefusalCfg = Field(default_factory=RefusalCfg)
     language: LanguageCfg = Field(default_factory=LanguageCfg)
-    gopher_quality: Toggle = Field(default_factory=lambda: Toggle(enabled=True))
+    # synthetic distillations of short seeds run 20-50 words: datatrove's 50-word minimum dropped them
+    gopher_quality: Toggle = Field(default_factory=lambda: Toggle(enabled=True, options={"min_doc_words": 20}))
     gopher_repetition: Toggle = Field(default_factory=lambda: Toggle(enabled=True))
     fineweb_quality: Toggle = Field(default_factory=Toggle)
     c4_quality: Toggle = Field(default_factory=Toggle)
