@@ -203,7 +203,11 @@ def make_app(replica: Replica):
 
     async def chat(request: web.Request) -> web.Response:
         try:
-            req = json.loads(await request.read())
+            body = await request.read()
+        except ConnectionResetError:  # the client went away mid-request
+            return web.Response(status=499)
+        try:
+            req = json.loads(body)
             text = "\n".join(str(m.get("content", "")) for m in req["messages"])
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             return web.json_response({"error": {"message": f"bad request: {e}"}}, status=400)
@@ -250,6 +254,9 @@ def make_app(replica: Replica):
 async def serve(n: int, model: ReplicaModel, host: str = "127.0.0.1", ready=None) -> None:
     from aiohttp import web
 
+    import logging
+
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # clients hanging up mid-request are normal here
     runners, ports = [], []
     for _ in range(n):
         app = make_app(Replica(ReplicaModel(**asdict(model))))

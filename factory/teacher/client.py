@@ -23,6 +23,7 @@ from factory.errors import FactoryError
 from factory.schema import sha
 from factory.teacher.cache import CompletionCache, request_key
 from factory.teacher.config import TeacherConfig
+from factory.teacher.adaptive import AdaptiveWindow
 from factory.teacher.limits import Balancer, EndpointState, RateLimiter
 from factory.teacher.types import Completion, TeacherError
 
@@ -90,6 +91,7 @@ class TeacherClient:
         self.cost = 0.0
         self._clients: list[openai.AsyncOpenAI] = []
         self._inflight: dict[str, asyncio.Future] = {}
+        self.endpoints: list[EndpointState] = []
         self._rng = random.Random(cfg.seed)
         self._started = False
 
@@ -101,7 +103,8 @@ class TeacherClient:
         r = self.cfg.retry
         self._clients = [openai.AsyncOpenAI(base_url=e.base_url, api_key=k, max_retries=0, timeout=self.cfg.timeout_s)
                          for e, k in zip(self.cfg.endpoints, self.keys)]
-        states = [EndpointState(i, e.max_in_flight or self.cfg.max_in_flight, r.eject_after, r.probe_after_s)
+        states = [EndpointState(i, e.max_in_flight or self.cfg.max_in_flight, r.eject_after, r.probe_after_s,
+                                self._window(e.max_in_flight or self.cfg.max_in_flight))
                   for i, e in enumerate(self.cfg.endpoints)]
         self.endpoints = states
         self.balancer = Balancer(states)
@@ -110,6 +113,22 @@ class TeacherClient:
         if probe:
             await asyncio.gather(*(self._probe(i) for i in range(len(self._clients))))
         return self
+
+    def _window(self, initial: int) -> AdaptiveWindow | None:
+        a = self.cfg.adaptive
+        if not self.cfg.adaptive_on:
+            return None
+        return AdaptiveWindow(initial, hi=a.max_window, sharers=a.sharers, min_gain=a.min_gain, epoch=a.epoch,
+                              timeout_s=self.cfg.timeout_s)
+
+    def window_total(self) -> int:
+        """Requests the endpoints take at once now (the sum of their windows)."""
+        return sum(st.limit for st in self.endpoints)
+
+    def windows(self) -> list[dict[str, Any]]:
+        """Per endpoint: its window (adaptive or fixed) and circuit-breaker counts."""
+        return [{"base_url": e.base_url, "in_flight": st.in_flight, **st.report()}
+                for e, st in zip(self.cfg.endpoints, self.endpoints)]
 
     async def _probe(self, i: int) -> None:
         """GET /models, retried on transient errors (connection, timeout, 429, 5xx) like a request."""
@@ -210,12 +229,14 @@ class TeacherClient:
             state = await self.balancer.acquire()
             ep = self.cfg.endpoints[state.index]
             wait: float | None = None
+            tag: int | None = None
             try:
                 slot = await self.limiter.acquire(est)
                 self.stats["requests"] += 1
                 kw = dict(sampling)
                 if seed is not None:
                     kw.setdefault("seed", seed)
+                sent, tag = time.monotonic(), state.window.sent() if state.window else None
                 async with asyncio.timeout(self.cfg.timeout_s + 5):
                     resp = await self._clients[state.index].chat.completions.create(model=ep.model, messages=messages, **kw)
                 choice = resp.choices[0]
@@ -226,6 +247,8 @@ class TeacherClient:
                 pt, ct = (usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else (0, 0)
                 self.limiter.settle(slot, pt + ct)
                 state.ok()
+                if state.window:
+                    state.window.done(tag, time.monotonic() - sent, ct)
                 self.stats["prompt_tokens"] += pt
                 self.stats["completion_tokens"] += ct
                 self.stats["ok"] += 1
@@ -240,7 +263,12 @@ class TeacherClient:
                 self.stats[f"error_{reason}"] += 1
                 if not retryable:
                     raise TeacherError(reason, str(e)[:500], retryable=False, status=status) from None
-                if reason != "http_429" and self.balancer.failed(state):
+                if state.window:  # 429, 5xx, timeouts: the server has too much
+                    state.window.lost(tag) if reason == "malformed" else state.window.overload()
+                if reason == "http_429":
+                    if wait:
+                        state.pause(wait)
+                elif self.balancer.failed(state):
                     self.stats["ejections"] += 1
             finally:
                 await self.balancer.release(state)

@@ -61,12 +61,26 @@ class BatchOptions(BaseModel):
     max_rounds: int = Field(8, ge=1, description="batch rounds (multi-step recipes need one per step)")
 
 
+class AdaptiveOptions(BaseModel):
+    """Adaptive concurrency (see factory.teacher.adaptive): each endpoint's in-flight window is
+    searched during the run, starting from its max_in_flight."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool | None = Field(None, description="default: on, unless rpm or tpm limits are set (a paid API)")
+    max_window: int = Field(1024, ge=1, description="the most requests in flight per endpoint")
+    min_gain: float = Field(0.05, gt=0, lt=1, description="grow while a larger window raises throughput by this "
+                            "fraction of the window's growth (elasticity)")
+    epoch: int = Field(16, ge=2, description="completions per measurement (at least one window's worth)")
+    sharers: int = Field(1, ge=1, description="clients sharing each endpoint (set per worker by the generate stage)")
+
+
 class TeacherConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     endpoints: list[Endpoint] = Field(default_factory=list)
     local_replicas: int = Field(0, ge=0, description="start N local llama.cpp replicas when no endpoints are given")
     mode: Literal["online", "batch"] = "online"
-    max_in_flight: int = Field(4, ge=1, description="concurrent requests per endpoint")
+    max_in_flight: int = Field(4, ge=1, description="concurrent requests per endpoint (the start of an adaptive window)")
+    adaptive: AdaptiveOptions = Field(default_factory=AdaptiveOptions)
     rpm: float | None = Field(None, gt=0, description="requests per minute over all endpoints")
     tpm: float | None = Field(None, gt=0, description="tokens (prompt + completion) per minute over all endpoints")
     timeout_s: float = Field(120.0, gt=0)
@@ -84,11 +98,19 @@ class TeacherConfig(BaseModel):
             raise ValueError("batch mode takes exactly one endpoint")
         return self
 
+    @property
+    def adaptive_on(self) -> bool:
+        a = self.adaptive.enabled
+        return (self.rpm is None and self.tpm is None and self.mode == "online") if a is None else a
+
     def scaled(self, workers: int) -> "TeacherConfig":
         """This config's share for one of `workers` clients running at once (limits split evenly)."""
         if workers <= 1:
             return self
-        upd: dict[str, Any] = {"max_in_flight": max(1, -(-self.max_in_flight // workers))}
+        upd: dict[str, Any] = {"max_in_flight": max(1, -(-self.max_in_flight // workers)),
+                               "adaptive": self.adaptive.model_copy(update={
+                                   "max_window": max(1, -(-self.adaptive.max_window // workers)),
+                                   "sharers": self.adaptive.sharers * workers})}
         if self.rpm:
             upd["rpm"] = self.rpm / workers
         if self.tpm:

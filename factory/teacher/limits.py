@@ -11,6 +11,8 @@ import asyncio
 import collections
 import time
 
+from factory.teacher.adaptive import AdaptiveWindow
+
 
 class RateLimiter:
     def __init__(self, rpm: float | None = None, tpm: float | None = None):
@@ -49,16 +51,27 @@ class RateLimiter:
 
 
 class EndpointState:
-    """In-flight count and health of one endpoint; ejected after repeated failures, then probed."""
+    """In-flight count, window and circuit breaker of one endpoint.
 
-    def __init__(self, index: int, limit: int, eject_after: int, probe_after_s: float):
-        self.index, self.limit = index, limit
+    The breaker opens after `eject_after` consecutive failures (ejected), lets one probe request
+    through once the wait is over (half-open) and closes on its success. A 429 with Retry-After
+    pauses the endpoint for that long: every request waits instead of each one retrying alone.
+    """
+
+    def __init__(self, index: int, limit: int, eject_after: int, probe_after_s: float, window: AdaptiveWindow | None = None):
+        self.index, self.fixed, self.window = index, limit, window
         self.eject_after, self.probe_after_s = eject_after, probe_after_s
         self.in_flight = 0
         self.failures = 0  # consecutive
         self.ejections = 0
         self.ejected_until = 0.0
+        self.paused_until = 0.0
         self.probing = False
+        self.opens = self.closes = self.pauses = 0
+
+    @property
+    def limit(self) -> int:
+        return self.window.limit if self.window else self.fixed
 
     @property
     def ejected(self) -> bool:
@@ -67,10 +80,23 @@ class EndpointState:
     def available(self, now: float) -> bool:
         if self.ejected:  # half-open: one probe request once the wait is over
             return not self.probing and now >= self.ejected_until and self.in_flight == 0
-        return self.in_flight < self.limit
+        return self.in_flight < self.limit and now >= self.paused_until
+
+    def moved(self, delta: int) -> None:
+        self.in_flight += delta
+        if self.window:
+            self.window.moved(self.in_flight)
 
     def ok(self) -> None:
+        if self.ejected:
+            self.closes += 1
         self.failures, self.ejected_until, self.probing, self.ejections = 0, 0.0, False, 0
+
+    def pause(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        if until > self.paused_until:
+            self.pauses += 1
+            self.paused_until = until
 
     def failed(self, others_healthy: bool = True) -> bool:
         """Record a failure; True when this takes the endpoint out (never the last healthy one:
@@ -78,10 +104,16 @@ class EndpointState:
         self.failures += 1
         self.probing = False
         if self.ejected or (self.failures >= self.eject_after and others_healthy):
+            self.opens += 0 if self.ejected else 1
             self.ejections += 1
             self.ejected_until = time.monotonic() + min(300.0, self.probe_after_s * 2 ** (self.ejections - 1))
             return True
         return False
+
+    def report(self) -> dict[str, int]:
+        rep = {"adaptive": self.window is not None, "window": self.limit, "breaker_opens": self.opens,
+               "breaker_closes": self.closes, "paused_429": self.pauses, "open_now": self.ejected}
+        return {**rep, **self.window.report()} if self.window else rep
 
 
 class Balancer:
@@ -100,11 +132,11 @@ class Balancer:
                 if free:
                     self._rr += 1
                     best = min(free, key=lambda s: (s.in_flight, (s.index - self._rr) % len(self.states)))
-                    best.in_flight += 1
+                    best.moved(1)
                     if best.ejected:
                         best.probing = True
                     return best
-                wake = [s.ejected_until - now for s in self.states if s.ejected and s.ejected_until > now]
+                wake = [t - now for s in self.states for t in (s.ejected_until, s.paused_until) if t > now]
                 try:
                     await asyncio.wait_for(self._cond.wait(), timeout=min(wake) if wake else None)
                 except asyncio.TimeoutError:
@@ -115,5 +147,6 @@ class Balancer:
 
     async def release(self, state: EndpointState) -> None:
         async with self._cond:
-            state.in_flight -= 1
-            self._cond.notify_all()
+            state.moved(-1)
+            now = time.monotonic()  # wake as many waiters as there are free slots (a window may have grown), not all
+            self._cond.notify(max(1, sum(s.limit - s.in_flight for s in self.states if s.available(now))))

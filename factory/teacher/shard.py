@@ -44,6 +44,25 @@ def seed_id_of(row: dict[str, Any]) -> str:
     return str((row.get("meta") or {}).get("seed_id") or row.get("id") or "")
 
 
+class Gate:
+    """A semaphore whose size is read at each entry (it follows the adaptive windows); one waiter."""
+
+    def __init__(self, limit: Callable[[], int]):
+        self.limit, self.n = limit, 0
+        self._waiter: asyncio.Future | None = None
+
+    async def acquire(self) -> None:
+        while self.n >= self.limit():
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        self.n += 1
+
+    def release(self) -> None:
+        self.n -= 1
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
 class Progress:
     """Counters a driver can poll while shards run."""
 
@@ -68,31 +87,32 @@ async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], 
     docs: dict[str, dict[str, Any]] = {}
     rejected: list[dict[str, Any]] = []
     dup = deferred = 0
-    sem = asyncio.Semaphore(concurrency)
+    # items in flight: `concurrency`, or with adaptive windows twice what they take, so a window always has work to grow into
+    gate = Gate(lambda: max(concurrency, 2 * client.window_total()) if client.cfg.adaptive_on else concurrency)
+    n_units = 0
     with CompletionCache(shard_file(cache_dir, k), flush_every, flush_s) as cache:
         make = complete_factory or (lambda c: functools.partial(client.complete, cache=c))
 
         async def unit(row: dict[str, Any], recipe: Any, sample: int) -> None:
             nonlocal dup, deferred
             sid = seed_id_of(row)
-            async with sem:
-                try:
-                    res = await recipe.run(row, sample, make(cache.for_seed(sid)))
-                except Deferred:
-                    deferred += 1
-                    return
-                except TeacherError as e:
-                    if e.retryable:
-                        raise
-                    rejected.append(reject_row(sid, recipe.name, sample, f"teacher_{e.reason}", {"detail": e.detail}))
-                    progress.rejected += 1
-                    return
-                except (FactoryError, asyncio.CancelledError):
+            try:
+                res = await recipe.run(row, sample, make(cache.for_seed(sid)))
+            except Deferred:
+                deferred += 1
+                return
+            except TeacherError as e:
+                if e.retryable:
                     raise
-                except Exception as e:  # a recipe bug on one item must not sink the shard
-                    rejected.append(reject_row(sid, recipe.name, sample, "recipe_error", {"error": f"{type(e).__name__}: {e}"}))
-                    progress.rejected += 1
-                    return
+                rejected.append(reject_row(sid, recipe.name, sample, f"teacher_{e.reason}", {"detail": e.detail}))
+                progress.rejected += 1
+                return
+            except (FactoryError, asyncio.CancelledError):
+                raise
+            except Exception as e:  # a recipe bug on one item must not sink the shard
+                rejected.append(reject_row(sid, recipe.name, sample, "recipe_error", {"error": f"{type(e).__name__}: {e}"}))
+                progress.rejected += 1
+                return
             for d in res.docs:
                 if d["id"] in docs:
                     dup += 1
@@ -111,23 +131,51 @@ async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], 
                 if cache.flush_due():
                     await asyncio.to_thread(cache.flush)
 
-        tasks = [asyncio.create_task(unit(r, rc, s)) for r in rows for rc in recipes for s in range(samples)]
+        pending: set[asyncio.Task] = set()
+        failure: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def finished(t: asyncio.Task) -> None:
+            pending.discard(t)
+            gate.release()
+            if not t.cancelled() and t.exception() is not None and not failure.done():
+                failure.set_exception(t.exception())
+
+        async def feed() -> None:  # tasks are made as the gate lets them in: memory stays flat however big the shard
+            nonlocal n_units
+            for r in rows:
+                for rc in recipes:
+                    for s in range(samples):
+                        await gate.acquire()
+                        n_units += 1
+                        t = asyncio.create_task(unit(r, rc, s))
+                        pending.add(t)
+                        t.add_done_callback(finished)
+            while pending:
+                await asyncio.wait(set(pending))
+
         ticker = asyncio.create_task(flusher())
+        feeder = asyncio.create_task(feed())
         try:
-            await asyncio.gather(*tasks)
+            await asyncio.wait({feeder, failure}, return_when=asyncio.FIRST_COMPLETED)
+            if failure.done():
+                failure.result()
+            feeder.result()
         except BaseException:
-            for t in tasks:
+            for t in (feeder, *pending):
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(feeder, *pending, return_exceptions=True)
             raise
         finally:
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
+            if failure.done() and not failure.cancelled():
+                failure.exception()  # mark retrieved
+            failure.cancel()
     if deferred:
         return {"shard": k, "deferred": deferred}
     stats = {k2: client.stats.get(k2, 0) - before.get(k2, 0) for k2 in ACCOUNT_KEYS}
     stats["cost"] = round(client.cost - cost0, 6)
-    stats.update(shard=k, seeds=len(rows), units=len(tasks), docs=len(docs), duplicates=dup,
+    stats.update(shard=k, seeds=len(rows), units=n_units, docs=len(docs), duplicates=dup,
                  rejected=len(rejected), wall_s=round(time.time() - t0, 3))
     stats["rejected_by_reason"] = {}
     for r in rejected:

@@ -43,7 +43,28 @@ class GenWorker:
 
     async def poll(self) -> dict[str, Any]:
         return {**self.progress.snapshot(), "requests": self.client.stats["requests"],
-                "retries": self.client.stats["retries"], "cost": self.client.cost}
+                "retries": self.client.stats["retries"], "cost": self.client.cost, "endpoints": self.client.windows()}
+
+
+def merge_windows(polls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per endpoint over all workers: windows and in-flight summed, breaker counts added up."""
+    out: dict[str, dict[str, Any]] = {}
+    for snap in polls:
+        for ep in snap.get("endpoints") or []:
+            m = out.setdefault(ep["base_url"], {"base_url": ep["base_url"], "adaptive": ep["adaptive"]})
+            for k, v in ep.items():
+                if k not in ("base_url", "adaptive"):
+                    m[k] = m.get(k, 0) + int(v)
+    return list(out.values())
+
+
+def window_info(eps: list[dict[str, Any]]) -> str:
+    """The progress line's part on concurrency: the window over all endpoints, open breakers."""
+    if not eps:
+        return ""
+    kind = "adaptive" if any(e["adaptive"] for e in eps) else "fixed"
+    opened = sum(e["open_now"] for e in eps)
+    return f"  window {sum(e['window'] for e in eps)} ({kind})" + (f"  breaker open {opened}/{len(eps)}" if opened else "")
 
 
 def _first_line(e: BaseException) -> str:
@@ -136,7 +157,8 @@ def run_on_ray(cfg: Any, tcfg: TeacherConfig, shards: dict[int, list[dict[str, A
                 dt = max(1e-6, time.time() - t0)
                 cost = sum(s["cost"] for s in polled.values())
                 bar.update(task, completed=min(units, total_units),
-                           info=f"{docs / dt:.2f} docs/s  {toks / dt:.0f} tok/s  ${cost:.4f}  retries {sum(s['retries'] for s in polled.values())}")
+                           info=f"{docs / dt:.2f} docs/s  {toks / dt:.0f} tok/s  ${cost:.4f}  retries {sum(s['retries'] for s in polled.values())}"
+                                + window_info(merge_windows(list(polled.values()))))
     finally:
         for w in workers:
             ray.kill(w)
@@ -147,5 +169,6 @@ def run_on_ray(cfg: Any, tcfg: TeacherConfig, shards: dict[int, list[dict[str, A
     acc["cost"] = round(sum(r.get("cost", 0) for r in results.values()), 6)
     acc.update(shards_run=sorted(results), failed_shards=failed, wall_s=round(time.time() - t0, 3),
                completion_tok_per_s=round(acc["completion_tokens"] / max(1e-6, time.time() - t0), 2), workers=n_workers,
-               workers_replaced=replaced, late_shards=sorted(k for k, r in results.items() if r.get("late")))
+               workers_replaced=replaced, late_shards=sorted(k for k, r in results.items() if r.get("late")),
+               endpoints=merge_windows(list(polled.values())))
     return acc

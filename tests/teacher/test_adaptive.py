@@ -1,0 +1,166 @@
+"""Adaptive concurrency and the per-endpoint circuit breaker, on the fleet simulator (simulated
+continuous-batching replicas on loopback, benchmarks/fleet_simulator.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from benchmarks.fleet_simulator import MODEL, FleetSimulator
+from factory.teacher.adaptive import AdaptiveWindow
+from factory.teacher.client import TeacherClient
+from factory.teacher.config import AdaptiveOptions, Endpoint, RetryPolicy, TeacherConfig
+
+
+def sim_cfg(urls, **kw):
+    kw.setdefault("sampling", {"max_tokens": 16})
+    kw.setdefault("retry", RetryPolicy(base_s=0.02, max_s=0.2, max_attempts=30, eject_after=2, probe_after_s=0.3))
+    return TeacherConfig(endpoints=[Endpoint(base_url=u, model=MODEL) for u in urls], **kw)
+
+
+async def drive(t: TeacherClient, n: int, start: int = 0, demand: int = 256) -> list:
+    sem = asyncio.Semaphore(demand)
+
+    async def one(i):
+        async with sem:
+            return await t.complete([{"role": "user", "content": f"Tell me about item {i}."}])
+    return await asyncio.gather(*(one(i) for i in range(start, start + n)))
+
+
+def served(fleet) -> int:
+    return sum(s.get("served", 0) for s in fleet.stats())
+
+
+def test_window_search_on_a_modelled_server():
+    """Per-token latency flat up to a batch of 64, then growing with the window (queueing): the
+    window grows past 32 and stops short of a queue many times the batch."""
+    w = AdaptiveWindow(4, hi=4096, min_gain=0.05, epoch=8)
+    now = time.monotonic()
+    for _ in range(4000):
+        n = w.limit
+        per_token = 0.01 * (1 + 0.002 * n) if n <= 64 else 0.01 * (1 + 0.002 * 64) * n / 64
+        tags = []
+        for i in range(n):
+            w.moved(i + 1, now)
+            tags.append(w.sent())
+        now += per_token * 10
+        for i, tag in enumerate(tags):
+            w.moved(n - i - 1, now)
+            w.done(tag, per_token * 10, 10, now)
+    assert 32 <= w.limit <= 256, w.report()
+    assert w.report()["window_max"] >= 64
+
+
+def test_overload_halves_at_most_once_per_latency():
+    w = AdaptiveWindow(64, epoch=4)
+    t0 = time.monotonic()
+    w.done(None, 1.0, 10, now=t0)  # srtt 1 s
+    w.overload(now=t0 + 1.0)
+    w.overload(now=t0 + 1.2)  # the same congestion event
+    assert w.limit == 32 and w.cuts == 1
+    w.overload(now=t0 + 2.5)
+    assert w.limit == 16 and w.cuts == 2
+
+
+def test_sharers_see_the_servers_elasticity():
+    """Four clients on one saturated server: each one's own throughput rises by its share when it
+    grows; read as the server's, that is no gain, so the window goes back."""
+    w = AdaptiveWindow(64, sharers=4, epoch=4, min_gain=0.05)
+    w.slow_start = False
+    now = time.monotonic()
+    for _ in range(2):  # one epoch at 64, one at 80 where others hold 3 x 64
+        n = w.limit
+        share = n / (n + 3 * 64)
+        per_token = n / (1000 * share)  # the server makes 1000 tokens/s in all; this client gets its share
+        tags = [w.sent() for _ in range(max(4, n))]
+        w.moved(n, now)
+        now += 1.0
+        for tag in tags:
+            w.done(tag, per_token * 10, 10, now)
+    assert w.limit == 64 and w.hold > 0
+
+
+def test_window_rises_on_an_idle_fleet():
+    with FleetSimulator(replicas=2, speed=20) as fleet:
+        cfg = sim_cfg(fleet.urls, max_in_flight=2)
+
+        async def go():
+            async with TeacherClient(cfg) as t:
+                res = await drive(t, 1000)
+                return t, res
+
+        t, res = asyncio.run(go())
+        assert len(res) == 1000 and all(c.completion_tokens == 16 for c in res)
+        wins = t.windows()
+        assert all(w["adaptive"] for w in wins)
+        assert all(w["window_max"] >= 8 for w in wins), wins  # grown from 2 on each replica
+        assert max(s["max_batch"] for s in fleet.stats()) >= 8
+        assert served(fleet) == 1000
+
+
+def test_window_falls_on_429s_and_nothing_is_lost():
+    # a small replica: a batch of 4 and a queue of 4; the client starts at 64 in flight
+    with FleetSimulator(replicas=1, speed=20, max_batch=4, max_queue=4, retry_after_s=1.0) as fleet:
+        cfg = sim_cfg(fleet.urls, max_in_flight=64)
+
+        async def go():
+            async with TeacherClient(cfg) as t:
+                res = await drive(t, 300)
+                return t, res
+
+        t, res = asyncio.run(go())
+        st = fleet.stats()[0]
+        w = t.windows()[0]
+    assert st["rejected_429"] > 0 and t.stats["error_http_429"] == st["rejected_429"]
+    assert w["window_cuts"] >= 1 and w["window"] < 64 and w["paused_429"] >= 1
+    assert len(res) == 300 and st["served"] == 300  # every request answered once, none lost or paid twice
+
+
+def test_fixed_window_for_paid_apis_and_when_switched_off():
+    assert not TeacherConfig(endpoints=[Endpoint(base_url="http://x/v1", model="m")], rpm=60).adaptive_on
+    assert TeacherConfig(endpoints=[Endpoint(base_url="http://x/v1", model="m")]).adaptive_on
+    with FleetSimulator(replicas=1, speed=20) as fleet:
+        cfg = sim_cfg(fleet.urls, max_in_flight=3, adaptive=AdaptiveOptions(enabled=False))
+
+        async def go():
+            async with TeacherClient(cfg) as t:
+                await drive(t, 200)
+                return t
+
+        t = asyncio.run(go())
+        assert t.windows()[0]["window"] == 3 and not t.windows()[0]["adaptive"]
+        assert fleet.stats()[0]["max_batch"] <= 3
+
+
+def test_breaker_opens_on_a_failing_replica_and_closes_when_it_heals():
+    with FleetSimulator(replicas=2, speed=20) as fleet:
+        fleet.configure(1, fail=1.0)
+        cfg = sim_cfg(fleet.urls, max_in_flight=4)
+
+        async def go():
+            async with TeacherClient(cfg) as t:
+                first = await drive(t, 200)
+                opened = t.windows()[1]
+                fleet.configure(1, fail=0.0)
+                await asyncio.sleep(0.7)  # past probe_after_s: the next request to it is the probe
+                second = await drive(t, 400, start=1000)
+                return t, first, opened, second
+
+        t, first, opened, second = asyncio.run(go())
+        healed = t.windows()[1]
+        st = fleet.stats()
+    assert opened["breaker_opens"] >= 1 and opened["open_now"]
+    assert st[1]["failed_503"] <= 10  # taken out after 2 failures, probed a few times, not hammered
+    assert healed["breaker_closes"] >= 1 and not healed["open_now"]
+    assert len(first) == 200 and len(second) == 400
+    assert st[0]["served"] + st[1]["served"] == 600 and st[1]["served"] > 0  # back in use, nothing lost
+
+
+@pytest.mark.parametrize("sharers", [1, 3])
+def test_limits_split_between_workers_keep_the_window_bounds(sharers):
+    cfg = TeacherConfig(endpoints=[Endpoint(base_url="http://x/v1", model="m")], adaptive=AdaptiveOptions(max_window=300))
+    share = cfg.scaled(sharers)
+    assert share.adaptive.sharers == sharers
+    assert share.adaptive.max_window == -(-300 // sharers)
