@@ -1,4 +1,5 @@
-"""`factory mix plan FILE --data DIR`: the Phi-4-style mixture table, and plan.json for the trainer."""
+"""`factory mix plan FILE --data DIR`: the Phi-4-style mixture table, and plan.json for the trainer;
+`factory mix search SEARCH.yaml`: a proposed mix from proxy runs."""
 
 from __future__ import annotations
 
@@ -68,6 +69,31 @@ def plan_cmd(
     if out:
         write_plan(p, out)
         console.print(f"plan written to {out}")
+
+
+@mix_app.command("search")
+def search_cmd(
+    file: Path = typer.Argument(..., help="Search YAML (base mix, varied sources and bounds, target, proxies)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder of the search (default: the file's `out`)."),
+    validate: bool = typer.Option(False, "--validate", help="Train the proposal and the baselines at the validation scale."),
+) -> None:
+    """Proxy runs, a regression from shares to the target, and the best feasible mix (a ready YAML)."""
+    from factory.mixsearch import search
+
+    rep = search(file, out, validate=validate)
+    t = Table(title=f"mix search {rep['name']}: {rep['proxies']} proxies, {rep['chosen']} fit")
+    for col in ("", *rep["proposal"], "target"):
+        t.add_column(col)
+    p = rep["predicted"]
+    t.add_row("proposal", *(f"{v:.3f}" for v in rep["proposal"].values()),
+              f"{p['score']:.4f} [{p['low']:.4f}, {p['high']:.4f}] predicted")
+    b = rep["best_proxy"]
+    t.add_row("best proxy", *(f"{b['shares'][k]:.3f}" for k in rep["proposal"]), f"{b['score']:.4f} observed")
+    for name, r in (rep.get("validation") or {}).get("mixes", {}).items():
+        t.add_row(f"{name} (validated)", *(f"{r['shares'][k]:.3f}" for k in rep["proposal"]),
+                  f"{r['mean']:.4f} ± {r['half']:.4f}")
+    console.print(t)
+    console.print(f"fit held-out Spearman {rep['fit'][rep['chosen']]['spearman']:.2f}; mix written to {rep['mix_file']}")
 
 
 @mix_app.command("schema")

@@ -1,0 +1,8 @@
+"""Mix search: proxy runs over a region of share vectors (design), a regression from shares to the
+target (fit), the best feasible mix and its validation (run), and the report (report). The search
+file's schema is in spec."""
+
+from factory.mixsearch.run import search
+from factory.mixsearch.spec import SearchConfig, load
+
+__all__ = ["SearchConfig", "load", "search"]

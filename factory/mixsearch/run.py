@@ -1,0 +1,231 @@
+"""`factory mix search`: proxy runs -> a fitted regression -> the best feasible mix, optionally validated.
+
+Folder `<out>`: `search.json` (the config hash and the proxy design), `scores.jsonl` (one line per
+finished proxy: its shares and target score), `proxies/` (the ablation grid of the proxy runs and
+its cells), `report.{json,md}`, `fit.png`, `<name>.yaml` (the proposal; a copy goes next to the
+base mix), and with `--validate` `validate/` (the proposal and the baselines at the larger scale).
+A rerun skips every proxy already scored, and the ablation runner skips every run already trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import yaml
+
+from factory.config import config_hash, read_yaml
+from factory.errors import FactoryError
+from factory.mixsearch import design, fit
+from factory.mixsearch.spec import Scale, SearchConfig, load
+
+Objective = Callable[[list[dict[str, float]], Path], Iterator[tuple[int, float]]]
+
+
+class Region:
+    """The varied sources' feasible shares at a token budget (see `design`)."""
+
+    def __init__(self, cfg: SearchConfig, base: dict, where: str, unique: dict[str, int], tokens: int):
+        srcs = {s["name"]: s for s in base.get("sources", [])}
+        missing = [n for n in cfg.vary if n not in srcs]
+        if missing:
+            raise FactoryError(f"{', '.join(missing)} not a source of the base mix", where=where, field="vary",
+                               fix=f"vary some of {sorted(srcs)}")
+        self.names = list(cfg.vary)
+        self.mass = 1.0 - sum(float(s.get("share", 0)) for n, s in srcs.items() if n not in cfg.vary)
+        L = int(base.get("seq_len", 256))
+        self.lo = np.array([cfg.vary[n].min for n in self.names])
+        hi, self.max_epochs = [], {}
+        for n in self.names:
+            ep = cfg.vary[n].max_epochs if cfg.vary[n].max_epochs is not None else srcs[n].get("max_epochs")
+            self.max_epochs[n] = ep
+            cap = 1.0 if ep is None else ep * max(0, (unique[n] - 1) // L) * L / tokens
+            hi.append(min(cfg.vary[n].max, cap))
+        self.hi = np.array(hi)
+        design.check(self.lo, self.hi, self.mass, self.names, where, f"at {tokens:,} tokens, with max_epochs")
+
+    def shares(self, w: np.ndarray) -> dict[str, float]:
+        """Shares rounded to 4 places, the rounding put on the largest so that they still fill `mass`."""
+        r = np.round(w, 4)
+        i = int(np.argmax(r))
+        r[i] = round(float(r[i] + round(self.mass, 4) - r.sum()), 4)
+        return {n: float(x) for n, x in zip(self.names, r)}
+
+
+def _base(cfg: SearchConfig, where: str) -> tuple[Path, dict, dict[str, int]]:
+    """The base mix file, its dict and each source's unique tokens (from the planner's own scan)."""
+    from factory.mix import make_plan
+    from factory.mixspec import mix_from_dict
+
+    path = (Path(where).parent / cfg.base_mix).resolve()
+    base = read_yaml(path)
+    if base.get("phases"):
+        raise FactoryError("the base mix has phases; a search sets the shares of one phase", where=where,
+                           field="base_mix", fix="search over a mix without phases")
+    m = mix_from_dict({**copy.deepcopy(base), "strict": False}, str(path))
+    plan, _ = make_plan(m, cfg.data_root, str(path))
+    return path, base, {s["name"]: s["unique_tokens"] for s in plan["phases"][0]["sources"]}
+
+
+def _grid(cfg: SearchConfig, base_path: Path, region: Region, mixes: list[dict[str, float]], scale: Scale,
+          name: str, where: str) -> dict[str, Any]:
+    """An ablation grid: one cell per share vector (zipped fields), at `scale`."""
+    vary = {f"sources.{n}.share": [m[n] for m in mixes] for n in region.names}
+    vary.update({f"sources.{n}.max_epochs": [ep] * len(mixes) for n, ep in region.max_epochs.items() if ep is not None})
+    vary["description"] = [str(i) for i in range(len(mixes))]  # the cell's index, as its label `mix`
+    return {"name": name, "base_mix": str(base_path), "data_root": str(Path(cfg.data_root).resolve()),
+            "tokens": scale.tokens, "seeds": scale.seeds, "model": scale.model, "nproc": scale.nproc,
+            "run_config": {**cfg.run_config, **scale.run_config}, "vary": [vary], "drop_zero_shares": False,
+            "benchmarks": cfg.benchmarks or {"builtin": sorted(cfg.target)}, "labels": {"description": "mix"},
+            "report": {"x": "mix", "group": None, "title": f"{name}", "notes": where}}
+
+
+def target_of(scores: dict[str, Any], target: dict[str, float], where: str) -> float:
+    missing = [b for b in target if b not in scores]
+    if missing:
+        raise FactoryError(f"the runs have no score for {', '.join(missing)} (they have {sorted(scores)})", where=where,
+                           field="target", fix="name benchmarks the runs are evaluated on (benchmarks.builtin)")
+    return float(sum(w * scores[b]["score"] for b, w in target.items()))
+
+
+def ablation_objective(cfg: SearchConfig, base_path: Path, region: Region, scale: Scale, where: str,
+                       show: bool = True) -> Objective:
+    """Train and evaluate the mixes through the ablation runner; each mix's target, averaged over seeds."""
+    from factory import ablate
+
+    def run(mixes: list[dict[str, float]], folder: Path) -> Iterator[tuple[int, float]]:
+        folder.mkdir(parents=True, exist_ok=True)
+        grid = folder / "grid.yaml"
+        grid.write_text(yaml.safe_dump(_grid(cfg, base_path, region, mixes, scale, f"{cfg.name}-{folder.name}", where),
+                                       sort_keys=False))
+        res = ablate.run(grid, folder / "runs", show=show)
+        by: dict[int, list[float]] = {}
+        for r in res["results"]:
+            by.setdefault(int(r["params"]["mix"]), []).append(target_of(r["scores"], cfg.target, where))
+        for i in sorted(by):
+            yield i, float(np.mean(by[i]))
+
+    return run
+
+
+def search(path: str | Path, out: str | Path | None = None, objective: Objective | None = None,
+           validate: bool = False, show: bool = True) -> dict[str, Any]:
+    """Run (or resume) the search in `path`; returns the report dict (see the module doc)."""
+    from factory.mixsearch.report import write
+
+    where = str(path)
+    cfg = load(path)
+    o = Path(out or cfg.out or f"runs/mixsearch/{cfg.name}")
+    base_path, base, unique = _base(cfg, where)
+    proxy_region = Region(cfg, base, where, unique, cfg.proxy.tokens)
+    final_tokens = max([int(base.get("total_tokens") or 0), cfg.proxy.tokens]
+                       + ([cfg.validate_.tokens] if cfg.validate_ else []))
+    final = Region(cfg, base, where, unique, final_tokens)
+    rng = np.random.default_rng(cfg.seed)
+    X = design.DESIGNS[cfg.design](proxy_region.lo, proxy_region.hi, proxy_region.mass, cfg.proxies, rng)
+    mixes = [proxy_region.shares(w) for w in X]
+    o.mkdir(parents=True, exist_ok=True)
+    head = {"config_hash": config_hash(cfg), "mixes": mixes}
+    if (o / "search.json").exists() and json.loads((o / "search.json").read_text())["config_hash"] != head["config_hash"]:
+        raise FactoryError("this folder holds a search with another config", where=str(o),
+                           fix="use another --out, or delete the folder to start over")
+    (o / "search.json").write_text(json.dumps(head, indent=1))
+    done = {}
+    if (o / "scores.jsonl").exists():
+        done = {r["index"]: r for r in map(json.loads, (o / "scores.jsonl").read_text().splitlines()) if r}
+    todo = [i for i in range(len(mixes)) if i not in done]
+    if todo:
+        objective = objective or ablation_objective(cfg, base_path, proxy_region, cfg.proxy, where, show)
+        with open(o / "scores.jsonl", "a") as fh:
+            for j, score in objective([mixes[i] for i in todo], o / "proxies"):
+                i = todo[j]
+                done[i] = {"index": i, "shares": mixes[i], "score": score}
+                fh.write(json.dumps(done[i]) + "\n")
+                fh.flush()
+    y = np.array([done[i]["score"] for i in range(len(mixes))])
+    sign = 1.0 if cfg.maximize else -1.0
+    cv = fit.cross_validate(X, sign * y, seed=cfg.seed)
+    chosen = fit.best(cv)
+    model = fit.FITS[chosen](X, sign * y)
+    cand = design.sample(final.lo, final.hi, final.mass, 20000, np.random.default_rng(cfg.seed + 1))
+    pred = model.predict(cand)
+    top = cand[np.argsort(-pred)[:50]]
+    best = top.mean(0)  # the region is convex: the mean of feasible points is feasible
+    boot = fit.bootstrap(chosen, X, sign * y, best[None, :], seed=cfg.seed)[:, 0]
+    resid = float(np.std(cv[chosen]["pred"] - sign * y))
+    mean = float(model.predict(best[None, :])[0])
+    half = 1.96 * float(np.sqrt(np.var(boot) + resid ** 2))
+    proposal = final.shares(best)
+    mix = _proposal_mix(cfg, base, proposal, final)
+    text = f"# proposed by `factory mix search {where}` ({chosen} fit, held-out Spearman {cv[chosen]['spearman']:.2f})\n"
+    text += yaml.safe_dump(mix, sort_keys=False)
+    (o / f"{cfg.name}.yaml").write_text(text)
+    (base_path.parent / f"{cfg.name}.yaml").write_text(text)
+    rep = {"name": cfg.name, "target": cfg.target, "maximize": cfg.maximize, "proxies": len(mixes),
+           "fit": {k: {"spearman": round(v["spearman"], 3), "rmse": round(v["rmse"], 4)} for k, v in cv.items()},
+           "chosen": chosen, "proposal": proposal, "mix_file": str(base_path.parent / f"{cfg.name}.yaml"),
+           "predicted": {"score": round(sign * mean, 4), "low": round(sign * mean - half, 4),
+                         "high": round(sign * mean + half, 4)},
+           "best_proxy": {**done[int(np.argmax(sign * y))]},
+           "observed": [done[i] for i in range(len(mixes))], "heldout_pred": [round(sign * p, 4) for p in cv[chosen]["pred"]]}
+    if validate:
+        rep["validation"] = _validate(cfg, base_path, final, proposal, where, o, show)
+    write(rep, o, final.names, model, sign, final)
+    return rep
+
+
+def _proposal_mix(cfg: SearchConfig, base: dict, shares: dict[str, float], region: Region) -> dict:
+    mix = copy.deepcopy(base)
+    mix["name"] = cfg.name
+    mix["description"] = f"Proposed by a mix search over {', '.join(region.names)} ({cfg.description or cfg.name})."
+    for s in mix["sources"]:
+        if s["name"] in shares:
+            s["share"] = shares[s["name"]]
+            if region.max_epochs.get(s["name"]) is not None:
+                s["max_epochs"] = region.max_epochs[s["name"]]
+    return mix
+
+
+def _validate(cfg: SearchConfig, base_path: Path, region: Region, proposal: dict[str, float], where: str, o: Path,
+              show: bool) -> dict[str, Any]:
+    """The proposal and each baseline at the validation scale, seeds x target, with 95% intervals."""
+    from factory import ablate
+    from factory.report import interval, welch
+
+    v = cfg.validate_
+    if v is None:
+        raise FactoryError("--validate needs a `validate` section", where=where, field="validate",
+                           fix="add validate: {model: ..., tokens: N, seeds: [0, 1, 2], baselines: [...]}")
+    names, mixes = ["proposal"], [proposal]
+    for b in v.baselines:
+        bmix = read_yaml((Path(where).parent / b).resolve())
+        got = {s["name"]: float(s.get("share", 0)) for s in bmix.get("sources", [])}
+        extra = [n for n in got if n not in region.names and got[n] > 0]
+        if extra:
+            raise FactoryError(f"baseline {b} draws from {extra}, which the search does not vary", where=where,
+                               field="validate.baselines", fix="compare with mixes over the varied sources only")
+        names.append(Path(b).stem)
+        mixes.append({n: got.get(n, 0.0) for n in region.names})
+    folder = o / "validate"
+    folder.mkdir(parents=True, exist_ok=True)
+    grid = folder / "grid.yaml"
+    spec = _grid(cfg, base_path, region, mixes, v, f"{cfg.name}-validate", where)
+    spec["drop_zero_shares"] = True
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    res = ablate.run(grid, folder / "runs", show=show)
+    per: dict[int, list[float]] = {}
+    for r in res["results"]:
+        per.setdefault(int(r["params"]["mix"]), []).append(target_of(r["scores"], cfg.target, where))
+    rows = {names[i]: {"shares": mixes[i], **interval(per.get(i, []))} for i in range(len(names))}
+    sign = 1.0 if cfg.maximize else -1.0
+    versus = {}
+    for n, r in rows.items():
+        if n == "proposal":
+            continue
+        diff, half = welch(r, rows["proposal"])  # proposal - baseline, 95% half-width
+        versus[n] = {"difference": round(diff, 4), "half": round(half, 4),
+                     "wins": bool(sign * diff > 0), "significant": bool(sign * diff > half)}
+    return {"scale": v.model_dump(), "mixes": rows, "versus": versus}
