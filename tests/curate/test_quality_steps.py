@@ -163,7 +163,12 @@ def test_unfaithful_documents_rejected_with_their_spans(curated):
         else:
             assert i in kept, rej.get(i)
     report = json.loads((Path(out) / "report.json").read_text())
-    assert report["by_recipe"]["wiki_rewrite"]["dropped"]["unfaithful"] == sum(1 for r in want.values() if r)
+    by = report["by_recipe"]["wiki_rewrite"]
+    assert by["dropped"]["unfaithful"] == sum(1 for r in want.values() if r)
+    assert by["in"] == len(want) and by["kept"] == len(kept) == sum(1 for r in want.values() if not r)
+    assert "Buenos Aires" in by["examples"]["unfaithful"][0]["detail"]
+    md = (Path(out) / "report.md").read_text()
+    assert "## By recipe" in md and "### wiki_rewrite: unfaithful" in md
 
 
 def test_quality_classifier_trains_scores_and_filters(tmp_path):
