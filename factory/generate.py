@@ -24,7 +24,7 @@ from factory.config import load_config
 from factory.errors import FactoryError
 from factory.schema import sha
 from factory.readers import read_jsonl
-from factory.stage import StageDir, exists, is_local, read_docs, write_card
+from factory.stage import StageDir, exists, is_local, licences, read_docs, write_card
 from factory.teacher.cache import adopt
 from factory.teacher.config import TeacherConfig, local_config
 from factory.teacher.shard import ACCOUNT_KEYS, REJECT_SCHEMA, reject_row, seed_id_of, shard_name
@@ -224,7 +224,7 @@ def finish(cfg: GenerateConfig, stage: StageDir, n_seeds: int, bad: list[dict], 
     if done == cfg.shards:
         write_card(stage, "Synthetic documents", {"documents": totals["docs"], "seeds": n_seeds,
                    "recipes": ", ".join(cfg.recipes), "samples per seed": cfg.samples_per_seed,
-                   "teacher": ", ".join(stage.config["teacher_models"])}, licence="other")
+                   "teacher": ", ".join(stage.config["teacher_models"])}, licence=licences([cfg.seeds]))
         manifest = stage.finish(accounting=totals, this_run=this_run, nodes=nodes)
     else:
         stage.extra.update(accounting=totals, this_run=this_run, nodes=nodes)

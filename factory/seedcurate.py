@@ -389,7 +389,7 @@ def run(cfg: SeedCurateConfig, inputs: str, out: str, code: bool = False) -> dic
     """The seed-curation stage: read seed rows from `inputs`, write curated passages to `out`
     (plus the code seeds when `code`), with counts and the topic mix in the manifest. Both are
     fsspec URLs, each with its own filesystem."""
-    from factory.stage import StageDir, check_store, read_docs, storage_errors
+    from factory.stage import StageDir, check_store, licences, read_docs, storage_errors, write_card
 
     check_store(out)
     with storage_errors(out, remote_only=True):
@@ -407,4 +407,6 @@ def run(cfg: SeedCurateConfig, inputs: str, out: str, code: bool = False) -> dic
                          not_picked=max(0, rep["passages"] - rep.get("below_min_score", 0) - rep.get("kept", 0)))
     with storage_errors(out, remote_only=True):
         stage.write_docs("seeds.parquet", kept)
+        write_card(stage, "Curated seeds", {"rows": len(kept), "passages": rep["passages"], "code seeds": code},
+                   licences([inputs]) + (["apache-2.0"] if code else []))  # the code seeds are this project's own
         return stage.finish(report=rep)

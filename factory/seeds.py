@@ -89,6 +89,8 @@ class SeedsConfig(BaseModel):
     n: int | None = Field(None, ge=1, description="how many seeds to sample (all if unset)")
     seed: int = 0
     exclude_titles: list[str] = Field(default_factory=list, description="wiki titles never used as seeds")
+    licence: str | None = Field(None, description="the seeds' licence, carried by every card made from them "
+                                "(default: cc-by-sa-3.0 for wiki, other for files)")
 
 
 def _file_rows(cfg: SeedsConfig, quarantine: list[dict]) -> list[dict[str, Any]]:
@@ -152,6 +154,6 @@ def _write(cfg: SeedsConfig, stage: StageDir, rows: list[dict[str, Any]], quaran
         for q in quarantine:
             stage.dropped[q["reason"]] += 1
     stage.counts.update({"in": len(rows) + len(quarantine), "out": len(rows)})
-    licence = WIKI_LICENCE if cfg.source == "wiki" else "other"
+    licence = cfg.licence or (WIKI_LICENCE if cfg.source == "wiki" else "other")
     write_card(stage, f"Seeds: {cfg.name}", {"rows": len(rows), "quarantined": len(quarantine), "source": cfg.source}, licence)
     return stage.finish()

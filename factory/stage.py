@@ -28,6 +28,7 @@ from factory.errors import FactoryError
 from factory.schema import DOC_SCHEMA, to_table
 
 MANIFEST = "manifest.json"
+DATA = "data"  # document shards: data/train-<name>.parquet, the Hub's layout (see doc_path)
 ROW_GROUP = 1000  # rows per parquet row group, as datatrove's writers: readers can split a file by them
 _VERSIONED = ("synth-factory", "ray", "datatrove", "torch", "openai", "tokenizers", "pyarrow", "pydantic")
 
@@ -101,8 +102,8 @@ class StageDir:
 
     # shards -----------------------------------------------------------------------------------
     def done(self, name: str) -> bool:
-        """A finished shard (the final name only appears after a complete write)."""
-        return self.exists(name)
+        """A finished document shard (the final name only appears after a complete write)."""
+        return self.exists(doc_path(name))
 
     def write_bytes(self, name: str, data: bytes) -> str:
         put_bytes(f"{self.url}/{name}", data)
@@ -114,8 +115,9 @@ class StageDir:
         return self.write_bytes(name, buf.getvalue())
 
     def write_docs(self, name: str, rows: Iterable[dict[str, Any]]) -> int:
+        """Write the document shard `name` (at doc_path(name)); returns its row count."""
         table = to_table(rows)
-        self.write_table(name, table)
+        self.write_table(doc_path(name), table)
         return table.num_rows
 
     def write_json(self, name: str, obj: Any) -> str:
@@ -162,15 +164,30 @@ class StageDir:
         return self.read_manifest(self.url) or {}
 
 
+def doc_path(name: str) -> str:
+    """Where the document shard `name` lives in a stage folder: `data/train-<name>`. With only
+    shards under data/, `pyarrow.dataset.dataset(folder + "/data")` reads them, and the split
+    keyword in the name lets `datasets.load_dataset("parquet", data_dir=folder)` and the Hub pick
+    them out from README.md, manifest.json and rejected/ without options (datasets takes only a
+    local data_dir: on a store, data_files=<folder>/data/*.parquet)."""
+    return f"{DATA}/train-{name}"
+
+
+def doc_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """The document shards of the folder `root` of `fs`: a stage folder's data/*.parquet; in any
+    other folder of parquet files, every one but those under rejected/, _work/ or a temporary name."""
+    fs.invalidate_cache(root)
+    files = sorted(fs.glob(f"{root}/{DATA}/*.parquet"))
+    if not files:
+        files = sorted(fs.glob(f"{root}/**/*.parquet")) or sorted(fs.glob(f"{root}/*.parquet"))
+    return [f for f in files if not any(p in f for p in ("/rejected/", "/.tmp-", "/_work/"))]
+
+
 def read_docs(url: str) -> pa.Table:
     """All document shards of a stage folder (or one parquet file) as one table."""
     fs, root = fsspec.core.url_to_fs(str(url).rstrip("/"))
     fs.invalidate_cache(root)
-    if root.endswith(".parquet"):
-        files = [root]
-    else:
-        files = sorted(fs.glob(f"{root}/**/*.parquet")) or sorted(fs.glob(f"{root}/*.parquet"))
-        files = [f for f in files if "/rejected/" not in f and "/.tmp-" not in f]
+    files = [root] if root.endswith(".parquet") else doc_files(fs, root)
     if not files:
         raise FactoryError("no parquet shards found", where=str(url), fix="run the stage that writes this folder first")
     tables = []
@@ -185,14 +202,29 @@ def read_docs(url: str) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def write_card(stage: StageDir, title: str, summary: dict[str, Any], licence: str) -> None:
-    """A dataset card (README.md) next to the shards, loadable with `datasets.load_dataset('parquet', ...)`."""
+def licences(urls: Iterable[str]) -> list[str]:
+    """The licences the stage folders at `urls` declare in their manifests (`licence`), sorted and
+    unique; "other" for an input that declares none (a plain file, a folder of another tool)."""
+    found = set()
+    for u in urls:
+        m = None if str(u).endswith((".parquet", ".jsonl", ".json")) else StageDir.read_manifest(u)
+        lic = (m or {}).get("licence") or "other"
+        found.update([lic] if isinstance(lic, str) else lic)
+    return sorted(found) or ["other"]
+
+
+def write_card(stage: StageDir, title: str, summary: dict[str, Any], licence: str | list[str]) -> None:
+    """A dataset card (README.md) beside data/, which `huggingface_hub.DatasetCard.load` and the Hub
+    read; its `license` (an SPDX-style id or a list of them) also goes into the manifest, so a
+    later stage's card carries the licence of the seeds."""
+    import yaml
+
+    lic = licence[0] if isinstance(licence, list) and len(licence) == 1 else licence
+    stage.extra["licence"] = lic
+    meta = {"license": lic, "configs": [{"config_name": "default", "data_files": f"{DATA}/*.parquet"}]}
     lines = [
         "---",
-        f"license: {licence}",
-        "configs:",
-        "- config_name: default",
-        "  data_files: '*.parquet'",
+        yaml.safe_dump(meta, sort_keys=False).strip(),
         "---",
         f"# {title}",
         "",
@@ -202,8 +234,9 @@ def write_card(stage: StageDir, title: str, summary: dict[str, Any], licence: st
         "|---|---|",
     ]
     lines += [f"| {k} | {v} |" for k, v in summary.items()]
+    where = f"data_files='{stage.url}/{DATA}/*.parquet'" if is_url(stage.url) else f"data_dir='{stage.url}'"
     lines += ["", "Load it with:", "", "```python", "import datasets",
-              f"datasets.load_dataset('parquet', data_files='{stage.url}/*.parquet')", "```", ""]
+              f"datasets.load_dataset('parquet', {where}, split='train')", "```", ""]
     stage.write_bytes("README.md", "\n".join(lines).encode())
 
 

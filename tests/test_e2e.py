@@ -10,6 +10,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from factory.stage import read_docs
+from tests.ecosystem import loads_everywhere
+
 REPO = Path(__file__).resolve().parent.parent
 FACTORY = [sys.executable, "-m", "factory.cli"]
 
@@ -36,10 +39,13 @@ def test_demo_end_to_end(tmp_path):
     # generated documents came from the teacher, with provenance kept through curation
     gen = json.loads((out / "generated" / "manifest.json").read_text())
     assert gen["counts"].get("requests", 0) > 0 or gen["counts"].get("docs", 0) > 0
-    kept = pq.read_table(next((out / "curated").glob("*.parquet"))).to_pylist()
+    kept = pq.read_table(next((out / "curated" / "data").glob("*.parquet"))).to_pylist()
     assert kept, "curation kept no document"
     meta = kept[0]["meta"]
     assert meta["seed_id"].startswith("wiki:") and meta["recipe"] and meta["teacher_model"] and meta["prompt_sha"]
+    # each folder of documents loads in pyarrow, datasets and the Hub's card parser, with the seeds' licence
+    for stage in ("web", "seeds", "generated", "curated"):
+        loads_everywhere(str(out / stage), len(read_docs(str(out / stage))), "cc-by-sa-3.0")
 
     # two plans, two trained models, one report with a table and a PNG plot
     for mix in ("web_only", "phi4"):

@@ -104,7 +104,7 @@ def _curate(cfg: CurateConfig, stage, inputs, refs, bench, out_url: str, log: An
     from factory.curate.logs import shown
     from factory.curate.pipeline import compile_jobs, run_jobs, work_folder
     from factory.curate.report import build, markdown, read_rejected
-    from factory.stage import write_card
+    from factory.stage import DATA, doc_files, doc_path, licences, write_card
 
     fs, out = stage.fs, stage.root
     work_url, scratch = work_folder(cfg, out_url)
@@ -136,16 +136,17 @@ def _curate(cfg: CurateConfig, stage, inputs, refs, bench, out_url: str, log: An
     # finalize: complete shards appear under their final names, all at once
     wfs.invalidate_cache()  # workers (other processes, other nodes) wrote these
     fs.makedirs(f"{out}/rejected", exist_ok=True)
-    for sub, dest in (("kept", out), ("rejected", f"{out}/rejected")):
+    fs.makedirs(f"{out}/{DATA}", exist_ok=True)
+    for sub, dest in (("kept", lambda n: f"{out}/{doc_path(n)}"), ("rejected", lambda n: f"{out}/rejected/{n}")):
         for part in sorted(wfs.glob(f"{work}/{sub}/*.parquet.part")):
-            final = f"{dest}/{part.rsplit('/', 1)[1].removesuffix('.part')}"
+            final = dest(part.rsplit('/', 1)[1].removesuffix('.part'))
             if wfs is fs:
                 fs.mv(part, final)
             else:  # scratch on this machine: one upload per shard
                 fs.put_file(part, final)
                 wfs.rm(part)
     fs.invalidate_cache()
-    kept_files = sorted(fs.glob(f"{out}/*.parquet"))
+    kept_files = doc_files(fs, out)
     rej_files = sorted(fs.glob(f"{out}/rejected/*.parquet"))
     rejected = read_rejected(fs, rej_files)
     n_kept = _rows(fs, kept_files)
@@ -171,7 +172,7 @@ def _curate(cfg: CurateConfig, stage, inputs, refs, bench, out_url: str, log: An
         "documents": n_kept, "rejected": len(rejected),
         "removed by reason": ", ".join(f"{k} {v}" for k, v in dropped.most_common()) or "none",
         "recipes": ", ".join(f"{k} {v}" for k, v in recipes.most_common()) or "-",
-        "dedup clusters removed": report["clusters_total"], "report": "report.md"}, cfg.licence)
+        "dedup clusters removed": report["clusters_total"], "report": "report.md"}, cfg.licence or licences(cfg.inputs))
     if scratch and not cfg.keep_work:
         wfs.rm(work, recursive=True)
     elif not cfg.keep_work:

@@ -233,7 +233,7 @@ class RejectWriter(ParquetWriter):
 
 def shard_files(url: str) -> tuple[str, list[str]]:
     """(root URL, document shard paths relative to it) of a stage folder or one parquet file (any fsspec URL)."""
-    from factory.stage import fresh_fs, storage_errors, to_url
+    from factory.stage import doc_files, fresh_fs, storage_errors, to_url
 
     with storage_errors(url):
         fs, root = fresh_fs(url)
@@ -243,8 +243,7 @@ def shard_files(url: str) -> tuple[str, list[str]]:
         if root.endswith(".parquet") and fs.isfile(root):
             parent, name = root.rsplit("/", 1)
             return to_url(fs, parent), [name]
-        files = sorted(fs.glob(f"{root}/**/*.parquet"))
-    files = [f for f in files if "/rejected/" not in f and "/.tmp-" not in f and "/_work/" not in f]
+        files = doc_files(fs, root)
     if not files:
         raise FactoryError("no parquet shards in this folder", where=str(url), field="inputs",
                            fix="point at a stage folder that holds document rows")

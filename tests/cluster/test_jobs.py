@@ -112,7 +112,7 @@ def units(gen: Path) -> list[tuple[str, str, int]]:
     import pyarrow.parquet as pq
 
     out = []
-    for f in sorted(gen.glob("shard-*.parquet")):
+    for f in sorted((gen / "data").glob("train-shard-*.parquet")):
         for r in pq.read_table(f).to_pylist():
             extra = json.loads(r["meta"]["extra"] or "{}")
             out.append((r["meta"]["seed_id"], r["meta"]["recipe"], int(extra.get("sample", 0))))
@@ -130,12 +130,12 @@ def test_generation_and_curation_jobs_stop_and_resume(ray_head, head_env, teache
         job1, r = submit(ray_head, "factory", "generate", str(cfg), wait=False)
         assert r.returncode == 0, r.stderr[-3000:]
         deadline = time.time() + 180
-        while len(list(gen.glob("shard-*.parquet"))) < 1:
+        while len(list((gen / "data").glob("train-shard-*.parquet"))) < 1:
             assert time.time() < deadline, factory(ray_head, "jobs", "logs", job1, "--address", ray_head.dashboard).stdout[-3000:]
             time.sleep(0.5)
         stop = factory(ray_head, "jobs", "stop", job1, "--address", ray_head.dashboard)
         assert stop.returncode == 0 and stop.stdout.strip() == "STOPPED", stop.stdout + stop.stderr
-        done_at_stop = len(list(gen.glob("shard-*.parquet")))
+        done_at_stop = len(list((gen / "data").glob("train-shard-*.parquet")))
         assert done_at_stop < shards, "the job finished before it was stopped: nothing to resume"
         calls_at_stop = proxy.teacher_calls
         time.sleep(1.5)  # a request in flight when the job stopped may still land at the teacher
@@ -170,4 +170,4 @@ def test_generation_and_curation_jobs_stop_and_resume(ray_head, head_env, teache
 def read_ids(folder: Path) -> list[str]:
     import pyarrow.parquet as pq
 
-    return [i for f in sorted(folder.glob("shard-*.parquet")) for i in pq.read_table(f, columns=["id"])["id"].to_pylist()]
+    return [i for f in sorted((folder / "data").glob("train-shard-*.parquet")) for i in pq.read_table(f, columns=["id"])["id"].to_pylist()]

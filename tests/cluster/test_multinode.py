@@ -118,7 +118,7 @@ def snapshot_url(url: str) -> dict:
 
     def rows(pattern: str) -> dict:
         return {f.rsplit("/", 1)[1]: pq.read_table(fs.open(f, "rb")).to_pylist() for f in sorted(fs.glob(f"{root}/{pattern}"))}
-    return {"kept": rows("*.parquet"), "rejected": rows("rejected/*.parquet")}
+    return {"kept": rows("data/*.parquet"), "rejected": rows("rejected/*.parquet")}
 
 
 def test_curate_across_nodes_to_s3_and_survive_a_lost_node(cluster, s3_bucket, tmp_path):

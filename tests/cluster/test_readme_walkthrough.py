@@ -173,13 +173,13 @@ def test_readme_cluster_walkthrough(tmp_path):
 
 
 def load_curated(endpoint: str, cache: Path):
-    """`datasets.load_dataset("parquet", data_dir="s3://...", storage_options=...)`; datasets'
+    """`datasets.load_dataset("parquet", data_files="s3://...", storage_options=...)`; datasets'
     offline mode refuses every remote URL, so it is lifted for this call (the store is on loopback)."""
     import datasets
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-        return datasets.load_dataset("parquet", data_dir="s3://factory/curated", split="train",
+        return datasets.load_dataset("parquet", data_files="s3://factory/curated/data/*.parquet", split="train",
                                      cache_dir=str(cache), storage_options={
                                          "key": "testing", "secret": "testing",
                                          "client_kwargs": {"endpoint_url": endpoint}})

@@ -10,7 +10,7 @@ from typing import Any
 
 from factory.schema import make_doc
 from factory.seeds import load_wiki_summaries, wiki_rows
-from factory.stage import StageDir
+from factory.stage import StageDir, write_card
 
 
 def records(min_words: int = 60) -> list[dict]:
@@ -53,6 +53,7 @@ def write_stage(path: Path, rows: list[dict], stage: str = "generate", shards: i
         part = rows[k::shards]
         if part:
             sd.write_docs(f"part-{k:05d}.parquet", part)
+    write_card(sd, "planted documents", {"rows": len(rows)}, "cc-by-sa-3.0")  # texts from Wikipedia summaries
     sd.finish()
     return str(path)
 

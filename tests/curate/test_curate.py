@@ -11,12 +11,13 @@ import pytest
 
 from factory.curate import load, run
 from factory.stage import read_docs
+from tests.ecosystem import loads_everywhere
 
 
 def snapshot(out: str) -> dict:
     """Everything a run decides: kept rows per shard and rejected rows per file, in order."""
     o = Path(out)
-    kept = {f.name: pq.read_table(f).to_pylist() for f in sorted(o.glob("*.parquet"))}
+    kept = {f.name: pq.read_table(f).to_pylist() for f in sorted((o / "data").glob("*.parquet"))}
     rej = {f.name: pq.read_table(f).to_pylist() for f in sorted((o / "rejected").glob("*.parquet"))}
     return {"kept": kept, "rejected": rej}
 
@@ -72,6 +73,7 @@ def test_counts_provenance_card_and_report(planted, result):
     assert manifest["status"] == "done" and manifest["stage"] == "curate"
     card = (Path(out) / "README.md").read_text()
     assert f"| documents | {len(kept)} |" in card
+    loads_everywhere(out, len(kept), "cc-by-sa-3.0")  # the inputs' licence, read from their manifests
     report = json.loads((Path(out) / "report.json").read_text())
     assert report["clusters_total"] >= 1
     ex = report["clusters"][0]

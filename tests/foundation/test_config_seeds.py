@@ -8,6 +8,7 @@ import pytest
 from factory.config import load_config
 from factory.errors import FactoryError
 from factory import seeds
+from tests.ecosystem import loads_everywhere
 
 
 def test_unknown_field_names_file_and_field(tmp_path):
@@ -72,5 +73,7 @@ def test_seeds_and_curate_seeds_cli(tmp_path):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["curate-seeds", str(tmp_path / "seeds"), "--out", str(tmp_path / "cur"), "--n", "10"])
     assert r.exit_code == 0, r.output
-    kept = pq.read_table(tmp_path / "cur" / "seeds.parquet").to_pylist()
+    kept = pq.read_table(tmp_path / "cur" / "data" / "train-seeds.parquet").to_pylist()
     assert 0 < len(kept) <= 10 and all(k["meta"]["seed_id"] for k in kept)
+    loads_everywhere(str(tmp_path / "seeds"), 30, "cc-by-sa-3.0")
+    loads_everywhere(str(tmp_path / "cur"), len(kept), "cc-by-sa-3.0")  # the licence of the seeds it read

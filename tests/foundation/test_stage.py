@@ -7,7 +7,8 @@ import pytest
 
 from factory.errors import FactoryError
 from factory.schema import DOC_SCHEMA, doc_id, extra, make_doc
-from factory.stage import StageDir, read_docs, write_card
+from factory.stage import StageDir, licences, read_docs, write_card
+from tests.ecosystem import loads_everywhere
 
 
 def rows(n, source="s"):
@@ -53,7 +54,25 @@ def test_loads_with_datasets_and_card(tmp_path):
     st = StageDir(str(tmp_path / "out"), "test", {})
     st.write_docs("part-0.parquet", rows(4))
     write_card(st, "Test set", {"rows": 4}, "cc-by-sa-3.0")
-    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "*.parquet"), split="train")
+    ds = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out"), split="train")
     assert len(ds) == 4 and json.loads(ds[0]["meta"]["extra"]) == {"i": 0}
     card = (tmp_path / "out" / "README.md").read_text()
     assert "license: cc-by-sa-3.0" in card and "| rows | 4 |" in card
+    assert [p.name for p in (tmp_path / "out" / "data").iterdir()] == ["train-part-0.parquet"]
+    loads_everywhere(str(tmp_path / "out"), 4, "cc-by-sa-3.0")
+
+
+def test_card_licence_follows_the_inputs(tmp_path):
+    for name, lic in (("a", "cc-by-sa-3.0"), ("b", "cc-by-sa-3.0"), ("c", "apache-2.0")):
+        st = StageDir(str(tmp_path / name), "test", {})
+        st.write_docs("part-0.parquet", rows(1))
+        write_card(st, name, {}, lic)
+        assert st.finish()["licence"] == lic
+    plain = tmp_path / "plain.parquet"
+    assert licences([str(tmp_path / "a"), str(tmp_path / "b")]) == ["cc-by-sa-3.0"]
+    assert licences([str(tmp_path / "a"), str(tmp_path / "c")]) == ["apache-2.0", "cc-by-sa-3.0"]
+    assert licences([str(tmp_path / "a"), str(plain)]) == ["cc-by-sa-3.0", "other"]
+    st = StageDir(str(tmp_path / "mixed"), "test", {})
+    st.write_docs("part-0.parquet", rows(2))
+    write_card(st, "mixed", {}, licences([str(tmp_path / "a"), str(tmp_path / "c")]))
+    loads_everywhere(str(tmp_path / "mixed"), 2, ["apache-2.0", "cc-by-sa-3.0"])

@@ -40,7 +40,7 @@ def test_generate_writes_docs_with_provenance_and_resumes(teacher, ray_local, se
     assert sorted(ids(tmp_path / "out")) == sorted(got) and m2["this_run"]["failed_shards"] == []
     assert "requests" not in m2["this_run"]
     # a lost shard is redone from the cache: no teacher call
-    (tmp_path / "out" / "shard-00001.parquet").unlink()
+    (tmp_path / "out" / "data" / "train-shard-00001.parquet").unlink()
     m3 = run(cfg, show_progress=False)
     assert sorted(ids(tmp_path / "out")) == sorted(got)
     assert m3["this_run"]["requests"] == 0 and m3["this_run"]["cache_hits"] > 0

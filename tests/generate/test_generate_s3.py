@@ -27,7 +27,7 @@ def test_generate_to_s3_resumes_from_the_store(teacher, ray_local, seeds_file, t
     segs = fs.glob(f"{root}/cache/layout-*/shard-*/seg-*.jsonl")
     assert segs and sum(len(fs.cat_file(s).splitlines()) for s in segs) == m["accounting"]["requests"] == 6
     # a shard lost from the store is redone from the cache on the store: no teacher call
-    fs.rm(f"{root}/shard-00001.parquet")
+    fs.rm(f"{root}/data/train-shard-00001.parquet")
     m2 = run(cfg, show_progress=False)
     assert m2["this_run"]["requests"] == 0 and m2["this_run"]["cache_hits"] == 2
     assert request_keys(out) == request_keys(tmp_path / "ref")
@@ -53,7 +53,7 @@ def test_a_late_writer_does_not_replace_a_finished_shard(teacher, ray_local, see
     cfg = gen_cfg(seeds_file(4), out, teacher.endpoints, teacher.model, shards=2)
     run(cfg, show_progress=False)
     fs, root = fsspec.core.url_to_fs(out)
-    before = fs.cat_file(f"{root}/shard-00000.parquet"), fs.info(f"{root}/shard-00000.parquet")["LastModified"]
+    before = fs.cat_file(f"{root}/data/train-shard-00000.parquet"), fs.info(f"{root}/data/train-shard-00000.parquet")["LastModified"]
     stage = StageDir(out, "generate", StageDir.read_manifest(out)["config"])
     rows = split(load_seeds(cfg)[0], 2)[0]
 
@@ -69,4 +69,4 @@ def test_a_late_writer_does_not_replace_a_finished_shard(teacher, ray_local, see
     stats = asyncio.run(late())
     assert stats["late"] is True
     fs.invalidate_cache()
-    assert (fs.cat_file(f"{root}/shard-00000.parquet"), fs.info(f"{root}/shard-00000.parquet")["LastModified"]) == before
+    assert (fs.cat_file(f"{root}/data/train-shard-00000.parquet"), fs.info(f"{root}/data/train-shard-00000.parquet")["LastModified"]) == before

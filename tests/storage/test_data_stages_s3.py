@@ -20,6 +20,7 @@ import pytest
 
 from factory.errors import FactoryError
 from factory.stage import StageDir, read_docs
+from tests.ecosystem import loads_everywhere
 
 ROOT = Path(__file__).parents[2]
 EXE = Path(sys.executable).parent / "factory"
@@ -116,17 +117,18 @@ def test_seeds_cli_reads_and_writes_s3_like_local(s3_server, bucket, tmp_path):
     assert m["status"] == "done" and m["counts"] == local["counts"] == {"in": 30, "out": 28}
     assert m["dropped"] == local["dropped"] == {"bad_json": 1, "missing_text": 1}
     got, want = rows(out, "**/*.parquet"), rows(str(tmp_path / "local"), "**/*.parquet")
-    assert set(got) == set(want) == {"seeds.parquet", "rejected/seeds.parquet"}
-    assert undated(got["seeds.parquet"]) == undated(want["seeds.parquet"])
+    assert set(got) == set(want) == {"data/train-seeds.parquet", "rejected/seeds.parquet"}
+    assert undated(got["data/train-seeds.parquet"]) == undated(want["data/train-seeds.parquet"])
     assert got["rejected/seeds.parquet"] == want["rejected/seeds.parquet"]
-    ds = load_parquet(f"{out}/*.parquet", s3_server.endpoint, tmp_path / "hf")
+    ds = load_parquet(f"{out}/data/*.parquet", s3_server.endpoint, tmp_path / "hf")
     assert len(ds) == 28 and ds[0]["kind"] == "web" and ds[0]["source"] == "mine"
+    loads_everywhere(out, 28, "other", s3_server.endpoint)  # a JSONL source that declares no licence
 
     # a rerun keeps the finished shard: one planted marker row survives it
     fs = s3()
-    marker = pq.read_table(pa_buf(fs.cat_file(f"{out}/seeds.parquet"))).slice(0, 1)
+    marker = pq.read_table(pa_buf(fs.cat_file(f"{out}/data/train-seeds.parquet"))).slice(0, 1)
     StageDir(out, "seeds", seeds.SeedsConfig(source="jsonl", path=f"{bucket}/in/s.jsonl", name="mine")).write_table(
-        "seeds.parquet", marker)
+        "data/train-seeds.parquet", marker)
     again = seeds.run(seeds.SeedsConfig(source="jsonl", path=f"{bucket}/in/s.jsonl", name="mine"), out)
     assert again["status"] == "done" and read_docs(out).num_rows == 1
 
@@ -265,7 +267,7 @@ def local_curated(planted, tmp_path_factory) -> tuple[dict, str]:
 
 
 def curated(url: str) -> dict:
-    return {"kept": rows(url, "*.parquet"), "rejected": rows(url, "rejected/*.parquet")}
+    return {"kept": rows(url, "data/*.parquet"), "rejected": rows(url, "rejected/*.parquet")}
 
 
 @pytest.mark.slow
@@ -283,8 +285,7 @@ def test_curate_s3_inputs_to_s3_like_local(s3_server, bucket, planted, local_cur
     assert m["status"] == "done" and m["counts"] == want["counts"] and m["dropped"] == want["dropped"]
     assert curated(out) == curated(local_out)
     assert not s3().exists(f"{out}/_work/filtered")  # intermediates cleaned on the store too
-    ds = load_parquet(f"{out}/*.parquet", s3_server.endpoint, tmp_path / "hf")
-    assert len(ds) == m["counts"]["kept"]
+    loads_everywhere(out, m["counts"]["kept"], "cc-by-sa-3.0", s3_server.endpoint)  # the planted inputs' licence
     assert run(cfg)["updated_at"] == m["updated_at"]  # finished: a rerun skips all work
 
 

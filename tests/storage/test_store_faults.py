@@ -49,7 +49,7 @@ def test_generate_through_a_flaky_store(teacher, flaky_s3, s3_bucket, tmp_path):
     # every completion is in the cache on the store once per key: a rerun pays for nothing
     fs, root = fsspec.core.url_to_fs(out)
     fs.invalidate_cache()
-    for shard in fs.glob(f"{root}/shard-*.parquet"):
+    for shard in fs.glob(f"{root}/data/train-shard-*.parquet"):
         fs.rm(shard)
     again = cli("generate", str(cfg))
     assert again.returncode == 0, again.stderr[-3000:]
@@ -84,7 +84,7 @@ def test_curate_through_a_flaky_store(flaky_s3, s3_bucket, tmp_path):
         f, root = fsspec.core.url_to_fs(url)
         f.invalidate_cache()
         return {p.rsplit("/", 1)[1]: pq.read_table(f.open(p, "rb")).to_pylist()
-                for p in sorted(f.glob(f"{root}/*.parquet") + f.glob(f"{root}/rejected/*.parquet"))}
+                for p in sorted(f.glob(f"{root}/data/*.parquet") + f.glob(f"{root}/rejected/*.parquet"))}
 
     assert StageDir.read_manifest(f"{s3_bucket}/curated")["status"] == "done"
     assert rows(f"{s3_bucket}/curated") == rows(str(tmp_path / "local"))
