@@ -26,7 +26,11 @@ def test_tiny_search_on_the_real_runner(tmp_path, tokens):
         "proxy": {"model": TINY_MODEL, "tokens": 4096, "seeds": [0], "nproc": 1},
         "run_config": {"train": {"global_batch": 8, "micro_batch": 4, "tensorboard": False},
                        "optim": {"lr": 3e-3, "warmup_steps": 2}},
-        "benchmarks": {"builtin": ["wiki_mc"], "n": 8, "source_windows": 4}}))
+        "benchmarks": {"builtin": ["wiki_mc"], "n": 8, "source_windows": 4},
+        "validate": {"model": TINY_MODEL, "tokens": 4096, "seeds": [0, 1, 2], "nproc": 1, "baselines": ["web_only.yaml"]}}))
+    (tmp_path / "web_only.yaml").write_text(yaml.safe_dump({
+        "name": "web_only", "total_tokens": 4096, "seq_len": 64, "tokenizer": "tokenizer.json",
+        "sources": [{"name": "web", "path": "web", "kind": "web", "share": 1.0}]}))
     exe = Path(sys.executable).parent / "factory"
     r = subprocess.run([str(exe), "mix", "search", str(spec), "--out", str(tmp_path / "out")], capture_output=True,
                        text=True, timeout=900, cwd=tmp_path)
@@ -45,3 +49,11 @@ def test_tiny_search_on_the_real_runner(tmp_path, tokens):
                            text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 0 and "proposal" in again.stdout + again.stderr
     assert json.loads((tmp_path / "out" / "report.json").read_text())["proposal"] == rep["proposal"]
+    val = subprocess.run([str(exe), "mix", "search", str(spec), "--out", str(tmp_path / "out"), "--validate"],
+                         capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert val.returncode == 0, val.stderr[-3000:]
+    v = json.loads((tmp_path / "out" / "report.json").read_text())["validation"]
+    assert set(v["mixes"]) == {"proposal", "web_only"} and all(m["n"] == 3 for m in v["mixes"].values())
+    d = v["versus"]["web_only"]
+    assert d["wins"] == (v["mixes"]["proposal"]["mean"] < v["mixes"]["web_only"]["mean"])  # a loss: lower wins
+    assert "proposal vs web_only" in (tmp_path / "out" / "report.md").read_text()
