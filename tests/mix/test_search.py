@@ -133,3 +133,13 @@ def test_bad_search_files_are_one_clear_line(data, tmp_path):
         assert "Traceback" not in r.stderr and says in r.stderr and "search.yaml" in r.stderr, (name, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not any((tmp_path / n).exists() and any((tmp_path / n).iterdir()) for n in cases)  # nothing written
+
+
+def test_the_shipped_search_file_is_valid():
+    from factory.mixsearch import load
+
+    root = Path(__file__).parents[2]
+    cfg = load(root / "mixes/ablations/search_phi4.yaml")
+    assert cfg.proxies >= 24 and set(cfg.vary) == {"web", "synthetic", "rewrite"} and len(cfg.validate_.seeds) >= 3
+    assert (root / "mixes/ablations" / cfg.base_mix).exists()
+    assert all((root / "mixes/ablations" / b).exists() for b in cfg.validate_.baselines)
