@@ -4,12 +4,12 @@ A continuous-batching server (vLLM, SGLang) serves more tokens per second the mo
 batches, until its batch or KV cache is full; past that, requests only queue: latency rises
 with the window and throughput stays flat, then 429s and timeouts come. The window is moved in
 epochs, each measured on a cohort of requests sent at the epoch's window (`epoch` of them in
-slow start, then at least one window's worth), all awaited, so short answers coming back first
+slow start, then a quarter of the window at least), all awaited, so short answers coming back first
 do not bias it: by Little's law the throughput is
 (mean requests in flight) / (latency per completion token), so comparing two epochs gives the
 throughput's elasticity to the window, e = 1 - dlog(latency) / dlog(in flight), without timing
-the epochs themselves. The window doubles while e >= 0.5 (slow start), grows by a quarter while
-e >= `min_gain`, and otherwise goes back to the last window that paid and holds there a few
+the epochs themselves. The window doubles while e >= 0.5 (slow start), then grows by half while
+e >= 0.25 and by a quarter while e >= `min_gain`, and otherwise goes back to the last window that paid and holds there a few
 epochs before probing again. A 429, a timeout or a 5xx halves it at once (at most once per
 latency, as TCP does per round trip); so does a latency past half the request timeout.
 
@@ -26,7 +26,7 @@ import time
 
 class AdaptiveWindow:
     def __init__(self, initial: int, lo: int = 1, hi: int = 1024, sharers: int = 1, min_gain: float = 0.1,
-                 epoch: int = 16, hold: int = 4, timeout_s: float = 120.0):
+                 epoch: int = 16, hold: int = 2, timeout_s: float = 120.0):
         self.lo, self.hi = max(1, lo), max(1, hi)
         self.w = float(min(self.hi, max(self.lo, initial)))
         self.sharers, self.min_gain, self.epoch, self.hold_epochs = max(1, sharers), min_gain, epoch, hold
@@ -68,7 +68,7 @@ class AdaptiveWindow:
 
     def sent(self) -> int | None:
         """A request goes out: its cohort tag, if it is one of this epoch's measured requests."""
-        if self.members >= (self.epoch if self.slow_start else max(self.epoch, self.limit)):
+        if self.members >= self._cohort():
             return None
         self.members += 1
         self.outstanding += 1
@@ -92,9 +92,12 @@ class AdaptiveWindow:
         if tag is not None and tag == self.gen:
             self._returned(time.monotonic())
 
+    def _cohort(self) -> int:
+        return min(self.epoch, 2 * self.limit) if self.slow_start else max(self.epoch, self.limit // 4)
+
     def _returned(self, now: float) -> None:
         self.outstanding -= 1
-        if self.outstanding <= 0 and self.members >= (self.epoch if self.slow_start else max(self.epoch, self.limit)):
+        if self.outstanding <= 0 and self.members >= self._cohort():
             self._epoch_end(now)
 
     def overload(self, now: float | None = None) -> None:
@@ -129,10 +132,10 @@ class AdaptiveWindow:
             return self._set(self.w * 1.25)
         e_own = 1 - math.log(per_token / prev[2]) / dn
         e = 1 - self.sharers * (1 - e_own)
-        if e >= self.min_gain:
+        if e >= self.min_gain:  # worth it: a step that grows with the gain
             self.good = self.w
             self.slow_start = self.slow_start and e >= 0.5
-            return self._set(self.w * (2 if self.slow_start else 1.25))
+            return self._set(self.w * (2 if self.slow_start or e >= 0.5 else 1.5 if e >= 0.25 else 1.25))
         self.slow_start = False  # no longer worth it: back to the window that paid, hold, probe again later
         self._set(prev[0])
         self.good, self.hold, self.prev = prev[0], self.hold_epochs, None

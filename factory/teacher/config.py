@@ -70,7 +70,7 @@ class AdaptiveOptions(BaseModel):
     max_window: int = Field(1024, ge=1, description="the most requests in flight per endpoint")
     min_gain: float = Field(0.05, gt=0, lt=1, description="grow while a larger window raises throughput by this "
                             "fraction of the window's growth (elasticity)")
-    epoch: int = Field(16, ge=2, description="completions per measurement (at least one window's worth)")
+    epoch: int = Field(16, ge=2, description="requests per measurement (at least a quarter of the window after slow start)")
     sharers: int = Field(1, ge=1, description="clients sharing each endpoint (set per worker by the generate stage)")
 
 
