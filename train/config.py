@@ -222,12 +222,6 @@ def _check(c: RunConfig, where: str) -> None:
         bad("data.source", f"{c.data.source!r}; use 'random' or 'plan'")
     if c.data.source == "plan" and not c.data.plan:
         bad("data.plan", "source is 'plan' but no plan.json path is given; set data.plan")
-    for name in ("plan", "val_plan", "tokenizer"):
-        value = getattr(c.data, name)
-        if value and "://" in value and not value.startswith("file://"):
-            bad(f"data.{name}", f"{value} is on object storage, but training reads its data from local disk (the "
-                "loader memory-maps the .ds shards); copy the tokenized folder and plan.json to local disk "
-                "(e.g. `aws s3 sync`) and point this field there")
     if c.optim.schedule not in ("cosine", "wsd", "constant"):
         bad("optim.schedule", f"{c.optim.schedule!r}; use cosine, wsd or constant")
     if c.train.device not in ("auto", "cpu", "cuda"):

@@ -43,14 +43,12 @@ def prepare(config: dict | str | Path | config_mod.RunConfig, overrides=None) ->
     cfg.run_dir = cfg.run_dir.rstrip("/") if url else str(Path(cfg.run_dir).resolve())
     if cfg.scratch_dir:
         cfg.scratch_dir = str(Path(cfg.scratch_dir).resolve())
-    if cfg.data.plan:
-        cfg.data.plan = str(Path(cfg.data.plan).resolve())
-        if cfg.data.source == "plan" and not Path(cfg.data.plan).exists():
-            raise config_mod.ConfigError(f"field data.plan: {cfg.data.plan} not found; write it with "
-                                         "`factory mix plan` or fix the path")
-    for key in ("tokenizer", "val_plan"):
-        if getattr(cfg.data, key):
-            setattr(cfg.data, key, str(Path(getattr(cfg.data, key)).resolve()))
+    for key in ("plan", "tokenizer", "val_plan"):  # local paths made absolute; URLs (data on a store) kept
+        if getattr(cfg.data, key) and not storage.is_url(getattr(cfg.data, key)):
+            setattr(cfg.data, key, str(Path(getattr(cfg.data, key).removeprefix("file://")).resolve()))
+    if cfg.data.plan and cfg.data.source == "plan" and not storage.exists(cfg.data.plan):
+        raise config_mod.ConfigError(f"field data.plan: {cfg.data.plan} not found; write it with "
+                                     "`factory mix plan` or fix the path")
     precheck(cfg, str(config) if isinstance(config, (str, Path)) else "run config")
     if url:
         storage.write_text(storage.join(cfg.run_dir, "config.yaml"), config_mod.dumps(cfg))
@@ -72,7 +70,7 @@ def precheck(cfg: config_mod.RunConfig, where: str) -> None:
                                      f"use one of {', '.join(sorted(PRESETS))}")
     if cfg.data.source != "plan" or not cfg.train.steps:
         return
-    plan = json.loads(Path(cfg.data.plan).read_text())
+    plan = json.loads(storage.read_text(cfg.data.plan))
     phases = [ph for ph in plan.get("phases", []) if cfg.data.phase in (None, ph["name"])]
     samples = sum(int(s["tokens"]) // int(plan["seq_len"]) for ph in phases for s in ph["sources"])
     avail = samples // cfg.train.global_batch

@@ -94,12 +94,6 @@ def make_data(cfg: RunConfig, rank: int, world: int):
     if d.seq_len and d.seq_len != plan["seq_len"]:
         raise config_mod.ConfigError(f"field data.seq_len: {d.seq_len} differs from the plan's "
                                      f"{plan['seq_len']}; drop it")
-    for ph in plan.get("phases", []):
-        for src in ph.get("sources", []):
-            if storage.is_url(src.get("path", "")):
-                raise config_mod.ConfigError(f"field data.plan: {d.plan} reads source {src['name']} from {src['path']}, "
-                                             "but training data must be on local disk (the loader memory-maps the "
-                                             ".ds shards); copy the tokenized folders to local disk and plan there")
     loader = MixLoader(plan, rank, world, cfg.train.micro_batch, phase=d.phase)
     tok = d.tokenizer or plan.get("tokenizer") or None
     if tok:  # as given (absolute or from the working dir), else next to plan.json
@@ -287,6 +281,10 @@ def train(cfg: RunConfig, on_model=None) -> dict:
         storage.write_text(storage.join(run_dir, "config.yaml"), config_mod.dumps(cfg))
     accum = config_mod.grad_accum(cfg, world)
 
+    from train import datacache  # a plan, its sources or tokenizer on a store: this node's copy
+
+    datacache.stage(cfg, Path(cfg.scratch_dir) if cfg.scratch_dir else storage.scratch_root(),
+                    int(os.environ.get("LOCAL_RANK", 0)) == 0, dist.barrier)
     data, info = make_data(cfg, rank, world)
     seq_len = info["seq_len"]
     model, args = build_model(cfg, info["vocab_size"], seq_len, device, dtype)

@@ -44,6 +44,11 @@ def join(base, *parts: str) -> str:
     return "/".join([str(base).rstrip("/"), *(str(p).strip("/") for p in parts)])
 
 
+def scratch_root() -> Path:
+    """This machine's folder for the local copies of runs and data on a store."""
+    return Path(tempfile.gettempdir()) / "train-scratch"
+
+
 def scratch(run_dir: str, scratch_dir: str | None = None) -> Path:
     """The local folder of a run: run_dir itself when local, else scratch_dir or a temp folder
     named after the URL (the same on every rank of a node)."""
@@ -52,7 +57,7 @@ def scratch(run_dir: str, scratch_dir: str | None = None) -> Path:
     if scratch_dir:
         return Path(scratch_dir)
     tag = hashlib.sha256(str(run_dir).rstrip("/").encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / "train-scratch" / tag
+    return scratch_root() / tag
 
 
 # --------------------------------------------------------------------------- errors

@@ -151,12 +151,36 @@ def test_missing_credentials_are_one_clear_line(s3_bucket, tmp_path, monkeypatch
     assert "AWS_ACCESS_KEY_ID" in e.value.fix
 
 
-def test_training_data_on_a_url_is_refused(tmp_path):
+@pytest.mark.slow
+def test_training_data_on_the_store_trains_like_local_disk(s3_bucket, tiny_plan, tmp_path):  # noqa: F811
+    """plan.json, the .ds shards and the tokenizer on S3: each node copies them once to its scratch
+    and the run is bitwise the one on local disk; a second run fetches nothing again."""
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    plan = json.loads(tiny_plan.read_text())
+    data = f"{s3_bucket}/tokens"
+    for s in plan["phases"][0]["sources"]:
+        fs.put(s["path"], f"{data}/{s['name']}", recursive=True)
+        s["path"] = f"{data}/{s['name']}"
+    fs.put_file(plan["tokenizer"], f"{data}/tokenizer.json")
+    plan["tokenizer"] = "tokenizer.json"  # relative to the plan on the store
+    fs.pipe_file(f"{data}/plan.json", json.dumps(plan).encode())
+
+    ref = launch.run(plan_config(tmp_path / "ref", tiny_plan), nproc=2, echo=None)
+    cfg = plan_config(tmp_path / "run", f"{data}/plan.json", scratch_dir=str(tmp_path / "scratch"))
+    run = launch.run(cfg, nproc=2, echo=None)
+    assert losses(run) == losses(ref)
+    copies = sorted((tmp_path / "scratch" / "data").rglob("*.ds"))
+    assert len(copies) == len(list(tiny_plan.parent.rglob("*.ds")))
+    before = {p: p.stat().st_mtime_ns for p in copies}
+    launch.run(plan_config(tmp_path / "run2", f"{data}/plan.json", scratch_dir=str(tmp_path / "scratch")),
+               nproc=2, echo=None)
+    assert {p: p.stat().st_mtime_ns for p in copies} == before  # nothing fetched again
     from train.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"field data\.plan: s3://b/plan\.json is on object storage.*local disk"):
-        launch.prepare(tiny_config(tmp_path / "run", data={"source": "plan", "plan": "s3://b/plan.json"}))
-    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match=r"field data\.plan: s3://.*/nothing\.json not found"):
+        launch.prepare(plan_config(tmp_path / "run3", f"{data}/nothing.json"))
 
 
 def test_a_store_without_its_filesystem_is_one_clear_line(tmp_path):
