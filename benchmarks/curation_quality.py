@@ -85,7 +85,7 @@ def config(inputs: str, out: Path, seeds: str, ours: bool, model: str | None):
         f.quality.model = model or ""
     else:
         f.meta_commentary.enabled = f.chatter.enabled = f.faithfulness.enabled = f.quality.enabled = False
-        f.gopher_quality.options = {}  # datatrove's defaults, as before
+        f.gopher_quality.options = f.gopher_repetition.options = {}  # datatrove's defaults, as before
     return cfg
 
 
@@ -126,15 +126,16 @@ def pr(dropped: set[str], bad: set[str]) -> dict[str, float | int]:
 
 def score(labs: list[dict], rej: dict[str, str], kept: dict[str, dict]) -> dict:
     by_id = {r["id"]: r for r in labs}
-    bad = {i for i, r in by_id.items() if r["label"] != "clean"}
-    clean = set(by_id) - bad
+    bad = {i for i, r in by_id.items() if r["label"] != "clean" and not r.get("strippable")}  # should be dropped
+    clean = set(by_id) - bad  # should be kept (a strippable one, once cut)
     per_filter = {reason: pr({i for i, x in rej.items() if x == reason}, bad) for reason in sorted(set(rej.values()))}
     kept_bad = [i for i in kept if defective(by_id[i], kept[i])]
     share = {d: round(sum(d in by_id[i]["labels"] for i in kept_bad) / len(kept), 3) if kept else None
              for d in DEFECTS}
     return {"documents": len(labs), "clean": len(clean), "kept": len(kept),
             "kept_defect_share": round(len(kept_bad) / len(kept), 3) if kept else None,
-            "clean_recall": round(len(clean & kept.keys()) / len(clean), 3) if clean else None,
+            "clean_recall": round(sum(1 for i in clean & kept.keys() if not defective(by_id[i], kept[i])) / len(clean), 3)
+            if clean else None,
             "drop": pr(set(rej), bad), "per_filter": per_filter, "defect_share_in_kept": share,
             "stripped_kept": sum(1 for r in kept.values() if "stripped" in (r["meta"].get("extra") or ""))}
 

@@ -68,7 +68,7 @@ META_PATTERNS = [
     r"\b(?:the|this|that) (?:passage|source text|draft|rubric|critique)\b",
     r"\b(?:this|the) article (?:aims|will|presents|explores|provides|discusses|covers)\b|\bin this article\b",
     r"\b(?:the|this) text (?:above|below|is about|describes|provides|tells|speaks)\b",
-    r"^\W*(?:source(?: text)?|original text|rewritten\b[^:\n]{0,40}|revised\b[^:\n]{0,40}|rewrite)\s*:",
+    r"^\W*(?:(?:the )?source(?: text)?(?: is)?|original text|rewritten\b[^:\n]{0,40}|revised\b[^:\n]{0,40}|rewrite)\s*:",
     r"\bi(?:'ve| have)? (?:rewritten|reformatted|revised|simplified|restructured|rephrased|condensed|summarized|kept|added|removed|included|tried|made sure)\b",
     r"\bi(?:'ve| have)? made (?:several |some |a few |the following )?changes\b",
     r"\b(?:i'll|i will|let me|i'm going to) (?:provide|rewrite|reformat|revise|summarize|create|write|give you|break|explain|start|begin|help)\b",
@@ -163,9 +163,12 @@ class FiltersCfg(_M):
     chatter: CommentaryCfg = Field(default_factory=lambda: CommentaryCfg(patterns=CHATTER_PATTERNS))
     refusal: RefusalCfg = Field(default_factory=RefusalCfg)
     language: LanguageCfg = Field(default_factory=LanguageCfg)
-    # synthetic distillations of short seeds run 20-50 words: datatrove's 50-word minimum dropped them
-    gopher_quality: Toggle = Field(default_factory=lambda: Toggle(enabled=True, options={"min_doc_words": 20}))
-    gopher_repetition: Toggle = Field(default_factory=lambda: Toggle(enabled=True))
+    # faithful distillations of short seeds run 20-50 words, with few stop words and, in a Q/A pair, the
+    # question's words again in the answer: datatrove's web-page defaults dropped them (dev labels)
+    gopher_quality: Toggle = Field(default_factory=lambda: Toggle(enabled=True, options={
+        "min_doc_words": 20, "min_stop_words": 1}))
+    gopher_repetition: Toggle = Field(default_factory=lambda: Toggle(enabled=True, options={
+        "top_n_grams": [[2, 0.3], [3, 0.3], [4, 0.3]]}))
     fineweb_quality: Toggle = Field(default_factory=Toggle)
     c4_quality: Toggle = Field(default_factory=Toggle)
     faithfulness: FaithfulnessCfg = Field(default_factory=FaithfulnessCfg)
