@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -12,17 +14,25 @@ from factory.schema import extra
 from factory.stage import read_docs
 from factory.teacher.server import free_port
 from fault_proxy import FaultProxy
+from tests.ecosystem import loads_everywhere
 
 
 def ids(out) -> list[str]:
     return read_docs(str(out)).column("id").to_pylist()
 
 
-def test_generate_writes_docs_with_provenance_and_resumes(teacher, ray_local, seeds_file, tmp_path):
+def test_generate_writes_docs_with_provenance_and_resumes(teacher, ray_local, seeds_file, tmp_path, capfd, monkeypatch):
     seeds = seeds_file(5, bad=[{"id": "x", "text": ""}, {"meta": {"seed_id": "y"}}])
     cfg = gen_cfg(seeds, tmp_path / "out", teacher.endpoints, teacher.model, samples_per_seed=2,
                   teacher_kw={"price": {"prompt_per_1k": 0.001, "completion_per_1k": 0.002}})
-    m = run(cfg, show_progress=False)
+    monkeypatch.setenv("FACTORY_PROGRESS_EVERY_S", "0.2")
+    capfd.readouterr()
+    m = run(cfg)
+    # not a terminal (a Ray job's log): plain progress lines while it runs, with rates and an ETA
+    lines = re.findall(r"^generate (\d+)/10 \(\d+%\) [\d.]+ units/s elapsed \d:\d\d:\d\d eta (\S+)  .*docs/s.*tok/s",
+                       capfd.readouterr().err, re.M)
+    assert len(lines) >= 3 and lines[-1] == ("10", "0:00:00"), lines
+    assert all(re.fullmatch(r"\d:\d\d:\d\d", eta) for done, eta in lines if int(done) > 0), lines
     got = ids(tmp_path / "out")
     assert len(got) == len(set(got)) == 10  # 5 seeds x 2 samples, none lost or duplicated
     assert m["status"] == "done" and m["counts"]["docs"] == 10 and m["dropped"] == {"malformed_seed": 2}
@@ -34,6 +44,7 @@ def test_generate_writes_docs_with_provenance_and_resumes(teacher, ray_local, se
     assert meta["prompt_sha"] and meta["completion_tokens"] > 0 and meta["finish_reason"] in ("stop", "length")
     assert "sample" in extra(row)
     bad = pq.read_table(tmp_path / "out" / "rejected" / "seeds.parquet").to_pylist()
+    loads_everywhere(str(tmp_path / "out"), 10, "other")  # seeds from a JSONL file declare no licence
     assert {b["reason"] for b in bad} == {"malformed_seed"}
     # a rerun skips every finished shard and pays for nothing
     m2 = run(cfg, show_progress=False)
