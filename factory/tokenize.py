@@ -212,7 +212,7 @@ def _write(cfg: TokenizeConfig, stage: StageDir, texts: dict[str, list[str]], wh
     tok_url, tok_json = _tokenizer(cfg, stage, texts, where)
     sources: dict[str, Any] = {}
     with progress() as bar:
-        task = bar.add_task("tokenize", total=len(texts), info="")
+        task = bar.add_task("tokenize", total=len(texts), unit="sources", info="")
         for name, ts in texts.items():
             done = to_url(stage.fs, stage.path(f"{name}/source.json"))  # written last: the source is finished
             if exists(done):
