@@ -50,15 +50,21 @@ def to_stage_file(stage_url: str) -> Iterator[str]:
     console.file = pinned or real
     logger.remove()
     logger.add(sink, level="DEBUG")
+    ok = False
     try:
         with contextlib.redirect_stderr(sink):
             yield url
+        ok = True
     finally:
         logger.remove()
         logger.add(real)
         console.file = pinned
         if isinstance(sink, io.StringIO):
-            put_bytes(url, sink.getvalue().encode())
+            try:
+                put_bytes(url, sink.getvalue().encode())
+            except Exception:  # noqa: BLE001 - a failing store must not hide the run's own error
+                if ok:
+                    raise
         else:
             sink.close()
 
