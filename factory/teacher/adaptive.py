@@ -2,16 +2,17 @@
 
 A continuous-batching server (vLLM, SGLang) serves more tokens per second the more requests it
 batches, until its batch or KV cache is full; past that, requests only queue: latency rises
-with the window and throughput stays flat, then 429s and timeouts come. The window is moved in
+with the window and throughput stays flat, then 429s and timeouts come. The window moves in
 epochs, each measured on a cohort of requests sent at the epoch's window (`epoch` of them in
-slow start, then a quarter of the window at least), all awaited, so short answers coming back first
-do not bias it: by Little's law the throughput is
-(mean requests in flight) / (latency per completion token), so comparing two epochs gives the
-throughput's elasticity to the window, e = 1 - dlog(latency) / dlog(in flight), without timing
-the epochs themselves. The window doubles while e >= 0.5 (slow start), then grows by half while
-e >= 0.25 and by a quarter while e >= `min_gain`, and otherwise goes back to the last window that paid and holds there a few
-epochs before probing again. A 429, a timeout or a 5xx halves it at once (at most once per
-latency, as TCP does per round trip); so does a latency past half the request timeout.
+slow start, then at least a quarter of the window), all awaited, so short answers coming back
+first do not bias it. By Little's law throughput is (mean requests in flight) / (latency per
+completion token), so two epochs give the throughput's elasticity to the window,
+e = 1 - dlog(latency) / dlog(in flight), without timing the epochs themselves. The window
+doubles while e >= 0.5 (slow start), then grows by half while e >= 0.25 and by a quarter while
+e >= `min_gain`; after two epochs in a row below that it goes back to the last window that paid
+and holds there a few epochs before probing again. A 429, a timeout or a 5xx halves it at once
+(at most once per latency, as TCP does per round trip); so does a latency past half the
+request timeout.
 
 Several clients (Ray workers) share an endpoint and each sees only its own share: when one of k
 grows its window it takes a larger share of a saturated server (its own e looks like 1 - 1/k),
@@ -32,6 +33,7 @@ class AdaptiveWindow:
         self.sharers, self.min_gain, self.epoch, self.hold_epochs = max(1, sharers), min_gain, epoch, hold
         self.timeout_s = timeout_s
         self.slow_start = True
+        self.doubt = False
         self.hold = 0
         self.prev: tuple[float, float, float] | None = None  # (window, mean in flight, s per token) of the last epoch
         self.good = self.w  # the last window that paid
@@ -133,10 +135,14 @@ class AdaptiveWindow:
         e_own = 1 - math.log(per_token / prev[2]) / dn
         e = 1 - self.sharers * (1 - e_own)
         if e >= self.min_gain:  # worth it: a step that grows with the gain
-            self.good = self.w
+            self.good, self.doubt = self.w, False
             self.slow_start = self.slow_start and e >= 0.5
             return self._set(self.w * (2 if self.slow_start or e >= 0.5 else 1.5 if e >= 0.25 else 1.25))
-        self.slow_start = False  # no longer worth it: back to the window that paid, hold, probe again later
+        self.slow_start = False
+        if not self.doubt:  # one epoch may be noise: measure this window once more against the same baseline
+            self.doubt, self.prev = True, prev
+            return None
+        self.doubt = False  # no longer worth it: back to the window that paid, hold, probe again later
         self._set(prev[0])
         self.good, self.hold, self.prev = prev[0], self.hold_epochs, None
 
