@@ -46,6 +46,10 @@ def test_jsonl_broken_rows_are_quarantined(tmp_path):
     assert m["counts"]["out"] == 2 and m["dropped"] == {"bad_json": 1, "missing_text": 1}
     rej = pq.read_table(tmp_path / "out" / "rejected" / "seeds.parquet").to_pylist()
     assert {r["reason"] for r in rej} == {"bad_json", "missing_text"} and rej[0]["line"] == 2
+    loads_everywhere(str(tmp_path / "out"), 2, "other")  # a file that declares no licence
+    declared = seeds.run(cfg.model_copy(update={"licence": "cc-by-4.0"}), str(tmp_path / "declared"))
+    assert declared["licence"] == "cc-by-4.0"
+    loads_everywhere(str(tmp_path / "declared"), 2, "cc-by-4.0")  # the declaration's licence
 
 
 def test_jsonl_with_no_usable_row_is_one_error(tmp_path):
