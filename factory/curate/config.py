@@ -94,6 +94,7 @@ CHATTER_PATTERNS = [
     r"\bis there anything else\b",
     r"\bgood luck\b",
     r"\b(?:to answer|answering) your question\b|\bplease provide\b|\bwe invite you\b",
+    r"\bi(?:'m| am) glad\b|^\W*what an? (?:great|beautiful|wonderful|fun) (?:challenge|exercise|question)\b",
 ]
 
 
