@@ -1,0 +1,276 @@
+"""Suite throughput of packed ablation runs vs one large-batch run of the same model on the same card,
+and the two-scale decision suite of mixes/ablations/decision_gpu.yaml.
+
+    python benchmarks/ablation_packing.py prepare [--prep tmp/abl_gpu]             # here: data, plans, task lists
+    python benchmarks/ablation_packing.py run small --out DIR                      # GPU host (torch only)
+    python benchmarks/ablation_packing.py run large --out DIR                      # GPU host: anchor, then ours
+    python benchmarks/ablation_packing.py report DIR [DIR ...]                     # here: result JSON, report
+
+`prepare` builds a small tokenized corpus (web: the offline Wikipedia summaries; `synthetic` and
+`rewrite`: template-made restatements of the same summaries, standing in for teacher output, which
+needs a teacher this script does not start), then plans the decision grid with `factory ablate
+--plan-only` as two task lists, one per scale. `run large` trains, one process each: the anchor
+(one run of the large-scale model on the same data at 256 sequences a step; its figure is the
+median tokens/s of its steps after the first quarter, start-up and compile left out) and ours (the
+large-scale task list through train.suite: all runs' training tokens over the wall time of the
+whole suite, start-up, compile, data loading and evaluation included). `run small` trains the
+small-scale task list. `report` writes benchmarks/results/ablation_packing.json and the decision
+report (benchmarks/results/ablation_decision/).
+"""
+
+from __future__ import annotations
+
+RUN_ALL = False  # a driver with modes (prepare | run | report) for a GPU host, not a CPU ratio benchmark
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+RESULTS = REPO / "benchmarks" / "results"
+GRID = REPO / "mixes" / "ablations" / "decision_gpu.yaml"
+ANCHOR_BATCH = 256
+
+
+# --------------------------------------------------------------------------- prepare (factory side)
+
+def _restated(recs: list[dict], kind: str) -> list[dict]:
+    """Template-made documents from the summaries (a stand-in for teacher output): `synthetic` turns
+    each extract into question-and-answer drills, `rewrite` restates it sentence by sentence."""
+    import re
+
+    from factory.schema import make_doc
+
+    docs = []
+    for r in recs:
+        sents = [s for s in re.split(r"(?<=[.!?])\s+", r["extract"].strip()) if s]
+        if kind == "synthetic":
+            text = "\n".join(f"Question: What do we know about {r['title']}? Answer: {s}" for s in sents[:6])
+        else:
+            text = f"In other words, about {r['title']}: " + " ".join(reversed(sents[:6]))
+        docs.append(make_doc(text, kind, "template", seed_id=f"wiki:{r['title']}", recipe=f"template_{kind}"))
+    return docs
+
+
+def prepare(prep: Path) -> None:
+    import yaml
+
+    from factory import ablate, tokenize
+    from factory.seeds import load_wiki_summaries, wiki_rows
+    from factory.stage import StageDir
+
+    if prep.exists():
+        shutil.rmtree(prep)
+    prep.mkdir(parents=True)
+    recs = load_wiki_summaries()
+    for name, kind, rows in (("web", "web", wiki_rows(records=recs)), ("synthetic", "synthetic", _restated(recs[::2], "synthetic")),
+                             ("rewrite", "rewrite", _restated(recs[1::2], "rewrite"))):
+        st = StageDir(str(prep / name), name, {"n": len(rows)})
+        st.write_docs("part-0.parquet", rows)
+        st.finish()
+    tokenize.run(tokenize.TokenizeConfig(sources={n: {"path": str(prep / n)} for n in ("web", "synthetic", "rewrite")},
+                                         tokenizer={"train": {"vocab_size": 4096}}, out=str(prep / "tokens")))
+    g = yaml.safe_load(GRID.read_text())
+    g["base_mix"] = str((GRID.parent / g["base_mix"]).resolve())
+    (prep / "decision.yaml").write_text(yaml.safe_dump(g, sort_keys=False))
+    for scale in g["scales"]:
+        gp = prep / f"{scale}.yaml"
+        gp.write_text(yaml.safe_dump({**g, "scales": {scale: g["scales"][scale]}}, sort_keys=False))
+        r = ablate.run(gp, prep / scale, data_root=prep / "tokens", show=False, plan_only=True)
+        print(f"{scale}: {r['to_run']} runs -> {r['tasks_file']}")
+
+
+# --------------------------------------------------------------------------- run (torch side)
+
+def _env() -> dict:
+    from train.launch import child_env
+
+    return child_env({"PYTHONUNBUFFERED": "1"})
+
+
+def anchor(prep: Path, work: Path, steps: int) -> dict:
+    """One large-batch run of the large-scale model on the first large-scale run's plan."""
+    task = json.loads((prep / "large" / "tasks.json").read_text())["tasks"][0]
+    from train.suite import Mover
+
+    move = Mover(json.loads((prep / "large" / "tasks.json").read_text())["root"])
+    cfg = move(task["config"])
+    move.file(cfg["data"]["plan"])
+    cfg["run_dir"] = str(work / f"anchor_{time.time_ns()}")
+    cfg["train"] = {**cfg["train"], "steps": steps, "global_batch": ANCHOR_BATCH, "micro_batch": ANCHOR_BATCH}
+    cfg["eval"] = {"batches": 0}
+    if cfg["train"].get("device") == "cpu":  # the microscopic CPU check
+        cfg["train"]["global_batch"] = cfg["train"]["micro_batch"] = 8
+    from train.launch import run as launch
+
+    t0 = time.time()
+    run_dir = launch(cfg, nproc=1, echo=None)
+    wall = time.time() - t0
+    recs = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    tps = [r["tokens_per_s"] for r in recs if r.get("tokens_per_s")][steps // 4:]
+    return {"tokens_per_s": statistics.median(tps), "steps": steps, "wall_s": round(wall, 1),
+            "tokens": steps * ANCHOR_BATCH * 512, "mfu": statistics.median([r["mfu"] for r in recs if r.get("mfu")][steps // 4:] or [0])}
+
+
+def suite(tasks_file: Path, per_gpu: str, limit_s: float) -> dict:
+    """The task list through train.suite in a fresh process (start-up included), stopped after
+    limit_s; all finished runs' training tokens over the wall time."""
+    import signal
+
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "train.suite", str(tasks_file), "--per-gpu", per_gpu], env=_env(),
+                            start_new_session=True)
+    try:
+        rc = proc.wait(timeout=max(1.0, limit_s))
+    except subprocess.TimeoutExpired:  # the runner and its lanes: one process group
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        rc = "timeout"
+    wall = time.time() - t0
+    recs = [json.loads(p.read_text()) for p in sorted(tasks_file.parent.glob("cells/*/seed*/eval.json"))]
+    tokens = sum(r["tokens"] for r in recs)
+    return {"rc": rc, "runs": len(recs), "planned_runs": len(json.loads(tasks_file.read_text())["tasks"]), "tokens": tokens,
+            "wall_s": round(wall, 1), "tokens_per_s": round(tokens / wall, 1), "recs": recs}
+
+
+def _override(prep: Path, items: list[str]) -> None:
+    """Run-config overrides (section.key=value) on every task of both task lists: a microscopic CPU check."""
+    from train.config import _merge, parse_overrides
+
+    over = parse_overrides(items)
+    for name in ("small", "large"):
+        tf = prep / name / "tasks.json"
+        spec = json.loads(tf.read_text())
+        for t in spec["tasks"]:
+            t["config"] = _merge(t["config"], over)
+        tf.write_text(json.dumps(spec, indent=1))
+
+
+def run(scale: str, prep: Path, out: Path, anchor_steps: int, per_gpu: str, limit_s: float, sets: list[str]) -> None:
+    import torch
+
+    if sets:
+        _override(prep, sets)
+    out.mkdir(parents=True, exist_ok=True)
+    work = prep / "work"
+    work.mkdir(exist_ok=True)
+    info = {"card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "gpus": torch.cuda.device_count(), "torch": torch.__version__, "cpus": os.cpu_count()}
+    print(f"machine: {info}", flush=True)
+    res: dict = {"machine": info, "scale": scale, "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    t0 = time.time()
+    if scale == "large":
+        res["anchor"] = anchor(prep, work, anchor_steps)
+        print(f"anchor: {json.dumps(res['anchor'])}", flush=True)
+    s = suite(prep / scale / "tasks.json", per_gpu, limit_s - (time.time() - t0))
+    recs = s.pop("recs")
+    res["ours"] = {**s, "per_gpu": per_gpu}
+    print(f"ours ({scale}): {json.dumps(s)}", flush=True)
+    (out / f"{scale}_results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (out / f"{scale}_summary.json").write_text(json.dumps(res, indent=1))
+    for r in recs:
+        print(f"  {r['cell'][:70]} s{r['seed']}: train {r['train_s']}s eval {r['eval_s']}s loss {r['final_loss']:.3f} "
+              f"wiki_mc {r['scores'].get('wiki_mc', {}).get('score', float('nan')):.3f}", flush=True)
+
+
+# --------------------------------------------------------------------------- report (factory side)
+
+def report(outs: list[Path], prep: Path, also: list[Path] | None = None) -> None:
+    """`outs`: the folders whose runs make the decision report; `also`: more `run large` rounds (other
+    lane counts), recorded in the result JSON beside the first."""
+    import yaml
+
+    from factory.ablate.run import finish, plan_tasks
+
+    more = [json.loads((d / "large_summary.json").read_text()) for d in also or []]
+    summ = {}
+    for o in outs:
+        for f in o.glob("*_summary.json"):
+            summ[json.loads(f.read_text())["scale"]] = json.loads(f.read_text())
+    if "large" in summ and "anchor" in summ["large"]:
+        big = summ["large"]
+        o, a = big["ours"]["tokens_per_s"], big["anchor"]["tokens_per_s"]
+        rounds = [big, *more]
+        anchors = [r["anchor"]["tokens_per_s"] for r in rounds]
+        res = {"ours": round(o, 1), "anchor": round(a, 1), "ratio": round(o / a, 3), "unit": "training tokens/s",
+               "target": 0.8, "machine": f"{big['machine']['card']} ({big['machine']['cpus']} CPU cores)", "date": big["date"],
+               "rounds": [{"lanes_per_gpu": r["ours"].get("per_gpu"), "ours": r["ours"]["tokens_per_s"],
+                           "anchor": r["anchor"]["tokens_per_s"], "ratio": round(r["ours"]["tokens_per_s"] / r["anchor"]["tokens_per_s"], 3),
+                           "suite_wall_s": r["ours"]["wall_s"], "runs": r["ours"]["runs"]} for r in rounds],
+               "anchor_median": statistics.median(anchors), "anchor_spread": [min(anchors), max(anchors)],
+               "what": "ours: the large-scale task list of mixes/ablations/decision_gpu.yaml through train.suite (runs packed "
+                       "several to the GPU), all finished runs' training tokens over the suite's wall time (start-up, compile, "
+                       "data, evaluation included); anchor: one run of the same model on the same card in the same command at "
+                       f"{ANCHOR_BATCH} sequences a step, median tokens/s of its steps after the first quarter"}
+        (RESULTS / "ablation_packing.json").write_text(json.dumps(res, indent=1))
+        print(json.dumps({k: res[k] for k in ("ours", "anchor", "ratio", "machine")}))
+    dest = prep / "decision"
+    lines = []
+    for o in outs:
+        for f in sorted(o.glob("*_results.jsonl")):
+            lines += f.read_text().splitlines()
+    for line in lines:
+        r = json.loads(line)
+        p = dest / "cells" / r["cell"] / f"seed{r['seed']}" / "eval.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(r, indent=1))
+    if not lines:
+        return
+    g = yaml.safe_load((prep / "decision.yaml").read_text())
+    runs = len(lines)
+    wall = sum(s["ours"]["wall_s"] for s in summ.values())
+    card = next(iter(summ.values()))["machine"]["card"]
+    toks = sum(json.loads(x)["tokens"] for x in lines)
+    g["report"]["notes"] = (f"{g['description']} Trained on one {card} with train.suite (runs packed several to the GPU): "
+                            f"{runs} runs, {toks / 1e6:.0f}M training tokens in {wall:.0f} s of suite wall time "
+                            f"({runs / (wall / 3600):.0f} runs per GPU-hour). The teacher-made sources here are template-made "
+                            "restatements of the Wikipedia summaries (benchmarks/ablation_packing.py), standing in for teacher output.")
+    (prep / "decision.yaml").write_text(yaml.safe_dump(g, sort_keys=False))
+    p = plan_tasks(prep / "decision.yaml", dest, data_root=prep / "tokens")
+    r = finish(p, show=False)
+    final = RESULTS / "ablation_decision"
+    shutil.rmtree(final, ignore_errors=True)
+    shutil.copytree(Path(r["report"]["report_md"]).parent, final)
+    (final / "results.jsonl").write_text("\n".join(lines) + "\n")
+    (final / "run_summary.json").write_text(json.dumps({"runs": runs, "planned_runs": runs + len(p["tasks"]), "wall_s": wall,
+                                                        "tokens": toks, "runs_per_gpu_hour": round(runs / (wall / 3600), 1),
+                                                        "scales": summ}, indent=1))
+    print(f"decision report: {final / 'report.md'} ({runs} runs, {len(p['tasks'])} not run)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--prep", type=Path, default=Path("tmp/abl_gpu"))
+    r = sub.add_parser("run")
+    r.add_argument("scale", choices=["small", "large"])
+    r.add_argument("--prep", type=Path, default=Path("tmp/abl_gpu"))
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--anchor-steps", type=int, default=60)
+    r.add_argument("--per-gpu", default="auto")
+    r.add_argument("--limit-s", type=float, default=540, help="stop the suite after this many seconds in all")
+    r.add_argument("--set", action="append", default=[], help="run-config override for every run, e.g. model.preset=tiny")
+    q = sub.add_parser("report")
+    q.add_argument("outs", type=Path, nargs="+")
+    q.add_argument("--prep", type=Path, default=Path("tmp/abl_gpu"))
+    q.add_argument("--also", type=Path, action="append", default=[], help="another `run large` round's folder")
+    a = ap.parse_args(argv)
+    if a.mode == "prepare":
+        prepare(a.prep)
+    elif a.mode == "run":
+        run(a.scale, a.prep, a.out, a.anchor_steps, a.per_gpu, a.limit_s, a.set)
+    else:
+        report(a.outs, a.prep, a.also)
+
+
+if __name__ == "__main__":
+    main()
