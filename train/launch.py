@@ -190,6 +190,22 @@ def _ray_worker(loop_config: dict) -> None:
     train(config_mod.load(loop_config["config"]))
 
 
+def ray_auth_env(address: str | None) -> None:
+    """The factory's auth-mode rule for a client, without the factory: connecting to a cluster with a
+    token at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) sends it; an explicit
+    RAY_AUTH_MODE is kept."""
+    if os.environ.get("RAY_AUTH_MODE") or not address or address == "local":
+        return
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip() or (path.is_file() and path.stat().st_size):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def ray_runtime_env() -> dict:
+    """Ray Train workers get the train package itself, so any cluster can import it."""
+    return {"env_vars": dict(SAFE_ENV), "py_modules": [str(REPO_ROOT / "train")]}
+
+
 def run_ray(config: dict | str | Path, address: str | None = None, num_workers: int = 2,
             use_gpu: bool | None = None, overrides=None) -> Path:
     """Train with Ray Train's TorchTrainer on the cluster at `address` (same loop inside)."""
@@ -202,9 +218,9 @@ def run_ray(config: dict | str | Path, address: str | None = None, num_workers: 
     cfg = prepare(config, overrides)
     if use_gpu is None:
         use_gpu = cfg.train.device == "cuda"
-    if not ray.is_initialized():  # ship the train package itself, so any cluster can import it
-        env = {"env_vars": dict(SAFE_ENV), "py_modules": [str(REPO_ROOT / "train")]}
-        ray.init(address=address, runtime_env=env,
+    if not ray.is_initialized():
+        ray_auth_env(address or os.environ.get("RAY_ADDRESS"))
+        ray.init(address=address, runtime_env=ray_runtime_env(),
                  **({} if address else {"num_cpus": max(2, num_workers + 1)}))
     trainer = TorchTrainer(
         _ray_worker, train_loop_config={"config": cfg.to_dict()},

@@ -218,11 +218,12 @@ def lane_env(gpu: int | None, lanes_here: int, cache: str | None) -> dict[str, s
     return env
 
 
-def launch_lane(lane_file: str | Path, env: dict[str, str], log: str | Path) -> int:
-    """Run one lane file in a process of its own; its output goes to `log`. Returns the exit code."""
+def launch_lane(lane_file: str | Path, env: dict[str, str], log: str | Path, cwd: str | Path | None = None) -> int:
+    """Run one lane file in a process of its own (in `cwd`, default this one); its output goes to
+    `log`. Returns the exit code."""
     with open(log, "a") as f:
         return subprocess.run([sys.executable, "-m", "train.suite", "--lane", str(Path(lane_file).resolve())],
-                              env=env, stdout=f, stderr=subprocess.STDOUT).returncode  # paths relative to here stay so
+                              env=env, stdout=f, stderr=subprocess.STDOUT, cwd=cwd).returncode
 
 
 def write_lanes(tasks_file: str | Path, lanes: int, folder: str | Path) -> list[Path]:

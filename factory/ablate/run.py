@@ -82,9 +82,11 @@ def _run_one(task: dict, train_fn: Callable, eval_fn: Callable) -> dict:
     return rec
 
 
-def _use_ray(g: GridConfig) -> bool:
+def _use_ray(g: GridConfig, address: str | None = None) -> bool:
     if g.parallel == "serial":
         return False
+    if address:
+        return True
     try:
         import torch
 
@@ -193,14 +195,14 @@ def _per_gpu(g: GridConfig, tasks: list[dict]) -> int:
     return min(per_gpu_auto(_shape(t["config"], p)[1], _shape(t["config"], p)[0], free) for t, p in zip(tasks, plans))
 
 
-def _run_lanes(p: dict, show: bool) -> None:
+def _run_lanes(p: dict, show: bool, address: str | None = None) -> None:
     """The packed path: runs in lanes (train.suite), several per GPU, on this machine or through Ray
     (each lane a Ray task holding 1/pack of a GPU, or one CPU on a machine without GPUs)."""
     from train import suite
 
     g, tasks_file = p["grid"], Path(p["tasks_file"])
     spec = json.loads(tasks_file.read_text())
-    if not _use_ray(g):
+    if not _use_ray(g, address):
         res = suite.run_tasks(tasks_file, spec["per_gpu_auto"], None if suite.gpus() else g.lanes,
                               echo=print if show else (lambda _: None))
         if res["failed"]:
@@ -209,7 +211,9 @@ def _run_lanes(p: dict, show: bool) -> None:
         return
     import ray
 
-    ray.init(ignore_reinit_error=True)
+    from factory.cluster import init_ray
+
+    init_ray(address)
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         per_gpu = int(spec["per_gpu_auto"])
@@ -227,7 +231,8 @@ def _run_lanes(p: dict, show: bool) -> None:
 
 def _ray_lane(lane_text: str, log: str, cpu_lanes: int) -> int:
     """One lane on a Ray worker: the lane file written where the worker runs, then the lane's process
-    (Ray has set CUDA_VISIBLE_DEVICES to the worker's share of a GPU)."""
+    (Ray has set CUDA_VISIBLE_DEVICES to the worker's share of a GPU), in the planning folder when
+    this machine has it (a worker's own working directory is elsewhere), else where the worker is."""
     import tempfile
 
     from train import suite
@@ -235,13 +240,15 @@ def _ray_lane(lane_text: str, log: str, cpu_lanes: int) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         f.write(lane_text)
     Path(log).parent.mkdir(parents=True, exist_ok=True)
-    return suite.launch_lane(f.name, suite.lane_env(None, max(1, cpu_lanes), None), log)
+    root = json.loads(lane_text).get("root")
+    return suite.launch_lane(f.name, suite.lane_env(None, max(1, cpu_lanes), None), log,
+                             cwd=root if root and Path(root).is_dir() else None)
 
 
 def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Callable[[dict], str] | None = None,
         eval_fn: Callable[..., dict] | None = None, plan_fn: Callable[[Path, Path], dict] | None = None,
         data_root: str | Path | None = None, show: bool = True, scratch: str | Path | None = None,
-        plan_only: bool = False) -> dict[str, Any]:
+        plan_only: bool = False, address: str | None = None) -> dict[str, Any]:
     """Expand, train, evaluate and report a grid; returns {"out", "results", "report", "ran", "skipped"}.
 
     With the real trainer and one rank per run (nproc 1) the runs go in lanes packed onto the GPUs
@@ -250,6 +257,7 @@ def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Calla
     data_root) -> plan dict default to the real trainer, scorer and mix planner. `out` may be a
     URL; `scratch` is then the local folder for mixes, plans and benchmarks. `plan_only` stops
     after writing tasks.json (train it with `python -m train.suite`, then run again to report).
+    `address` (or RAY_ADDRESS with `parallel: ray`) runs them on that Ray cluster.
     """
     from factory.ui import console, progress
 
@@ -262,12 +270,14 @@ def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Calla
     if plan_only:
         return {"out": o.name, "tasks_file": p["tasks_file"], "ran": 0, "skipped": p["skipped"], "to_run": len(tasks)}
     if tasks and train_fn is None and eval_fn is None and g.nproc == 1:
-        _watched(tasks, lambda: _run_lanes(p, show), show)
-    elif tasks and _use_ray(g):
+        _watched(tasks, lambda: _run_lanes(p, show, address), show)
+    elif tasks and _use_ray(g, address):
         import ray
 
+        from factory.cluster import init_ray
+
         train_fn, eval_fn = train_fn or _default_train(g.nproc), eval_fn or default_eval
-        ray.init(ignore_reinit_error=True)
+        init_ray(address)
         try:
             remote = ray.remote(num_gpus=1)(_run_one)
             _watched(tasks, lambda: ray.get([remote.remote(t, train_fn, eval_fn) for t in tasks]), show)

@@ -20,6 +20,8 @@ def ablate(
     plan_only: bool = typer.Option(False, "--plan-only", help="write the mixes, plans and OUT/tasks.json, then stop: "
                                    "train them with `python -m train.suite OUT/tasks.json` (torch only, e.g. on a bare "
                                    "GPU host), then run this again to report"),
+    address: Optional[str] = typer.Option(None, "--address", help="run the cells on this Ray cluster (host:port of its "
+                                          "GCS; RAY_ADDRESS works too with the grid's `parallel: ray`)"),
 ) -> None:
     """Expand a mix grid, train and evaluate every cell x seed (finished ones are skipped), write the report."""
     from factory import ablate as ab
@@ -35,7 +37,7 @@ def ablate(
                             [[c["id"], *[c["params"][k] for k in keys]] for c in cells]))
         return
     try:
-        res = ab.run(grid, out, data_root=data, scratch=scratch, plan_only=plan_only)
+        res = ab.run(grid, out, data_root=data, scratch=scratch, plan_only=plan_only, address=address)
     except StorageError as e:
         raise FactoryError(e.what, where=e.url, fix=e.fix) from None
     if plan_only:

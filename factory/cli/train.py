@@ -1,4 +1,4 @@
-"""`factory train RUN.yaml`: pretrain with torchrun (one node or several) or, given --ray-address,
+"""`factory train RUN.yaml`: pretrain with torchrun (one node or several) or, given --address,
 with Ray Train's TorchTrainer; both run `train.loop.train`. `--set run_dir=s3://bucket/run` trains
 onto object storage, and the same command resumes from there on any machine."""
 
@@ -20,7 +20,8 @@ def train(
     nnodes: int = typer.Option(1, help="nodes (several need --rdzv-endpoint)"),
     node_rank: int = typer.Option(0, help="this node's rank"),
     rdzv_endpoint: Optional[str] = typer.Option(None, help="host:port of the rendezvous, the same on every node"),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="run on this Ray cluster ('auto' = the local one)"),
+    address: Optional[str] = typer.Option(None, "--address", help="train with Ray Train on this Ray cluster (host:port of "
+                                          "its GCS; 'local' starts one here)"),
     gpu: bool = typer.Option(False, "--gpu", help="Ray Train: one GPU per worker"),
 ) -> None:
     """Train one model on a mix plan (or random tokens) and export it to HF format."""
@@ -30,8 +31,12 @@ def train(
     from train.launch import TrainFailed, run, run_ray
 
     try:
-        if ray_address:
-            run_dir = run_ray(config, ray_address, num_workers=nproc * nnodes, use_gpu=gpu, overrides=set_)
+        if address:
+            from factory.cluster import init_ray
+            from train.launch import ray_runtime_env
+
+            init_ray(address, runtime_env=ray_runtime_env(), num_cpus=max(2, nproc * nnodes + 1))
+            run_dir = run_ray(config, address, num_workers=nproc * nnodes, use_gpu=gpu, overrides=set_)
         else:
             run_dir = run(config, nproc=nproc, overrides=set_, nnodes=nnodes, node_rank=node_rank,
                           rdzv_endpoint=rdzv_endpoint)

@@ -6,18 +6,16 @@ import os
 from pathlib import Path
 
 
-def init(address: str | None = None, num_cpus: int | None = None, **kw):
-    import ray
-
+def init(address: str | None = None, num_cpus: int | None = None, **kw) -> dict:
+    """`factory.cluster.init_ray` (address or RAY_ADDRESS, the auth mode, one-line errors), with the
+    package on the workers' path; returns the cluster's resources."""
     import factory
+    from factory.cluster import init_ray
 
     root = str(Path(factory.__file__).resolve().parent.parent)
     env = {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
            "HF_HUB_OFFLINE": "1"}
-    args = dict(runtime_env={"env_vars": env}, log_to_driver=False, include_dashboard=False, **kw)
-    if address:
-        return ray.init(address=address, **{k: v for k, v in args.items() if k != "include_dashboard"})
-    return ray.init(num_cpus=num_cpus, **args)
+    return init_ray(address, runtime_env={"env_vars": env}, log_to_driver=False, num_cpus=num_cpus, **kw)
 
 
 def _default_sigterm() -> None:
