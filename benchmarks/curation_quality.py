@@ -137,6 +137,7 @@ def score(labs: list[dict], rej: dict[str, str], kept: dict[str, dict]) -> dict:
             "clean_recall": round(sum(1 for i in clean & kept.keys() if not defective(by_id[i], kept[i])) / len(clean), 3)
             if clean else None,
             "drop": pr(set(rej), bad), "per_filter": per_filter, "defect_share_in_kept": share,
+            "clean_dropped_by": dict(Counter(rej[i] for i in clean if i in rej).most_common()),
             "stripped_kept": sum(1 for r in kept.values() if "stripped" in (r["meta"].get("extra") or ""))}
 
 
@@ -210,7 +211,8 @@ def main() -> None:
     for name in ("anchor", "ours"):
         s = q[name]
         print(f"{name:6s} kept {s['kept']}/{s['documents']}  defect share {s['kept_defect_share']}  "
-              f"clean recall {s['clean_recall']}  drop P/R {s['drop']['precision']}/{s['drop']['recall']}  {s['dropped']}")
+              f"clean recall {s['clean_recall']} (lost to {s['clean_dropped_by']})  drop P/R {s['drop']['precision']}/"
+              f"{s['drop']['recall']}")
         for reason, m in s["per_filter"].items():
             print(f"   {reason:22s} dropped {m['dropped']:4d}  precision {m['precision']}  recall {m['recall']}")
     if a.split == "held":
