@@ -1,0 +1,221 @@
+"""Orchestration cost at scale: the generate stage against 32 simulated replicas (the fleet
+simulator at a fast token rate, so the teacher costs next to nothing), several Ray workers.
+
+The stage runs in a child process; this one samples, every few seconds, the RSS and CPU of the
+driver and of each Ray worker running GenWorker, and the requests the fleet has served. At half
+the requests the child is killed (SIGKILL, with its Ray) and the same command is run again: the
+resume time (start to the first new request, and to the end), the requests paid twice, the
+cache and manifest sizes are recorded. Anchor: a plain `openai.AsyncOpenAI` loop on the same
+fleet (one process, the same prompts and concurrency), before and after ours; ratio = ours'
+requests per CPU-second (driver + workers) / the anchor's (target >= 1.0).
+
+    python benchmarks/generation_scale.py --requests 200000 --workers 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from fleet_simulator import MODEL, FleetSimulator  # noqa: E402
+from generation_stub import RECIPE, cpu_model, cpu_s, descendants, rss_mib  # noqa: E402
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def served(fleet: FleetSimulator) -> int:
+    return sum(s.get("served", 0) for s in fleet.stats())
+
+
+def child(cfg_json: str) -> int:
+    from factory.generate import GenerateConfig, run
+
+    m = run(GenerateConfig.model_validate_json(Path(cfg_json).read_text()), show_progress=False)
+    print("RESULT " + json.dumps({"this_run": {k: v for k, v in m["this_run"].items() if k != "shards_run"},
+                                  "counts": m["counts"]}), flush=True)
+    return 0
+
+
+def sample(driver: int) -> dict[str, Any]:
+    workers = []
+    for pid in descendants(driver):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().startswith(b"ray::GenWorker"):
+                    workers.append(pid)
+        except OSError:
+            pass
+    out = {"t": time.perf_counter(), "driver_rss_mib": rss_mib(driver), "driver_cpu_s": cpu_s(driver), "workers": {}}
+    for pid in workers:
+        try:
+            out["workers"][pid] = (rss_mib(pid), cpu_s(pid))
+        except OSError:
+            pass
+    return out
+
+
+def run_stage(cfg_path: Path, fleet: FleetSimulator, kill_at: int | None, every_s: float) -> dict[str, Any]:
+    """Run the stage in a child; kill it (and its Ray) once the fleet has served `kill_at` more requests."""
+    base = served(fleet)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--child", str(cfg_path)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    samples, first_request, result = [], None, None
+    last_cpu: dict[int, float] = {}
+    while proc.poll() is None:
+        time.sleep(every_s)
+        try:
+            s = sample(proc.pid)
+        except OSError:
+            break
+        n = served(fleet) - base
+        s["requests"] = n
+        samples.append(s)
+        for pid, (_, c) in s["workers"].items():
+            last_cpu[pid] = c
+        if first_request is None and n > 0:
+            first_request = time.perf_counter() - t0
+        if kill_at is not None and n >= kill_at:
+            tree = descendants(proc.pid)
+            for pid in [proc.pid, *tree]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
+            break
+    out_text = proc.stdout.read() if proc.stdout else ""
+    for line in out_text.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[7:])
+    wall = time.perf_counter() - t0
+    n = served(fleet) - base
+    cpu = (samples[-1]["driver_cpu_s"] if samples else 0.0) + sum(last_cpu.values())
+    return {"requests_served": n, "wall_s": round(wall, 2), "first_request_s": round(first_request or 0, 2),
+            "killed": kill_at is not None, "cpu_s_driver_plus_workers": round(cpu, 2),
+            "cpu_s_per_request": round(cpu / n, 6) if n else None, "req_per_cpu_s": round(n / cpu, 1) if cpu else None,
+            "req_per_s": round(n / wall, 1), "result": result,
+            "rss_over_time": [{"t_s": round(s["t"] - t0, 1), "requests": s["requests"], "driver_mib": round(s["driver_rss_mib"], 1),
+                               "workers_mib": [round(r, 1) for r, _ in s["workers"].values()]} for s in samples]}
+
+
+async def anchor(urls: list[str], n: int, concurrency: int, max_tokens: int) -> dict[str, Any]:
+    import openai
+
+    clients = [openai.AsyncOpenAI(base_url=u, api_key="none", max_retries=0, timeout=60) for u in urls]
+    nxt = 0
+
+    async def loop() -> None:
+        nonlocal nxt
+        while nxt < n:
+            i, nxt = nxt, nxt + 1
+            await clients[i % len(clients)].chat.completions.create(
+                model=MODEL, temperature=0.0, max_tokens=max_tokens,
+                messages=[{"role": "user", "content": f"Write a short paragraph about Topic {i}. Facts: Item {i} is a topic."}])
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    for c in clients:
+        await c.close()
+    return {"requests": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "req_per_cpu_s": round(n / cpu, 1),
+            "req_per_s": round(n / wall, 1)}
+
+
+def flat(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    vals = [(r["requests"], r[key]) for r in rows if r[key]]
+    vals = vals[len(vals) // 10:]  # after the warm-up
+    if len(vals) < 2:
+        return {}
+    return {"start_mib": vals[0][1], "end_mib": vals[-1][1], "max_mib": max(v for _, v in vals),
+            "growth_mib_per_100k_requests": round((vals[-1][1] - vals[0][1]) / max(1, vals[-1][0] - vals[0][0]) * 1e5, 2)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child")
+    ap.add_argument("--requests", type=int, default=200_000)
+    ap.add_argument("--replicas", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--shard-size", type=int, default=5000)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--speed", type=float, default=200.0)
+    ap.add_argument("--anchor-requests", type=int, default=20_000)
+    ap.add_argument("--every-s", type=float, default=5.0)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "generation_scale.json"))
+    a = ap.parse_args(argv)
+    if a.child:
+        raise SystemExit(child(a.child))
+    from factory.generate import GenerateConfig
+    from factory.schema import make_doc
+    from factory.teacher.config import local_config
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    (tmp / "bench_stub.yaml").write_text(RECIPE % a.max_tokens)
+    with open(tmp / "seeds.jsonl", "w") as f:
+        for i in range(a.requests):
+            f.write(json.dumps(make_doc(f"Item {i} is a topic with a short description, number {i} of the set.", "web",
+                                        "bench", seed_id=f"bench:{i}", extra={"title": f"Topic {i}"})) + "\n")
+    runs: dict[str, Any] = {}
+    with FleetSimulator(replicas=a.replicas, speed=a.speed) as fleet:
+        tcfg = local_config(fleet.urls, MODEL, sampling={"temperature": 0.0}, seed=None)
+        cfg = GenerateConfig(seeds=str(tmp / "seeds.jsonl"), recipes=[str(tmp / "bench_stub.yaml")], out=str(tmp / "out"),
+                             teacher=tcfg, workers=a.workers, concurrency=a.concurrency,
+                             shards=max(1, a.requests // a.shard_size))
+        cfg_path = tmp / "cfg.json"
+        cfg_path.write_text(cfg.model_dump_json())
+        runs["anchor_before"] = asyncio.run(anchor(fleet.urls, a.anchor_requests, a.concurrency, a.max_tokens))
+        print("anchor", runs["anchor_before"], flush=True)
+        runs["first_run_killed_at_half"] = run_stage(cfg_path, fleet, a.requests // 2, a.every_s)
+        print("killed", {k: v for k, v in runs["first_run_killed_at_half"].items() if k != "rss_over_time"}, flush=True)
+        runs["resume"] = run_stage(cfg_path, fleet, None, a.every_s)
+        print("resumed", {k: v for k, v in runs["resume"].items() if k != "rss_over_time"}, flush=True)
+        runs["anchor_after"] = asyncio.run(anchor(fleet.urls, a.anchor_requests, a.concurrency, a.max_tokens))
+        print("anchor", runs["anchor_after"], flush=True)
+        total_served = served(fleet) - 2 * a.anchor_requests
+    first, resume = runs["first_run_killed_at_half"], runs["resume"]
+    docs = (resume["result"] or {}).get("counts", {}).get("docs")
+    cpu = first["cpu_s_driver_plus_workers"] + resume["cpu_s_driver_plus_workers"]
+    ours_rate = round(total_served / cpu, 1) if cpu else 0.0
+    anchor_rate = round((runs["anchor_before"]["req_per_cpu_s"] + runs["anchor_after"]["req_per_cpu_s"]) / 2, 1)
+    rows = first["rss_over_time"] + [{**r, "requests": r["requests"] + first["requests_served"]} for r in resume["rss_over_time"]]
+    worker_rows = [{"requests": r["requests"], "w": max(r["workers_mib"] or [0])} for r in rows]
+    result = {
+        "ours": ours_rate, "anchor": anchor_rate, "ratio": round(ours_rate / anchor_rate, 3) if anchor_rate else None,
+        "unit": "requests per CPU-second (generate stage: driver + Ray workers; anchor: a plain AsyncOpenAI loop)",
+        "target": ">= 1.0", "requests": a.requests, "requests_served": total_served, "documents": docs,
+        "paid_twice": total_served - a.requests, "replicas": a.replicas, "workers": a.workers, "shards": cfg.shards,
+        "cache_bytes": du(tmp / "out" / "cache"), "manifest_bytes": (tmp / "out" / "manifest.json").stat().st_size
+        if (tmp / "out" / "manifest.json").exists() else None, "output_bytes": du(tmp / "out"),
+        "driver_rss": flat(rows, "driver_mib"), "worker_rss_max_of_workers": flat(worker_rows, "w"),
+        "resume_s_to_first_request": resume["first_request_s"], "resume_wall_s": resume["wall_s"],
+        "runs": runs, "machine": f"{platform.machine()} {os.cpu_count()} cores, {cpu_model()}; simulator in its own process",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
