@@ -202,3 +202,23 @@ def test_quality_filter_without_or_with_a_bad_model_is_one_clear_error(tmp_path)
     with pytest.raises(FactoryError, match="cannot read the quality model") as e:
         Model.load(str(tmp_path / "bad.npz"))
     assert "filters.quality.model" in str(e.value)
+
+
+def test_train_command_writes_a_model_from_labels_and_seeds(tmp_path):
+    from factory.curate.quality import Model, main
+    from factory.seeds import wiki_rows
+
+    recs = records(60)[:30]
+    seeds = write_stage(tmp_path / "seeds", wiki_rows(records=recs[:20]), "seeds", shards=1)
+    rows = [{"text": lesson(r), "label": "clean", "split": "dev"} for r in recs[20:25]]
+    rows += [{"text": f"Sure! Here's a rewritten version of the passage, I hope this helps {i}", "label": "chatter",
+              "split": "dev"} for i in range(5)]
+    rows += [{"text": "held out, never trained on", "label": "clean", "split": "held"}]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "q.npz"
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(labels), "--seeds", seeds, "--out", str(out)])
+    assert e.value.code == 0
+    m = Model.load(str(out))
+    assert m.score(lesson(recs[28])) > 0.5 > m.score("Sure! Here's a rewritten version, I hope this helps")
