@@ -18,6 +18,8 @@ def curate(
     ray: bool = typer.Option(False, "--ray", help="run on Ray (RAY_ADDRESS or a local ray.init())"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address"),
     tasks: Optional[int] = typer.Option(None, help="datatrove tasks per stage"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. --set filters.faithfulness.enabled=false "
+                                             "(repeatable)"),
 ) -> None:
     """Curate documents with datatrove: quality and synthetic filters, dedup, decontamination."""
     import os
@@ -44,6 +46,14 @@ def curate(
         data["executor"]["ray_address"] = os.environ["RAY_ADDRESS"]
     if tasks:
         data["executor"]["tasks"] = tasks
+    if set_:  # the same `section.key=value` overrides as `factory train --set`
+        from factory.errors import FactoryError
+        from train.config import ConfigError, _merge, parse_overrides
+
+        try:
+            data = _merge(data, parse_overrides(set_))
+        except ConfigError as e:
+            raise FactoryError(str(e), field="--set", fix="write --set section.key=value") from None
     from factory.config import validate
 
     cfg = validate(C.CurateConfig, data, config or str(C.DEFAULT_YAML))
