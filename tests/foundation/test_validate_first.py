@@ -58,3 +58,9 @@ def test_unknown_recipe_names_the_config_file_and_field(tmp_path):
                    "teacher: {endpoints: [{base_url: 'http://127.0.0.1:9/v1', model: m}]}\n")
     one_error(cli("generate", str(gen)), str(gen), "field 'recipes[1]'", "no recipe named 'textbok'", "textbook")
     assert listing(tmp_path) == ["gen.yaml", "s.jsonl"]
+
+
+def test_curate_override_without_a_value_is_one_line(tmp_path):
+    one_error(cli("curate", "--in", str(tmp_path), "--out", str(tmp_path / "c"), "--set", "filters.faithfulness"),
+              "field '--set'", "key=value")
+    assert listing(tmp_path) == []
