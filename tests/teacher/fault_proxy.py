@@ -25,6 +25,7 @@ class FaultProxy:
                  get_faults: list[str] | None = None):
         self.upstream = upstream.rstrip("/").removesuffix("/v1")
         self.get_faults = list(get_faults or [])  # answers to the next GETs, in order: "503" or "reset"
+        self.gets: list[str] = []  # what each GET got: a fault or "ok"
         self.rates = [("429", p429), ("500", p500), ("hang", phang), ("trunc", ptrunc), ("400", p400)]
         self.hang_s, self.retry_after = hang_s, retry_after
         self._rng = random.Random(seed)
@@ -52,7 +53,8 @@ class FaultProxy:
             def do_GET(self):
                 with proxy._lock:
                     fault = proxy.get_faults.pop(0) if proxy.get_faults else None
-                proxy._record("GET " + self.path, fault or "ok")
+                with proxy._lock:
+                    proxy.gets.append(fault or "ok")
                 if fault == "503":
                     return self._send(503, b'{"error":{"message":"loading model (injected)"}}')
                 if fault == "reset":  # close with RST, no response
