@@ -72,6 +72,9 @@ def precheck(cfg: config_mod.RunConfig, where: str) -> None:
         return
     plan = json.loads(storage.read_text(cfg.data.plan))
     phases = [ph for ph in plan.get("phases", []) if cfg.data.phase in (None, ph["name"])]
+    if not phases:
+        raise config_mod.ConfigError(f"{where}: field data.phase: {cfg.data.phase!r} is not a phase of {cfg.data.plan}; "
+                                     f"use one of {[ph['name'] for ph in plan.get('phases', [])]}")
     samples = sum(int(s["tokens"]) // int(plan["seq_len"]) for ph in phases for s in ph["sources"])
     avail = samples // cfg.train.global_batch
     if cfg.train.steps > avail:

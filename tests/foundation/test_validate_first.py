@@ -36,13 +36,24 @@ def test_unknown_model_preset_is_refused_before_torchrun(tmp_path):
     assert "torchrun" not in r.stdout + r.stderr and listing(tmp_path) == ["t.yaml"]
 
 
-def test_train_steps_beyond_the_plan_is_one_line(tmp_path):
+def plan_config(tmp_path: Path) -> Path:
     plan = tmp_path / "plan.json"  # 100 samples of 8 tokens: 6 steps of 16 sequences
     plan.write_text(json.dumps({"seq_len": 8, "seed": 0, "vocab_size": 300, "total_tokens": 800, "phases": [
         {"name": "main", "tokens": 800, "sources": [{"name": "web", "tokens": 800, "path": str(tmp_path)}]}]}))
-    cfg = train_config(tmp_path, data=f"{{source: plan, plan: {plan}}}")
+    return train_config(tmp_path, data=f"{{source: plan, plan: {plan}}}")
+
+
+def test_train_steps_beyond_the_plan_is_one_line(tmp_path):
+    cfg = plan_config(tmp_path)
     r = cli("train", str(cfg), "--nproc", "1", "--set", "train.steps=100")
     one_error(r, str(cfg), "field train.steps", "exceed the 6 the plan holds", "at most 6")
+    assert "torchrun" not in r.stdout + r.stderr and listing(tmp_path) == ["plan.json", "t.yaml"]
+
+
+def test_train_on_an_unknown_phase_is_one_line(tmp_path):
+    cfg = plan_config(tmp_path)
+    r = cli("train", str(cfg), "--nproc", "1", "--set", "data.phase=anneal")
+    one_error(r, str(cfg), "field data.phase", "'anneal'", "main")
     assert "torchrun" not in r.stdout + r.stderr and listing(tmp_path) == ["plan.json", "t.yaml"]
 
 
