@@ -122,6 +122,31 @@ class QualityCfg(_M):
     threshold: float = Field(0.6, ge=0, le=1, description="chosen by 2-fold cross-validation on the dev labels")
 
 
+JUDGE_RUBRIC = """Source passage:
+{{ seed }}
+
+Document written from it ({{ recipe }}):
+{{ document }}
+
+Rate the document from 1 to 5 for a pretraining corpus: 5 if every claim agrees with the source
+and it reads as a finished text with no talk about the task; 1 if it invents or contradicts facts,
+talks about the task or to a user, or stops mid-sentence. Reply with one line of reasons, then a
+last line "Score: N"."""
+
+
+class JudgeCfg(_M):
+    """An LLM judge through the teacher client (OpenAI-compatible endpoints): a rubric over each
+    document and its seed, the score in `meta.extra.judge`, cached under `cache_dir`."""
+
+    enabled: bool = False
+    teacher: dict[str, Any] = Field(default_factory=dict, description="a teacher config with `endpoints`")
+    rubric: str = JUDGE_RUBRIC
+    min_score: int = Field(4, ge=1, le=5, description="reject below this score")
+    on_unparsed: Literal["keep", "drop"] = "keep"
+    cache_dir: str = Field("", description="where verdicts are cached; empty: <output>/judge_cache")
+    batch: int = Field(8, ge=1, description="documents judged at once per task")
+
+
 class TruncatedCfg(_M):
     enabled: bool = True
     finish_reasons: list[str] = Field(default_factory=lambda: ["length"])
@@ -174,6 +199,7 @@ class FiltersCfg(_M):
     c4_quality: Toggle = Field(default_factory=Toggle)
     faithfulness: FaithfulnessCfg = Field(default_factory=FaithfulnessCfg)
     quality: QualityCfg = Field(default_factory=QualityCfg)
+    judge: JudgeCfg = Field(default_factory=JudgeCfg)
 
 
 class MinhashCfg(_M):

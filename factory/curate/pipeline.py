@@ -106,10 +106,31 @@ def filter_steps(cfg: CurateConfig, rejected: str, index_dir: str | None) -> lis
             raise FactoryError("filters.quality is on but names no model", field="filters.quality.model",
                                fix="train one with `python -m factory.curate.quality train ...` and give its path")
         steps.append(QualityFilter(f.quality.model, f.quality.threshold, w("quality")))
+    if f.judge.enabled:
+        steps.append(judge_step(cfg, w("judge")))
     if index_dir is not None:
         steps.append(Decontaminate(index_dir, cfg.decont.n_grams, cfg.decont.action, tok,
                                    exclusion_writer=w("contamination")))
     return steps
+
+
+def judge_step(cfg: CurateConfig, writer) -> Any:
+    """The LLM-judge step; its verdicts are cached in `filters.judge.cache_dir` (default: beside the output)."""
+    from factory.curate.judge import JudgeFilter
+    from factory.teacher.config import TeacherConfig
+
+    j = cfg.filters.judge
+    try:
+        teacher = TeacherConfig.model_validate(j.teacher)
+    except ValueError as e:
+        raise FactoryError(f"bad judge teacher: {str(e).splitlines()[-1].strip()}", field="filters.judge.teacher",
+                           fix="give a teacher config with `endpoints` (base_url, model)") from None
+    if not teacher.endpoints:
+        raise FactoryError("the judge needs running endpoints", field="filters.judge.teacher.endpoints",
+                           fix="list the judge model's OpenAI-compatible endpoints")
+    cache = j.cache_dir or f"{cfg.output.rstrip('/')}/judge_cache"
+    return JudgeFilter(teacher.model_dump(mode="json"), j.rubric, j.min_score, cache,
+                       cfg.filters.faithfulness.seeds or cfg.dedup.reference, j.on_unparsed, j.batch, writer)
 
 
 def folder(url: str) -> Any:

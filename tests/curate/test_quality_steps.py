@@ -41,7 +41,9 @@ def chatter_step(**kw) -> CommentaryFilter:
 
 
 def test_default_yaml_agrees_with_config_defaults():
-    assert C.CurateConfig.model_validate(read_yaml(C.DEFAULT_YAML)).model_dump() == C.CurateConfig().model_dump()
+    y = read_yaml(C.DEFAULT_YAML)
+    assert C.CurateConfig.model_validate(y).model_dump() == C.CurateConfig().model_dump()
+    assert set(y["filters"]) == set(C.FiltersCfg.model_fields)  # every filter shown with its options
 
 
 @pytest.mark.parametrize("text,step,cut", [
@@ -222,3 +224,59 @@ def test_train_command_writes_a_model_from_labels_and_seeds(tmp_path):
     assert e.value.code == 0
     m = Model.load(str(out))
     assert m.score(lesson(recs[28])) > 0.5 > m.score("Sure! Here's a rewritten version, I hope this helps")
+
+
+def test_judge_score_is_the_last_score_line():
+    from factory.curate.judge import parse_score
+
+    assert parse_score("Reasons: fine.\nScore: 4") == 4
+    assert parse_score("score 2 at first, then **Score:** 5") == 5
+    assert parse_score("Sounds good to me!") is None and parse_score("Score: 9") is None
+
+
+def test_llm_judge_on_the_local_teacher_scores_filters_and_caches(tmp_path):
+    """A real llama.cpp judge over four documents; the rerun with the judge stopped decides the same
+    from the cache."""
+    from factory.seeds import wiki_rows
+    from factory.teacher.server import LocalTeacher
+
+    recs = [r for r in records(40) if len(r["extract"].split()) < 80][:4]
+    seeds = write_stage(tmp_path / "seeds", wiki_rows(records=recs), "seeds", shards=1)
+    rows = [syn(lesson(r), i, recipe="distill", seed=f"wiki:{r['title']}", kind="rewrite") for i, r in enumerate(recs)]
+    gen = write_stage(tmp_path / "gen", rows, shards=1)
+
+    def curate(out: str, teacher: dict) -> tuple[dict, dict]:
+        cfg = load(None, inputs=[gen], output=out)
+        f = cfg.filters
+        f.faithfulness.enabled = f.gopher_quality.enabled = f.gopher_repetition.enabled = False
+        cfg.dedup.minhash.enabled = cfg.dedup.exact = False
+        f.faithfulness.seeds = [seeds]
+        f.judge = f.judge.model_copy(update={"enabled": True, "teacher": teacher, "min_score": 4, "batch": 2,
+                                             "cache_dir": str(tmp_path / "judge_cache")})
+        m = run(cfg)
+        kept = {r["id"]: json.loads(r["meta"]["extra"])["judge"] for r in read_docs(out).to_pylist()} \
+            if m["counts"]["kept"] else {}
+        rej = {r["id"]: r for p in sorted((Path(out) / "rejected").glob("*.parquet")) for r in pq.read_table(p).to_pylist()}
+        return kept, rej
+
+    with LocalTeacher(1) as t:
+        teacher = {"endpoints": [{"base_url": t.endpoints[0], "model": t.model}],
+                   "sampling": {"temperature": 0.0, "max_tokens": 40}}
+        kept, rej = curate(str(tmp_path / "a"), teacher)
+    assert len(kept) + len(rej) == 4
+    assert all(s is None or s >= 4 for s in kept.values())  # unparsed replies are kept by default
+    for r in rej.values():
+        assert r["reason"] == "judge" and r["detail"].startswith("score ")
+        assert int(r["detail"].split()[1]) < 4
+    again = curate(str(tmp_path / "b"), teacher)  # the server is gone: every verdict comes from the cache
+    assert again[0] == kept and again[1].keys() == rej.keys()
+
+
+def test_judge_without_endpoints_is_one_clear_error(tmp_path):
+    from factory.curate.pipeline import filter_steps
+
+    cfg = load(None)
+    cfg.filters.judge.enabled = True
+    with pytest.raises(FactoryError, match="bad judge teacher") as e:
+        filter_steps(cfg, str(tmp_path / "rej"), None)
+    assert "filters.judge.teacher" in str(e.value)
