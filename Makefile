@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
+# llama.cpp built for the CPU it is built on turns on AMX on Intel Xeons that have it, and ggml's AMX
+# kernels crash there on the first prompt of more than one token; on x86-64 the teacher is built for
+# AVX2 instead (every x86-64 server CPU of the last decade has it). Set LLAMA_CMAKE_ARGS to override.
+LLAMA_CMAKE_ARGS ?= $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
 
 .PHONY: demo test test-fast bench install clean
 
@@ -14,6 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build of torch first, so the `torch>=2.11` requirement takes it (not a CUDA build)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q --no-cache-dir 'llama-cpp-python[server]==0.3.36'
 	$(BIN)/pip install -q -e '.[teacher,corpus,s3,test]'
 	touch $(STAMP)
 
