@@ -125,6 +125,10 @@ def plan_tasks(grid_path: str | Path, out: str | Path | None = None, *, plan_fn:
     if o.url:
         storage.put_dir(o.local / "benchmarks", o.uri("benchmarks"))
 
+    from train.suite import Mover
+
+    before = o.local / "tasks.json"  # a folder planned elsewhere: its plans' paths move here
+    move = Mover(json.loads(before.read_text()).get("root") if before.exists() else None)
     tasks, skipped, aliases, seen = [], 0, [], {}
     for c in cells:
         same = json.dumps({k: v for k, v in c["mix"].items() if k != "name"}, sort_keys=True) + str(c.get("scale"))
@@ -135,7 +139,7 @@ def plan_tasks(grid_path: str | Path, out: str | Path | None = None, *, plan_fn:
         cell = f"cells/{c['id']}"
         o.write(f"{cell}/mix.yaml", yaml.safe_dump(c["mix"], sort_keys=False))
         if o.exists(f"{cell}/plan.json"):  # planned before (maybe on another machine): the same plan
-            plan = json.loads(o.read(f"{cell}/plan.json"))
+            plan = move(json.loads(o.read(f"{cell}/plan.json")))
         else:
             plan = plan_fn(o.local / cell / "mix.yaml", data_root)
         o.write(f"{cell}/plan.json", json.dumps(plan, indent=1))
@@ -279,7 +283,8 @@ def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Calla
         train_fn, eval_fn = train_fn or _default_train(g.nproc), eval_fn or default_eval
         init_ray(address)
         try:
-            remote = ray.remote(num_gpus=1)(_run_one)
+            gpu = ray.cluster_resources().get("GPU", 0) > 0  # a GPU per run; a CPU where the cluster has none
+            remote = ray.remote(**({"num_gpus": 1} if gpu else {"num_cpus": 1}))(_run_one)
             _watched(tasks, lambda: ray.get([remote.remote(t, train_fn, eval_fn) for t in tasks]), show)
         finally:
             ray.shutdown()

@@ -35,10 +35,10 @@ def _scores(r: dict) -> dict:
     return {(x["cell"], x["seed"]): {b: s["score"] for b, s in x["scores"].items()} for x in r["results"]}
 
 
-def test_lanes_give_the_scores_of_one_run_at_a_time(tmp_path, tokens):
-    grid = _grid(tmp_path, tokens, export=True, lanes=2)  # one at a time scores the export
+def test_lanes_on_ray_give_the_scores_of_one_run_at_a_time(tmp_path, tokens):
+    grid = _grid(tmp_path, tokens, export=True, lanes=2, parallel="ray")  # one at a time scores the export
     one = ablate.run(grid, tmp_path / "one", show=False, train_fn=_default_train(1), eval_fn=ablate.default_eval)
-    packed = ablate.run(grid, tmp_path / "packed", show=False)
+    packed = ablate.run(grid, tmp_path / "packed", show=False)  # two lanes, each a real Ray task
     assert packed["ran"] == 2 and len(list((tmp_path / "packed/tasks/lanes").glob("lane*.json"))) == 2
     a, b = _scores(one), _scores(packed)
     assert a.keys() == b.keys() and {"wiki_mc", "wiki_mc_bpb", "loss_web", "loss_synthetic"} <= set(next(iter(b.values())))
@@ -46,41 +46,30 @@ def test_lanes_give_the_scores_of_one_run_at_a_time(tmp_path, tokens):
         assert b[k] == pytest.approx(a[k], abs=1e-5)
     assert ablate.run(grid, tmp_path / "packed", show=False)["skipped"] == 2  # done runs are not redone
 
-    ray_grid = _grid(tmp_path, tokens, lanes=2, parallel="ray")
-    via_ray = ablate.run(ray_grid, tmp_path / "ray", show=False)
-    c = _scores(via_ray)
-    for k in a:
-        assert c[k] == pytest.approx(a[k], abs=1e-5)
 
-
-def test_a_failing_run_keeps_the_lanes_finished_runs(tmp_path, tokens):
-    grid = _grid(tmp_path, tokens)
-    out = tmp_path / "out"
-    planned = ablate.run(grid, out, show=False, plan_only=True)
-    spec = json.loads(Path(planned["tasks_file"]).read_text())
-    bad = spec["tasks"][0]
-    Path(bad["config"]["run_dir"]).write_text("a file where the run folder goes")  # that run cannot start
-    with pytest.raises(FactoryError, match="lane"):
-        ablate.run(grid, out, show=False)
-    done = list(out.glob("cells/*/seed0/eval.json"))
-    assert len(done) == 1 and bad["cell"] not in str(done[0])
-
-
-def test_a_task_list_trains_after_its_folder_moved(tmp_path, tokens, monkeypatch):
+def test_a_task_list_trains_after_its_folder_moved_and_a_failed_run_is_redone(tmp_path, tokens, monkeypatch):
     from train import suite
 
     src = tmp_path / "here"
     src.mkdir()
-    data = src / "tokens"
-    shutil.copytree(tokens, data)
+    shutil.copytree(tokens, src / "tokens")
     monkeypatch.chdir(src)
     grid = _grid(src, Path("tokens"), out="abl")
-    ablate.run(grid, show=False, plan_only=True)
+    planned = ablate.run(grid, show=False, plan_only=True)
+    bad = json.loads(Path(planned["tasks_file"]).read_text())["tasks"][0]
     dst = tmp_path / "there"
     shutil.move(str(src), str(dst))  # the planning folder is gone: every path must be moved
     monkeypatch.chdir(dst)
+    blocker = Path(bad["config"]["run_dir"].replace(str(src), str(dst)))
+    blocker.write_text("a file where the run folder goes")  # that run cannot start; the lane goes on
     res = suite.run_tasks("abl/tasks.json", lanes=1, echo=lambda _: None)
-    assert res["failed"] == [] and len(list(Path("abl").glob("cells/*/seed0/eval.json"))) == 2
+    done = list(Path("abl").glob("cells/*/seed0/eval.json"))
+    assert len(res["failed"]) == 1 and "FAILED" in Path(res["failed"][0]).read_text()
+    assert len(done) == 1 and bad["cell"] not in str(done[0])
+    with pytest.raises(FactoryError, match="lane"):  # factory ablate says so in one line, naming the log
+        ablate.run(dst / "grid.yaml", show=False)
+    blocker.unlink()
+    assert suite.run_tasks("abl/tasks.json", lanes=1, echo=lambda _: None)["failed"] == []
     r = ablate.run(dst / "grid.yaml", show=False)  # reports what the suite trained
     assert r["ran"] == 0 and r["skipped"] == 2 and Path(r["report"]["report_md"]).exists()
 
