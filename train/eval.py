@@ -9,7 +9,10 @@ documents in `text`, or over the tail windows of a folder of datatrove `.ds` sha
 
 `model(tokens [B, T]) -> logits [B, T, V]`; the tokenizer is a `tokenizers.Tokenizer`. Scoring is
 batched (sorted by length, right-padded: causal attention makes padding after a row harmless)
-and deterministic. Only torch, numpy, yaml, tokenizers and the stdlib are used.
+and deterministic; log-probabilities are gathered on the model's device. `Evaluator` loads and
+tokenizes the benchmarks once and scores every multiple-choice and loss benchmark of a model in
+one pass; each multiple-choice benchmark also gives `<name>_bpb`, the bits per byte of the correct
+answer. Only torch, numpy, yaml, tokenizers and the stdlib are used.
 """
 
 from __future__ import annotations

@@ -13,17 +13,24 @@ import yaml
 from tests.eval.conftest import WORDS, BagModel, word_tokenizer
 from train.eval import Evaluator, evaluate, load_benchmark, loglikelihoods, mc_requests, score_mc, score_val
 
-MC = {"type": "mc_loglik", "prompt": "Question: {question}\nAnswer:", "choice_prefix": " "}
 ITEMS = [{"question": "What is the capital of paris ?", "choices": ["france", "italy", "spain"], "answer": 0},
          {"question": "What is the capital of rome ?", "choices": ["france", "italy"], "answer": 1},
          {"question": "What is the capital of berlin ?", "choices": ["germany", "a very long answer"], "answer": 0}]
 
 
-def _bench(tmp_path, name, spec, items):
-    d = tmp_path / name
+def _mc(tmp_path):
+    """A bare lm-eval style file: multiple choice, prompt "Question: ...\\nAnswer:", choices after a space."""
+    f = tmp_path / "caps.jsonl"
+    f.write_text("".join(json.dumps(i) + "\n" for i in ITEMS))
+    return f
+
+
+def _val(tmp_path):
+    d = tmp_path / "val"
     d.mkdir()
-    (d / "benchmark.yaml").write_text(yaml.safe_dump({"name": name, **spec}))
-    (d / "data.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    (d / "benchmark.yaml").write_text(yaml.safe_dump({"name": "val", "type": "val_loss", "seq_len": 4}))
+    (d / "data.jsonl").write_text(json.dumps({"text": "the capital of paris is france ."}) + "\n"
+                                  + json.dumps({"text": "one two three"}) + "\n")
     return d
 
 
@@ -36,9 +43,7 @@ def _model(seed: int = 0) -> BagModel:
 
 def test_one_pass_scores_like_each_benchmark_alone(tmp_path):
     tok = word_tokenizer()
-    mc = _bench(tmp_path, "caps", MC, ITEMS)
-    val = _bench(tmp_path, "val", {"type": "val_loss", "seq_len": 4},
-                 [{"text": "the capital of paris is france ."}, {"text": "one two three"}])
+    mc, val = _mc(tmp_path), _val(tmp_path)
     m = _model()
     got = Evaluator(tok, [mc, val], batch_size=4)(m)
     spec, items = load_benchmark(mc)
@@ -55,7 +60,7 @@ def test_one_pass_scores_like_each_benchmark_alone(tmp_path):
 
 def test_bits_per_byte_of_the_correct_answer(tmp_path):
     tok = word_tokenizer()
-    d = _bench(tmp_path, "caps", MC, ITEMS)
+    d = _mc(tmp_path)
     m = _model(1)
     r = evaluate(m, tok, [d])
     spec, items = load_benchmark(d)
@@ -71,7 +76,7 @@ def test_bits_per_byte_of_the_correct_answer(tmp_path):
 
 def test_an_evaluator_serves_many_models(tmp_path):
     tok = word_tokenizer()
-    d = _bench(tmp_path, "caps", MC, ITEMS)
+    d = _mc(tmp_path)
     ev = Evaluator(tok, [d])
     for seed in (2, 3):
         m = _model(seed)
