@@ -31,7 +31,7 @@ def ablate(
 
     if dry_run:
         g = ab.load_grid(grid)
-        cells = ab.expand(grid, g)
+        cells = ab.scaled(ab.expand(grid, g), g)  # each cell once per scale
         keys = list(cells[0]["params"])
         console.print(table(f"{g.name}: {len(cells)} cells x {len(g.seeds)} seeds", ["cell", *keys],
                             [[c["id"], *[c["params"][k] for k in keys]] for c in cells]))
