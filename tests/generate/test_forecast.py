@@ -41,3 +41,16 @@ def test_pilot_forecast_brackets_the_full_run(ray_local, seeds_file, tmp_path):
     assert (tmp_path / "gen-pilot" / "forecast.json").exists() and (tmp_path / "gen-pilot" / "curated" / "manifest.json").exists()
     table = {r[0]: r for r in rows(fc)}
     assert "documents kept after curation" in table and table["seeds"][1] == "120"
+
+
+def test_pilot_on_the_local_teacher(teacher, ray_local, seeds_file, tmp_path):
+    """The real llama.cpp teacher: 2 of 8 seeds through generate and curate, a forecast for 8."""
+    cfg = gen_cfg(seeds_file(8), tmp_path / "gen", teacher.endpoints, teacher.model, shards=2,
+                  teacher_kw={"price": Price(prompt_per_1k=0.001, completion_per_1k=0.002)})
+    fc = run_pilot(cfg, 2, replicas=4, show_progress=False)
+    assert fc["seeds"] == 8 and fc["pilot_seeds"] == 2 and fc["pilot_requests"] == 2
+    ct = fc["completion_tokens"]
+    assert 0 < ct["low"] <= ct["total"] <= ct["high"] and ct["total"] == pytest.approx(4 * ct["per_seed"] * 2)
+    assert fc["cost"]["total"] > 0 and fc["completion_tok_s_per_replica"] > 0
+    assert fc["wall_hours"]["total"] == pytest.approx(fc["replica_hours"]["total"] / 4)
+    assert not (tmp_path / "gen").exists()  # the pilot writes beside the run's folder, never into it
