@@ -117,7 +117,7 @@ def test_real_trainer_and_scorer_on_the_store(s3_bucket, tiny_plan, tmp_path):  
     r = ablate.run(grid, out, show=False, scratch=tmp_path / "m1")
     assert r["ran"] == 1
     rec = r["results"][0]
-    assert set(rec["scores"]) == {"mc", "loss_web", "loss_synthetic"} and rec["scores"]["mc"]["n"] == 2
+    assert set(rec["scores"]) == {"mc", "mc_bpb", "loss_web", "loss_synthetic"} and rec["scores"]["mc"]["n"] == 2
     run = rec["run_dir"]
     assert run.startswith(f"{out}/cells/") and json.loads(storage.read_text(f"{run}/run.json"))["steps"] == 7
     for name in ("hf/config.json", "hf/model.safetensors", "checkpoints/step_0000007/meta.json", "metrics.jsonl"):
