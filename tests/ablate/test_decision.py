@@ -15,7 +15,7 @@ from tests.ablate.conftest import TINY_MODEL, base_mix
 
 def _rec(scale, mix, seed, score, share, **extra):
     return {"cell": f"scale={scale}__{mix}", "seed": seed, "params": {"scale": scale, "share": share},
-            "scores": {"acc": {"score": score, "n": 100, "stderr": 0.01}, "loss": {"score": 1 - score, "higher_is_better": False}},
+            "scores": {"acc": {"score": score, "n": 100, "stderr": 0.01}, "loss": {"score": 1 - score, "stderr": 0.01, "higher_is_better": False}},
             **extra}
 
 
