@@ -150,11 +150,19 @@ def test_failures_name_the_problem(tmp_path, tiny_plan):
         launch.run(tiny_config(tmp_path / "b"), nproc=3, echo=None)
     with pytest.raises(ConfigError, match="data.plan"):
         launch.run(tiny_config(tmp_path / "c", data={"source": "plan", "plan": "/nonexistent/plan.json"}))
-    # known only once the ranks read the plan: the ranks' own error heads the message
-    with pytest.raises(launch.TrainFailed, match="exceed the plan") as e:
+    with pytest.raises(ConfigError, match="train.steps: 100 steps"):  # read from the plan before torchrun
         launch.run(tiny_config(tmp_path / "d", data={"source": "plan", "plan": str(tiny_plan)},
                                **{"train.steps": 100, "model.vocab_size": None}), nproc=1, echo=None)
-    assert "train.log" in str(e.value) and (tmp_path / "d" / "train.log").exists()
+    assert not (tmp_path / "d" / "train.log").exists()
+    # known only once the ranks open the shards: the ranks' own error heads the message
+    plan = json.loads(tiny_plan.read_text())
+    (tmp_path / "empty").mkdir()
+    plan["phases"][0]["sources"][0]["path"] = str(tmp_path / "empty")
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(launch.TrainFailed, match="no .ds files") as e:
+        launch.run(tiny_config(tmp_path / "e", data={"source": "plan", "plan": str(tmp_path / "plan.json")},
+                               **{"model.vocab_size": None}), nproc=1, echo=None)
+    assert "train.log" in str(e.value) and (tmp_path / "e" / "train.log").exists()
 
 
 def test_resume_into_another_model_shape_is_refused(base_run, tmp_path):
