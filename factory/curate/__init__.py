@@ -41,6 +41,22 @@ def _input_rows(shards: list[tuple[str, list[str]]]) -> int:
     return n
 
 
+def _content(cfg: CurateConfig, bench: list[str]) -> dict[str, str]:
+    """sha256 of the files whose content decides the output beyond the config's own settings: the
+    decontamination benchmarks and the quality model (an edited file is a changed config)."""
+    import hashlib
+
+    import fsspec
+
+    files = list(bench) + ([cfg.filters.quality.model] if cfg.filters.quality.enabled and cfg.filters.quality.model else [])
+    out = {}
+    for url in files:
+        fs, p = fsspec.core.url_to_fs(url)
+        if fs.isfile(p):
+            out[url] = hashlib.sha256(fs.cat_file(p)).hexdigest()[:16]
+    return out
+
+
 def _ray_session(cfg: CurateConfig) -> bool:
     """Connect to (or start) Ray when asked; True when this call started it."""
     import ray
@@ -81,7 +97,8 @@ def _run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, An
     inputs = [shard_files(u) for u in cfg.inputs]
     refs = [shard_files(u) for u in cfg.dedup.reference]
     bench = benchmark_files(cfg.decont.benchmarks) if cfg.decont.enabled and cfg.decont.benchmarks else []
-    stage = StageDir(cfg.output, "curate", cfg.output_hash_view(), inputs=cfg.inputs + cfg.dedup.reference)
+    stage = StageDir(cfg.output, "curate", {**cfg.output_hash_view(), "content": _content(cfg, bench)},
+                     inputs=cfg.inputs + cfg.dedup.reference)
     old = StageDir.read_manifest(stage.url)
     if old and old.get("status") == "done":
         return old

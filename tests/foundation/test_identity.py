@@ -116,3 +116,25 @@ def test_tokenize_warns_about_a_source_with_no_documents(tmp_path):
     out = " ".join((r.stdout + r.stderr).split())
     assert "warning: source 'rewrite' has 0 documents of kind rewrite in seeds" in out and "fix:" in out
     assert "source 'web'" not in out
+
+
+def test_edited_benchmark_file_is_a_changed_curation_config(tmp_path):
+    """Decontamination reads the benchmark files: editing one makes a rerun into the same folder refuse."""
+    from factory.curate import load, run
+    from factory.schema import make_doc
+    from factory.stage import StageDir
+
+    src = StageDir(str(tmp_path / "gen"), "gen", {"n": 3})
+    src.write_docs("part-0.parquet", [make_doc(f"Document {i} says rivers carry water and silt to the sea, "
+                                               f"slowly and for a long time, {i}.", "synthetic", "t") for i in range(3)])
+    src.finish()
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"question": "What do rivers carry to the sea?", "answer": "water and silt"}) + "\n")
+    cfg = load(None, inputs=[str(tmp_path / "gen")], output=str(tmp_path / "cur"))
+    cfg.decont.benchmarks = [str(bench)]
+    cfg.filters.faithfulness.enabled = False
+    first = run(cfg)
+    assert first["status"] == "done" and run(cfg)["updated_at"] == first["updated_at"]  # the same files: skipped
+    bench.write_text(json.dumps({"question": "What do glaciers carve out of rock?", "answer": "valleys"}) + "\n")
+    with pytest.raises(FactoryError, match="another config"):
+        run(cfg)
