@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--replicas", type=int, default=32)
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--shard-size", type=int, default=5000)
-    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--concurrency", type=int, default=64, help="the anchor's requests in flight")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--speed", type=float, default=200.0)
     ap.add_argument("--anchor-requests", type=int, default=20_000)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with FleetSimulator(replicas=a.replicas, speed=a.speed) as fleet:
         tcfg = local_config(fleet.urls, MODEL, sampling={"temperature": 0.0}, seed=None)
         cfg = GenerateConfig(seeds=str(tmp / "seeds.jsonl"), recipes=[str(tmp / "bench_stub.yaml")], out=str(tmp / "out"),
-                             teacher=tcfg, workers=a.workers, concurrency=a.concurrency,
+                             teacher=tcfg, workers=a.workers,  # items in flight follow the adaptive windows
                              shards=max(1, a.requests // a.shard_size))
         cfg_path = tmp / "cfg.json"
         cfg_path.write_text(cfg.model_dump_json())

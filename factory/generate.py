@@ -48,7 +48,8 @@ class GenerateConfig(BaseModel):
     cache_flush_s: float = Field(30.0, gt=0, description="on object storage: ... and at least every T seconds")
     ray_address: str | None = None
     workers: int = Field(2, ge=1, description="Ray actors sending requests")
-    concurrency: int = Field(16, ge=1, description="items in flight per worker")
+    concurrency: int | None = Field(None, ge=1, description="items in flight per worker, a cap (default: twice the "
+                                    "adaptive windows, at least 16; 16 with fixed windows)")
     worker_cpus: float = Field(0.25, ge=0)
 
 

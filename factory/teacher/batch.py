@@ -74,7 +74,7 @@ def _completion(body: dict[str, Any], model: str) -> Completion:
 
 
 def run_batch(tcfg: TeacherConfig, shards: dict[int, list[dict]], recipes: list[Any], samples: int, stage: StageDir,
-              cache_dir: str, concurrency: int) -> dict[str, Any]:
+              cache_dir: str, concurrency: int | None) -> dict[str, Any]:
     ep = tcfg.endpoints[0]
     api = openai.OpenAI(base_url=ep.base_url, api_key=ep.api_key(), max_retries=5, timeout=tcfg.timeout_s)
     client = TeacherClient(tcfg)

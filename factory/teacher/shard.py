@@ -74,7 +74,7 @@ class Progress:
 
 
 async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], samples: int, client: TeacherClient,
-                        stage: StageDir, cache_dir: str, concurrency: int,
+                        stage: StageDir, cache_dir: str, concurrency: int | None,
                         progress: Progress | None = None, complete_factory: Callable | None = None,
                         flush_every: int = 64, flush_s: float = 30.0, where: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run shard `k` and write its outputs; returns its stats (with `where` it ran, e.g. the Ray
@@ -87,8 +87,12 @@ async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], 
     docs: dict[str, dict[str, Any]] = {}
     rejected: list[dict[str, Any]] = []
     dup = deferred = 0
-    # items in flight: `concurrency`, or with adaptive windows twice what they take, so a window always has work to grow into
-    gate = Gate(lambda: max(concurrency, 2 * client.window_total()) if client.cfg.adaptive_on else concurrency)
+    # items in flight: `concurrency` when given; else with adaptive windows twice what they take, so a window always has
+    # work to grow into (a killed worker repays at most these)
+    if concurrency:
+        gate = Gate(lambda: concurrency)
+    else:
+        gate = Gate(lambda: max(16, 2 * client.window_total()) if client.cfg.adaptive_on else 16)
     n_units = 0
     with CompletionCache(shard_file(cache_dir, k), flush_every, flush_s) as cache:
         make = complete_factory or (lambda c: functools.partial(client.complete, cache=c))

@@ -21,7 +21,7 @@ class GenWorker:
     """A Ray actor (async): one TeacherClient kept across shards, so endpoint health persists."""
 
     def __init__(self, tcfg: TeacherConfig, stage_url: str, identity: dict[str, Any], recipes: list[str],
-                 recipe_sampling: dict[str, Any], samples: int, cache_dir: str, concurrency: int,
+                 recipe_sampling: dict[str, Any], samples: int, cache_dir: str, concurrency: int | None,
                  flush_every: int = 64, flush_s: float = 30.0):
         from factory.recipes import load_recipe
         from factory.teacher.client import TeacherClient

@@ -15,7 +15,7 @@ def test_generate_on_a_fleet_grows_the_windows_and_loses_nothing(ray_local, seed
     seeds = seeds_file(240)
     monkeypatch.setenv("FACTORY_PROGRESS_EVERY_S", "0.2")
     with FleetSimulator(replicas=2, speed=20) as fleet:
-        cfg = gen_cfg(seeds, tmp_path / "out", fleet.urls, MODEL, shards=2, workers=2, concurrency=2)
+        cfg = gen_cfg(seeds, tmp_path / "out", fleet.urls, MODEL, shards=2, workers=2, concurrency=None)
         capfd.readouterr()
         m = run(cfg)
         served = sum(s["served"] for s in fleet.stats())
