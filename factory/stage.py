@@ -50,17 +50,20 @@ def versions() -> dict[str, str]:
 class StageDir:
     """One stage's output folder."""
 
-    def __init__(self, url: str, stage: str, config: BaseModel | dict[str, Any], inputs: Iterable[str] = ()):
+    def __init__(self, url: str, stage: str, config: BaseModel | dict[str, Any], inputs: Iterable[str] = (),
+                 content: dict[str, str] | None = None):
+        """`content`: hashes of files the config names whose bytes decide the output; they join the
+        config's hash and go to the manifest beside the config, which stays loadable as a config."""
         self.url = str(url).rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.stage = stage
         self.config = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
-        self.hash = config_hash(self.config)
+        self.hash = config_hash({**self.config, "content": content} if content else self.config)
         self.inputs = [str(i) for i in inputs]
         self.counts: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self.timings: dict[str, float] = {}
-        self.extra: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {"content": content} if content else {}
         self._t0 = time.time()
         self._check_config()
 

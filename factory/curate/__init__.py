@@ -97,8 +97,8 @@ def _run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, An
     inputs = [shard_files(u) for u in cfg.inputs]
     refs = [shard_files(u) for u in cfg.dedup.reference]
     bench = benchmark_files(cfg.decont.benchmarks) if cfg.decont.enabled and cfg.decont.benchmarks else []
-    stage = StageDir(cfg.output, "curate", {**cfg.output_hash_view(), "content": _content(cfg, bench)},
-                     inputs=cfg.inputs + cfg.dedup.reference)
+    stage = StageDir(cfg.output, "curate", cfg.output_hash_view(), inputs=cfg.inputs + cfg.dedup.reference,
+                     content=_content(cfg, bench))
     old = StageDir.read_manifest(stage.url)
     if old and old.get("status") == "done":
         return old
