@@ -26,7 +26,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from factory.config import load_config
-from factory.errors import FactoryError
 
 
 class _M(BaseModel):
@@ -77,9 +76,5 @@ class SearchConfig(_M):
 
 
 def load(path: str | Path) -> SearchConfig:
-    cfg = load_config(SearchConfig, path)
-    return cfg
-
-
-def bounds_error(where: str, msg: str, fix: str, field: str = "vary") -> FactoryError:
-    return FactoryError(msg, where=where, field=field, fix=fix)
+    """A search file, validated; the first problem is one FactoryError naming the file and field."""
+    return load_config(SearchConfig, path)
