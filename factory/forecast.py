@@ -101,7 +101,7 @@ def run_pilot(cfg: GenerateConfig, n: int, where: str = "generate config", repli
     """Generate and curate `n` seeds of `cfg` into `<out>-pilot/`; return the forecast for all seeds."""
     from factory import curate
     from factory.generate import load_seeds, run, teacher_config
-    from factory.teacher.shard import seed_id_of
+    from factory.generate.shard import seed_id_of
 
     seeds, _ = load_seeds(cfg)
     pilot = spread(seeds, n)
@@ -114,7 +114,7 @@ def run_pilot(cfg: GenerateConfig, n: int, where: str = "generate config", repli
     pcfg = cfg.model_copy(update={"seeds": f"{root}/seeds.jsonl", "limit": None, "out": f"{root}/generate",
                                   "cache_dir": None, "shards": max(1, min(cfg.shards, len(pilot)))})
     gm = run(pcfg, where=where, show_progress=show_progress)
-    ccfg = curate.load(curate_config, inputs=[f"{root}/generate"], output=f"{root}/curated")
+    ccfg = curate.load(curate_config, inputs=[f"{root}/generate"], out=f"{root}/curated")
     curate.run(ccfg)
     tcfg = teacher_config(cfg, where)
     n_endpoints = len(tcfg.endpoints) or tcfg.local_replicas

@@ -47,7 +47,7 @@ def test_a_late_writer_does_not_replace_a_finished_shard(teacher, ray_local, see
     from factory.generate import load_seeds, split, teacher_config
     from factory.recipes import load_recipe
     from factory.teacher.client import TeacherClient
-    from factory.teacher.shard import process_shard
+    from factory.generate.shard import process_shard
 
     out = f"{s3_bucket}/late"
     cfg = gen_cfg(seeds_file(4), out, teacher.endpoints, teacher.model, shards=2)

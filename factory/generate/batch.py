@@ -23,7 +23,7 @@ from factory.stage import StageDir
 from factory.teacher.cache import CompletionCache, SeedCache, request_key, shard_file
 from factory.teacher.client import RETRY_STATUS, TeacherClient
 from factory.teacher.config import TeacherConfig
-from factory.teacher.shard import process_shard
+from factory.generate.shard import process_shard
 from factory.teacher.types import Completion, Deferred, TeacherError
 
 DONE = {"completed", "failed", "expired", "cancelled"}

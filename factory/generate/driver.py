@@ -1,8 +1,8 @@
-"""The generate stage: seeds x recipes x samples through the teacher, on Ray, resumable.
+"""The generate stage's driver: probe the teacher, hand shards to workers (or batch mode), write the manifest.
 
 Seeds are split into shards; Ray actors (async, one TeacherClient each, the teacher limits split
 between them) take shards from the driver and run each shard's items concurrently. A shard is
-written atomically when complete (see factory.teacher.shard); a rerun skips finished shards and
+written atomically when complete (see factory.generate.shard); a rerun skips finished shards and
 answers every request already paid for from the per-shard request cache. Inside a Ray job the
 cluster is picked up from RAY_ADDRESS; without one a small local Ray starts.
 """
@@ -18,97 +18,15 @@ from typing import Any, Iterator
 
 import fsspec
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
 
-from factory.config import load_config
 from factory.errors import FactoryError
+from factory.generate.config import GenerateConfig, identity, teacher_config
+from factory.generate.inputs import load_seeds, split
+from factory.generate.shard import ACCOUNT_KEYS, REJECT_SCHEMA, seed_id_of, shard_name
 from factory.schema import sha
-from factory.readers import read_jsonl
-from factory.stage import StageDir, exists, is_local, licences, read_docs, write_card
+from factory.stage import StageDir, is_local, licences, write_card
 from factory.teacher.cache import adopt
 from factory.teacher.config import TeacherConfig, local_config
-from factory.teacher.shard import ACCOUNT_KEYS, REJECT_SCHEMA, reject_row, seed_id_of, shard_name
-
-
-
-class GenerateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    seeds: str = Field(description="a stage folder of seed rows, a parquet file, or a JSONL file")
-    recipes: list[str] = Field(min_length=1, description="recipe names or paths")
-    samples_per_seed: int = Field(1, ge=1)
-    limit: int | None = Field(None, ge=1, description="use only the first N seeds")
-    shards: int = Field(8, ge=1)
-    teacher: TeacherConfig | str = Field(description="a TeacherConfig, or the path of its YAML file")
-    recipe_sampling: dict[str, Any] = Field(default_factory=dict, description="overrides for every recipe step, e.g. max_tokens")
-    out: str
-    cache_dir: str | None = Field(None, description="request cache folder, any fsspec URL (default <out>/cache); runs that "
-                                     "share one reuse each other's paid completions")
-    cache_flush_every: int = Field(64, ge=1, description="on object storage: upload a shard's new completions as one "
-                                   "segment every N of them (a lost node repays at most N per shard in flight)")
-    cache_flush_s: float = Field(30.0, gt=0, description="on object storage: ... and at least every T seconds")
-    ray_address: str | None = None
-    workers: int = Field(2, ge=1, description="Ray actors sending requests")
-    concurrency: int | None = Field(None, ge=1, description="items in flight per worker, a cap (default: twice the "
-                                    "adaptive windows, at least 16; 16 with fixed windows)")
-    worker_cpus: float = Field(0.25, ge=0)
-
-
-def teacher_config(cfg: GenerateConfig, where: str = "generate config") -> TeacherConfig:
-    if isinstance(cfg.teacher, TeacherConfig):
-        return cfg.teacher
-    p = Path(cfg.teacher)
-    if not p.is_absolute() and not p.exists() and Path(where).is_file():
-        p = Path(where).parent / p  # relative to the generate config
-    return load_config(TeacherConfig, p)
-
-
-def identity(cfg: GenerateConfig, tcfg: TeacherConfig, recipes: list) -> dict[str, Any]:
-    """What decides the output (hashed into the manifest), the recipes' file contents included;
-    endpoints, limits and workers do not."""
-    models = sorted({e.model for e in tcfg.endpoints}) or ["local"]
-    return {"seeds": cfg.seeds, "recipes": cfg.recipes, "recipe_sha": [r.content_sha for r in recipes],
-            "samples_per_seed": cfg.samples_per_seed, "limit": cfg.limit,
-            "shards": cfg.shards, "recipe_sampling": cfg.recipe_sampling, "teacher_models": models,
-            "teacher_sampling": tcfg.sampling, "teacher_seed": tcfg.seed, "mode": tcfg.mode}
-
-
-# seeds ---------------------------------------------------------------------------------------
-def load_seeds(cfg: GenerateConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(good rows, quarantined rows): a seed needs non-empty `text` and an id (`id` or meta.seed_id)."""
-    src = cfg.seeds
-    if src.endswith(".jsonl"):
-        if not exists(src):
-            raise FactoryError("seed file not found", where=src, field="seeds", fix="run `factory seeds` or fix the path")
-        numbered, unreadable = read_jsonl(src)
-        rows: list[tuple[str, Any]] = [(f"line {n}", r) for n, r in numbered]
-        rows += [(f"line {q['line']}", {"_bad": q["detail"]}) for q in unreadable]
-        rows.sort(key=lambda lr: int(lr[0].split()[1]))
-    else:
-        rows = [(f"row {n}", r) for n, r in enumerate(read_docs(src).to_pylist(), 1)]
-    good, bad = [], []
-    for at, r in rows:
-        problem = None
-        if "_bad" in r:
-            problem = r["_bad"]
-        elif r.get("meta") is not None and not isinstance(r["meta"], dict):
-            problem = f"{at}: meta is not an object"
-        elif not isinstance(r.get("text"), str) or not r["text"].strip():
-            problem = f"{at}: missing or empty text"
-        elif not seed_id_of(r):
-            problem = f"{at}: no id or meta.seed_id"
-        if problem:
-            sid = seed_id_of(r) if isinstance(r.get("meta") or {}, dict) else ""
-            bad.append(reject_row(sid or at, "", 0, "malformed_seed", {"at": at, "problem": problem}))
-        else:
-            r.setdefault("meta", {})
-            good.append(r)
-        if cfg.limit and len(good) >= cfg.limit:
-            break
-    return good, bad
-
-
-def split(rows: list[dict[str, Any]], shards: int) -> list[list[dict[str, Any]]]:
-    return [rows[k::shards] for k in range(shards)]
 
 
 # teacher ---------------------------------------------------------------------------------------
@@ -185,12 +103,12 @@ def _run(cfg: GenerateConfig, where: str, show_progress: bool, tcfg: TeacherConf
         with teacher_endpoints(tcfg) as live:
             probe(live, where)
             if live.mode == "batch":
-                from factory.teacher.batch import run_batch
+                from factory.generate.batch import run_batch
 
                 this_run.update(run_batch(live, {k: shards[k] for k in todo}, recipes, cfg.samples_per_seed, stage,
                                           cache_dir, cfg.concurrency))
             else:
-                from factory.teacher.workers import run_on_ray
+                from factory.generate.workers import run_on_ray
 
                 this_run.update(run_on_ray(cfg, live, {k: shards[k] for k in todo}, recipes, stage, cache_dir,
                                            show_progress=show_progress))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from factory.generate.config import GenerateConfig
 from factory.stage import StageDir
 from factory.teacher.config import TeacherConfig
 
@@ -25,7 +26,7 @@ class GenWorker:
                  flush_every: int = 64, flush_s: float = 30.0):
         from factory.recipes import load_recipe
         from factory.teacher.client import TeacherClient
-        from factory.teacher.shard import Progress
+        from factory.generate.shard import Progress
 
         self.tcfg, self.samples, self.cache_dir, self.concurrency = tcfg, samples, cache_dir, concurrency
         self.flush = {"flush_every": flush_every, "flush_s": flush_s}
@@ -35,7 +36,7 @@ class GenWorker:
         self.progress = Progress()
 
     async def process(self, k: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        from factory.teacher.shard import process_shard
+        from factory.generate.shard import process_shard
 
         await self.client.start(probe=False)
         return await process_shard(k, rows, self.recipes, self.samples, self.client, self.stage, self.cache_dir,
@@ -82,7 +83,7 @@ def placement() -> dict[str, Any]:
             "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def run_on_ray(cfg: Any, tcfg: TeacherConfig, shards: dict[int, list[dict[str, Any]]], recipes: list[Any],
+def run_on_ray(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[dict[str, Any]]], recipes: list[Any],
                stage: StageDir, cache_dir: str, show_progress: bool = True) -> dict[str, Any]:
     """Process `shards` ({index: rows}) on Ray; returns this run's accounting and failed shards."""
     import ray
