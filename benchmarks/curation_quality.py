@@ -77,7 +77,7 @@ def doc_row(r: dict, suffix: str = "") -> dict:
 def config(inputs: str, out: Path, seeds: str, ours: bool, model: str | None):
     from factory.curate import load
 
-    cfg = load(None, inputs=[inputs], output=str(out))
+    cfg = load(None, inputs=[inputs], out=str(out))
     cfg.dedup.reference = [seeds]
     f = cfg.filters
     if ours:

@@ -83,7 +83,7 @@ def corpus(tmp: Path, n_docs: int, seed: int = 0, shards: int = 8) -> tuple[str,
 def config(gen: str, ref: str, bench: str, out: str, ray: bool, tasks: int):
     from factory.curate import load
 
-    cfg = load(None, inputs=[gen], output=out)
+    cfg = load(None, inputs=[gen], out=out)
     cfg.dedup.reference = [ref]
     cfg.decont.benchmarks = [bench]
     cfg.executor.ray = ray

@@ -64,14 +64,14 @@ def _corpus(cfg: DemoConfig, out: Path) -> dict[str, Any]:
 
 
 def _curate_config(cfg: DemoConfig, out: Path, bench_files: list[str]):
-    from factory.config import read_yaml, validate
-    from factory.curate.config import DEFAULT_YAML, CurateConfig
+    from factory.config import read_yaml
+    from factory.curate.config import DEFAULT_YAML, validate_config
 
     data = read_yaml(DEFAULT_YAML)
-    data.update(inputs=[str(out / "generated")], output=str(out / "curated"))
+    data.update(inputs=[str(out / "generated")], out=str(out / "curated"))
     data.setdefault("dedup", {})["reference"] = [str(out / "seeds"), str(out / "web")]
     data.setdefault("decont", {})["benchmarks"] = bench_files
-    return validate(CurateConfig, data, str(DEFAULT_YAML))
+    return validate_config(data, str(DEFAULT_YAML))
 
 
 def _mix_share(plan: dict[str, Any], kinds: tuple[str, ...] = ("synthetic", "rewrite", "qa", "code")) -> float:

@@ -33,7 +33,7 @@ def curate(
     if inputs:
         data["inputs"] = list(inputs)
     if out:
-        data["output"] = out
+        data["out"] = out
     if reference:
         data["dedup"]["reference"] = list(reference)
     if bench:
@@ -54,15 +54,13 @@ def curate(
             data = _merge(data, parse_overrides(set_))
         except ConfigError as e:
             raise FactoryError(str(e), field="--set", fix="write --set section.key=value") from None
-    from factory.config import validate
-
-    cfg = validate(C.CurateConfig, data, config or str(C.DEFAULT_YAML))
+    cfg = C.validate_config(data, config or str(C.DEFAULT_YAML))
     m = run(cfg)
     c = m["counts"]
     rows = [["in", c.get("in", 0)], ["kept", c.get("kept", 0)]]
     rows += [[f"dropped: {k}", v] for k, v in sorted(m["dropped"].items(), key=lambda kv: -kv[1])]
-    console.print(table(f"curate -> {cfg.output} ({m.get('executor')})", ["count", "docs"], rows))
-    console.print(f"report: {cfg.output.rstrip('/')}/report.md; datatrove's logs: {cfg.output.rstrip('/')}/{LOG}")
+    console.print(table(f"curate -> {cfg.out} ({m.get('executor')})", ["count", "docs"], rows))
+    console.print(f"report: {cfg.out.rstrip('/')}/report.md; datatrove's logs: {cfg.out.rstrip('/')}/{LOG}")
 
 
 def register(app: typer.Typer) -> None:

@@ -38,99 +38,21 @@ class Job:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _datatrove_filter(cls: type, options: dict[str, Any], name: str, writer, language: str):
-    try:
-        step = cls(exclusion_writer=writer, **({"language": language} if _takes(cls, "language") else {}), **options)
-    except TypeError as e:
-        raise FactoryError(f"bad option for {cls.__name__}: {e}", field=f"filters.{name}.options",
-                           fix=f"use the keyword arguments of datatrove's {cls.__name__}") from None
-    step.reason = name
-    return step
-
-
-def _takes(cls: type, arg: str) -> bool:
-    import inspect
-
-    return arg in inspect.signature(cls.__init__).parameters
-
-
 def filter_steps(cfg: CurateConfig, rejected: str, index_dir: str | None) -> list[Any]:
-    """The filter and decontamination steps, in order, each with its own exclusion writer."""
-    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
-                                            GopherRepetitionFilter)
-
-    from factory.curate import filters as F
-    from factory.curate.chatter import CommentaryFilter
-    from factory.curate.faithful import FaithfulnessFilter
-    from factory.curate.quality import QualityFilter
+    """The filter and decontamination steps, in order (`registry.FILTERS`), each with its own
+    exclusion writer."""
     from factory.curate.decont import Decontaminate
+    from factory.curate.filters import EmptyFilter
     from factory.curate.io import RejectWriter, SharedTokenizer
+    from factory.curate.registry import Build
 
     tok = SharedTokenizer(cfg.language)
-    f = cfg.filters
-    w = lambda reason: RejectWriter(rejected, reason)  # noqa: E731
-    steps: list[Any] = [F.EmptyFilter(w("empty"))]
-    if f.length.enabled:
-        L = f.length
-        steps.append(F.LengthFilter(L.min_chars, L.max_chars, L.min_words, L.max_words, w("length")))
-    if f.truncated.enabled:
-        steps.append(F.TruncatedFilter(f.truncated.finish_reasons, w("truncated")))
-    if f.verification.enabled:
-        steps.append(F.VerificationFilter(f.verification.fail_values, w("verification")))
-    if f.leakage.enabled:
-        lk = f.leakage
-        steps.append(F.LeakageFilter(lk.patterns, lk.instruction_phrases, lk.recipe_phrases, lk.min_phrase_words,
-                                     w("leakage")))
-    for name in ("meta_commentary", "chatter"):
-        c = getattr(f, name)
-        if c.enabled:
-            steps.append(CommentaryFilter(name, c.patterns, c.strip, c.edge_words, c.min_words_left, w(name)))
-    if f.refusal.enabled:
-        steps.append(F.RefusalFilter(f.refusal.patterns, w("refusal")))
-    if f.language.enabled:
-        F.lid_model_path()  # a clear error now rather than inside a worker
-        lf = F.OfflineLanguageFilter(languages=f.language.languages, language_threshold=f.language.threshold,
-                                     exclusion_writer=w("language"))
-        steps.append(lf)
-    for name, cls in (("gopher_quality", GopherQualityFilter), ("gopher_repetition", GopherRepetitionFilter),
-                      ("fineweb_quality", FineWebQualityFilter), ("c4_quality", C4QualityFilter)):
-        t = getattr(f, name)
-        if t.enabled:
-            steps.append(_datatrove_filter(cls, t.options, name, w(name), tok))
-    fa = f.faithfulness
-    if fa.enabled and (fa.seeds or cfg.dedup.reference):
-        steps.append(FaithfulnessFilter(fa.seeds or cfg.dedup.reference, fa.max_unsupported, fa.min_unsupported,
-                                        fa.skip_recipes, fa.max_novelty, fa.novelty_per_recipe, w("unfaithful")))
-    if f.quality.enabled:
-        if not f.quality.model:
-            raise FactoryError("filters.quality is on but names no model", field="filters.quality.model",
-                               fix="train one with `python -m factory.curate.quality train ...` and give its path")
-        steps.append(QualityFilter(f.quality.model, f.quality.threshold, w("quality")))
-    if f.judge.enabled:
-        steps.append(judge_step(cfg, w("judge")))
+    b = Build(cfg, lambda reason: RejectWriter(rejected, reason), tok)
+    steps: list[Any] = [EmptyFilter(b.writer("empty")), *cfg.filters.steps(b)]
     if index_dir is not None:
         steps.append(Decontaminate(index_dir, cfg.decont.n_grams, cfg.decont.action, tok,
-                                   exclusion_writer=w("contamination")))
+                                   exclusion_writer=b.writer("contamination")))
     return steps
-
-
-def judge_step(cfg: CurateConfig, writer) -> Any:
-    """The LLM-judge step; its verdicts are cached in `filters.judge.cache_dir` (default: beside the output)."""
-    from factory.curate.judge import JudgeFilter
-    from factory.teacher.config import TeacherConfig
-
-    j = cfg.filters.judge
-    try:
-        teacher = TeacherConfig.model_validate(j.teacher)
-    except ValueError as e:
-        raise FactoryError(f"bad judge teacher: {str(e).splitlines()[-1].strip()}", field="filters.judge.teacher",
-                           fix="give a teacher config with `endpoints` (base_url, model)") from None
-    if not teacher.endpoints:
-        raise FactoryError("the judge needs running endpoints", field="filters.judge.teacher.endpoints",
-                           fix="list the judge model's OpenAI-compatible endpoints")
-    cache = j.cache_dir or f"{cfg.output.rstrip('/')}/judge_cache"
-    return JudgeFilter(teacher.model_dump(mode="json"), j.rubric, j.min_score, cache,
-                       cfg.filters.faithfulness.seeds or cfg.dedup.reference, j.on_unparsed, j.batch, writer)
 
 
 def folder(url: str) -> Any:

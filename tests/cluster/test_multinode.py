@@ -142,7 +142,7 @@ def test_curate_across_nodes_to_s3_and_survive_a_lost_node(cluster, s3_bucket, t
         fs.put(src, f"{s3_bucket}/in/{name}", recursive=True)
 
     def cfg(inputs, ref, out, **executor):
-        c = load(None, inputs=[inputs], output=out)
+        c = load(None, inputs=[inputs], out=out)
         c.dedup.reference = [ref]
         c.decont.benchmarks = [planted.bench]
         c.dedup.minhash.num_buckets, c.dedup.minhash.hashes_per_bucket = 16, 3

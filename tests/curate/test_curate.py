@@ -33,7 +33,7 @@ def rejected(out: str) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def result(planted, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("curate_out") / "curated")
-    cfg = load(None, inputs=[planted.inputs], output=out)
+    cfg = load(None, inputs=[planted.inputs], out=out)
     cfg.dedup.reference = [planted.reference]
     cfg.decont.benchmarks = [str(Path(planted.bench).parent.parent)]
     return run(cfg), out
@@ -138,7 +138,7 @@ def test_dedup_recall_and_false_positive_rate(planted, result):
 
 
 def test_flag_mode_keeps_and_marks(planted, tmp_path):
-    cfg = load(None, inputs=[planted.inputs], output=str(tmp_path / "flag"))
+    cfg = load(None, inputs=[planted.inputs], out=str(tmp_path / "flag"))
     cfg.decont.benchmarks = [planted.bench]
     cfg.decont.action = "flag"
     cfg.dedup.minhash.enabled = False
@@ -158,7 +158,7 @@ def test_worker_count():
     from factory.curate.pipeline import SMALL, _workers
 
     cpus = os.cpu_count() or 1
-    cfg = load(None, inputs=["x"], output="y")
+    cfg = load(None, inputs=["x"], out="y")
     cfg.executor.tasks = 64
     assert _workers(cfg, 64, SMALL - 1) == 1  # small local inputs run in-process
     assert _workers(cfg, 64, SMALL) == min(cpus, 64)

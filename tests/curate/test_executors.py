@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def _cfg(planted, out: Path, **executor):
-    cfg = load(None, inputs=[planted.inputs], output=str(out))
+    cfg = load(None, inputs=[planted.inputs], out=str(out))
     cfg.dedup.reference = [planted.reference]
     cfg.decont.benchmarks = [planted.bench]
     cfg.dedup.minhash.num_buckets, cfg.dedup.minhash.hashes_per_bucket = 16, 3  # fewer bucket tasks: faster on Ray

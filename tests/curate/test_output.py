@@ -14,7 +14,7 @@ from .corpus import lesson, records, syn, write_stage
 def test_in_process_curation_keeps_datatrove_off_the_terminal(tmp_path, capfd, monkeypatch):
     monkeypatch.setenv("FACTORY_PROGRESS_EVERY_S", "0.5")
     rows = [syn(lesson(r), i) for i, r in enumerate(records(60)[:26])]
-    cfg = load(None, inputs=[write_stage(tmp_path / "gen", rows)], output=str(tmp_path / "cur"))
+    cfg = load(None, inputs=[write_stage(tmp_path / "gen", rows)], out=str(tmp_path / "cur"))
     assert cfg.executor.workers == -1  # 26 documents: every task runs in this process
     m = run(cfg)
     out, err = capfd.readouterr()
@@ -38,7 +38,7 @@ def test_a_failing_task_leaves_stderr_and_the_console_as_they_were(tmp_path, cap
     from . import faults
 
     rows = [syn(lesson(r), i) for i, r in enumerate(records(60)[:6])]
-    cfg = load(None, inputs=[write_stage(tmp_path / "gen", rows)], output=str(tmp_path / "cur"))
+    cfg = load(None, inputs=[write_stage(tmp_path / "gen", rows)], out=str(tmp_path / "cur"))
     before = sys.stderr
     with pytest.raises(RuntimeError, match="injected failure on rank 0"):
         run(cfg, inject=lambda jobs: next(j for j in jobs if j.name == "filter").steps.insert(1, faults.FailRank(0, 1)))

@@ -130,7 +130,7 @@ def test_edited_benchmark_file_is_a_changed_curation_config(tmp_path):
     src.finish()
     bench = tmp_path / "bench.jsonl"
     bench.write_text(json.dumps({"question": "What do rivers carry to the sea?", "answer": "water and silt"}) + "\n")
-    cfg = load(None, inputs=[str(tmp_path / "gen")], output=str(tmp_path / "cur"))
+    cfg = load(None, inputs=[str(tmp_path / "gen")], out=str(tmp_path / "cur"))
     cfg.decont.benchmarks = [str(bench)]
     cfg.filters.faithfulness.enabled = False
     first = run(cfg)

@@ -249,7 +249,7 @@ def planted(tmp_path_factory):
 def curate_cfg(inputs: str, reference: str, bench: str, out: str, **executor):
     from factory.curate import load
 
-    cfg = load(None, inputs=[inputs], output=out)
+    cfg = load(None, inputs=[inputs], out=out)
     cfg.dedup.reference = [reference]
     cfg.decont.benchmarks = [bench]
     cfg.dedup.minhash.num_buckets, cfg.dedup.minhash.hashes_per_bucket = 16, 3
@@ -388,7 +388,7 @@ def _tokenize(out, src):
 def _curate(out, src):
     from factory.curate import load, run
 
-    run(load(None, inputs=[src], output=out))
+    run(load(None, inputs=[src], out=out))
 
 
 def _mix(out, tokens):
