@@ -5,12 +5,20 @@ can succeed later (429 honouring Retry-After, 5xx, timeouts, connection resets, 
 bodies) with exponential backoff and jitter, never retries other 4xx, takes out endpoints that
 keep failing (and probes them back), and reads/writes the request cache so nothing is paid twice.
 The openai client's own retries are off (max_retries=0): this policy replaces them.
+
+Per request it costs little CPU, as a client of a fleet must: the openai client sends over
+aiohttp (openai's `DefaultAioHttpClient`, httpx when aiohttp is missing) with a connection pool
+as large as the endpoint's window, so connections are kept, not reopened; the body goes out
+through the client's documented low-level `post` (its auth, base URL, headers and errors,
+without rebuilding the parameters through their type hints) and the answer is read as plain
+JSON rather than built into pydantic objects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import importlib
 import json
 import random
 import time
@@ -28,6 +36,20 @@ from factory.teacher.limits import Balancer, EndpointState, RateLimiter
 from factory.teacher.types import Completion, TeacherError
 
 RETRY_STATUS = {408, 409, 429}
+# the HTTP library under the openai client (httpx, or httpx2 in newer releases): its Response is what
+# the low-level `post` returns unparsed
+_httpx = importlib.import_module(openai.DefaultAsyncHttpxClient.__mro__[1].__module__.split(".")[0])
+_Response = _httpx.Response
+
+
+def http_client(timeout_s: float, connections: int) -> Any:
+    """openai's aiohttp-backed client with a pool of `connections` (httpx's when aiohttp is missing).
+    A pool smaller than the window closes a connection after each request beyond it."""
+    limits = _httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    try:
+        return openai.DefaultAioHttpClient(timeout=timeout_s, limits=limits)
+    except (AttributeError, RuntimeError):  # an openai without it, or aiohttp not installed
+        return openai.DefaultAsyncHttpxClient(timeout=timeout_s, limits=limits)
 
 
 def retry_after_s(headers: Any) -> float | None:
@@ -101,7 +123,10 @@ class TeacherClient:
         if self._started:
             return self
         r = self.cfg.retry
-        self._clients = [openai.AsyncOpenAI(base_url=e.base_url, api_key=k, max_retries=0, timeout=self.cfg.timeout_s)
+        pool = self.cfg.adaptive.max_window if self.cfg.adaptive_on else None
+        self._clients = [openai.AsyncOpenAI(base_url=e.base_url, api_key=k, max_retries=0, timeout=self.cfg.timeout_s,
+                                            http_client=http_client(self.cfg.timeout_s,
+                                                                    pool or e.max_in_flight or self.cfg.max_in_flight))
                          for e, k in zip(self.cfg.endpoints, self.keys)]
         states = [EndpointState(i, e.max_in_flight or self.cfg.max_in_flight, r.eject_after, r.probe_after_s,
                                 self._window(e.max_in_flight or self.cfg.max_in_flight))
@@ -238,13 +263,15 @@ class TeacherClient:
                     kw.setdefault("seed", seed)
                 sent, tag = time.monotonic(), state.window.sent() if state.window else None
                 async with asyncio.timeout(self.cfg.timeout_s + 5):
-                    resp = await self._clients[state.index].chat.completions.create(model=ep.model, messages=messages, **kw)
-                choice = resp.choices[0]
-                text = choice.message.content
+                    raw = await self._clients[state.index].post("/chat/completions", cast_to=_Response,
+                                                                body={"model": ep.model, "messages": messages, **kw})
+                resp = json.loads(raw.content)
+                choice = resp["choices"][0]
+                text = choice["message"]["content"]
                 if text is None or not isinstance(text, str):
                     raise ValueError("response without message content")
-                usage = resp.usage
-                pt, ct = (usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else (0, 0)
+                usage = resp.get("usage") or {}
+                pt, ct = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
                 self.limiter.settle(slot, pt + ct)
                 state.ok()
                 if state.window:
@@ -253,8 +280,8 @@ class TeacherClient:
                 self.stats["completion_tokens"] += ct
                 self.stats["ok"] += 1
                 self.cost += self.cfg.price.cost(pt, ct)
-                return Completion(text=text, finish_reason=choice.finish_reason or "stop", prompt_tokens=pt,
-                                  completion_tokens=ct, model=resp.model or ep.model)
+                return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop", prompt_tokens=pt,
+                                  completion_tokens=ct, model=resp.get("model") or ep.model)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - classified below
