@@ -1,4 +1,4 @@
-"""Ray for every stage: connect to a cluster (`address` or `RAY_ADDRESS`) or start a small local one.
+"""Connecting to Ray, for every stage: connect to a cluster (`address` or `RAY_ADDRESS`) or start a small local one.
 
 Token auth, made explicit. Ray 2.60 decides auth per process, and not the same way everywhere:
 `ray.init()` starting a new local cluster turns token auth on and writes `~/.ray/auth_token`
@@ -16,7 +16,6 @@ the environment) agree:
      file), "disabled" when connecting (there is nothing to send; a cluster that wants a token
      answers with an error that says where to put it).
 The token value itself is never logged, stored in job metadata, or forwarded by the factory.
-Jobs (submit, status, logs, stop) live in `factory.cluster.jobs`.
 """
 
 from __future__ import annotations

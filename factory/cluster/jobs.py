@@ -12,7 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
-from factory.cluster import AUTH_ENV, _auth_fix, _first_line, apply_auth_env, check_reachable
+from factory.cluster.connect import AUTH_ENV, _auth_fix, _first_line, apply_auth_env, check_reachable
 from factory.errors import FactoryError
 
 WORKING_DIR_EXCLUDES = [".venv", "venv", "runs", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache",

@@ -27,7 +27,7 @@ _CLEARED = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")
 def client_env(env: dict):
     """This process talks to a cluster the way a user's shell would: its auth mode and token, and no
     other cluster's address; os.environ is restored afterwards."""
-    from factory.cluster import _refresh_ray_auth
+    from factory.cluster.connect import _refresh_ray_auth
 
     saved = {k: os.environ.get(k) for k in _CLIENT_KEYS + _CLEARED}
     os.environ.update({k: env[k] for k in _CLIENT_KEYS})
