@@ -1,0 +1,55 @@
+"""`concurrency` caps the items a worker has in flight with adaptive windows too: what a killed
+worker repays is bounded by it (the README's bound). Once the windows overrode the cap (the items
+in flight were max(concurrency, 2 x the windows)), so a killed driver with `concurrency: 1`
+repaid up to a window's worth of requests instead of one per worker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from benchmarks._stub_server import StubServer
+from factory.generate.shard import process_shard
+from factory.recipes import load_recipe
+from factory.stage import StageDir
+from factory.teacher.client import TeacherClient
+from factory.teacher.config import AdaptiveOptions, Endpoint, TeacherConfig
+from gen_helpers import recipe, seed_rows
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_concurrency_caps_requests_in_flight_with_adaptive_windows(tmp_path, concurrency):
+    rows = seed_rows(24)
+    with StubServer(completion_tokens=2, delay_s=0.05) as stub:
+        cfg = TeacherConfig(endpoints=[Endpoint(base_url=stub.url, model="stub")], max_in_flight=8,
+                            adaptive=AdaptiveOptions(enabled=True, epoch=2), sampling={"temperature": 0.0})
+
+        async def go() -> dict:
+            async with TeacherClient(cfg) as client:
+                stats = await process_shard(0, rows, [load_recipe(recipe("tiny_word"))], 1, client,
+                                            StageDir(str(tmp_path / "out"), "generate", {"t": 1}), str(tmp_path / "cache"),
+                                            concurrency)
+                return {**stats, "window": client.window_total()}
+
+        stats = asyncio.run(go())
+        seen = stub.stats()
+    assert stats["docs"] == 24 and seen["served"] == 24
+    assert stats["window"] > concurrency  # the window would let more through ...
+    assert seen["max_active"] == concurrency  # ... the cap holds
+
+
+def test_default_items_in_flight_follow_the_windows(tmp_path):
+    rows = seed_rows(64)
+    with StubServer(completion_tokens=2, delay_s=0.05) as stub:
+        cfg = TeacherConfig(endpoints=[Endpoint(base_url=stub.url, model="stub")], max_in_flight=4,
+                            adaptive=AdaptiveOptions(enabled=False), sampling={"temperature": 0.0})
+
+        async def go() -> None:
+            async with TeacherClient(cfg) as client:
+                await process_shard(0, rows, [load_recipe(recipe("tiny_word"))], 1, client,
+                                    StageDir(str(tmp_path / "out"), "generate", {"t": 1}), str(tmp_path / "cache"), None)
+
+        asyncio.run(go())
+        seen = stub.stats()
+    assert seen["served"] == 64 and seen["max_active"] == 4  # the fixed window bounds what is sent
