@@ -76,11 +76,20 @@ def search_cmd(
     file: Path = typer.Argument(..., help="Search YAML (base mix, varied sources and bounds, target, proxies)."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder of the search (default: the file's `out`)."),
     validate: bool = typer.Option(False, "--validate", help="Train the proposal and the baselines at the validation scale."),
+    plan_only: bool = typer.Option(False, "--plan-only", help="Train nothing: write the task list of the next step "
+                                   "(the proxies; then, with --validate, the validation runs) and stop. Train it with "
+                                   "`python -m train.suite TASKS` (torch only, e.g. on a bare GPU host), then run this again."),
+    results: Optional[list[Path]] = typer.Option(None, "--results", help="Runs trained elsewhere: a JSONL of their "
+                                                 "eval.json records, or a folder of eval.json files (repeatable)."),
 ) -> None:
     """Proxy runs, a regression from shares to the target, and the best feasible mix (a ready YAML)."""
     from factory.mixsearch import search
 
-    rep = search(file, out, validate=validate)
+    rep = search(file, out, validate=validate, plan_only=plan_only, results=results)
+    if rep.get("imported"):
+        console.print(f"{rep['imported']} finished run(s) imported")
+    if rep.get("step") == "proxies":
+        return _next_step(rep, file, out, validate)
     t = Table(title=f"mix search {rep['name']}: {rep['proxies']} proxies, {rep['chosen']} fit")
     for col in ("", *rep["proposal"], "target"):
         t.add_column(col)
@@ -94,6 +103,15 @@ def search_cmd(
                   f"{r['mean']:.4f} ± {r['half']:.4f}")
     console.print(t)
     console.print(f"fit held-out Spearman {rep['fit'][rep['chosen']]['spearman']:.2f}; mix written to {rep['mix_file']}")
+    if rep.get("step") == "validate":
+        _next_step(rep, file, out, validate)
+
+
+def _next_step(rep: dict[str, Any], file: Path, out: Optional[str], validate: bool) -> None:
+    again = f"factory mix search {file}" + (f" --out {out}" if out else "") + (" --validate" if validate else "")
+    console.print(f"{rep['step']}: {rep['to_run']} runs to train ({rep['done']} done): python -m train.suite "
+                  f"{rep['tasks_file']}\nthen, with its eval.json files here or brought back: {again} "
+                  "[--results RESULTS.jsonl] [--plan-only]")
 
 
 @mix_app.command("schema")

@@ -92,34 +92,62 @@ def target_of(scores: dict[str, Any], target: dict[str, float], where: str) -> f
 
 
 def ablation_objective(cfg: SearchConfig, base_path: Path, region: Region, scale: Scale, where: str,
-                       show: bool = True) -> Objective:
-    """Train and evaluate the mixes through the ablation runner; each mix's target, averaged over seeds."""
+                       show: bool = True, every: list[dict[str, float]] | None = None) -> Objective:
+    """Train and evaluate the mixes through the ablation runner; each mix's target, averaged over seeds.
+    The grid holds `every` proxy mix (default: those asked for), each labelled by its place there, so
+    a resumed search finds the cells it trained before."""
     from factory import ablate
 
     def run(mixes: list[dict[str, float]], folder: Path) -> Iterator[tuple[int, float]]:
-        folder.mkdir(parents=True, exist_ok=True)
-        grid = folder / "grid.yaml"
-        grid.write_text(yaml.safe_dump(_grid(cfg, base_path, region, mixes, scale, f"{cfg.name}-{folder.name}", where),
-                                       sort_keys=False))
+        allm = every or mixes
+        key = {json.dumps(m, sort_keys=True): i for i, m in enumerate(allm)}
+        grid = _write_grid(folder, _grid(cfg, base_path, region, allm, scale, f"{cfg.name}-{folder.name}", where))
         res = ablate.run(grid, folder / "runs", show=show)
         by: dict[int, list[float]] = {}
         for r in res["results"]:
             by.setdefault(int(r["params"]["mix"]), []).append(target_of(r["scores"], cfg.target, where))
-        for i in sorted(by):
-            yield i, float(np.mean(by[i]))
+        for j, m in enumerate(mixes):
+            i = key[json.dumps(m, sort_keys=True)]
+            if i in by:
+                yield j, float(np.mean(by[i]))
 
     return run
 
 
+def _write_grid(folder: Path, spec: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    grid = folder / "grid.yaml"
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return grid
+
+
+def _plan(grid: Path, show: bool) -> dict[str, Any]:
+    """`factory ablate GRID --plan-only` for one step of the search: its task list and runs to do."""
+    from factory import ablate
+
+    return ablate.run(grid, grid.parent / "runs", show=show, plan_only=True)
+
+
 def search(path: str | Path, out: str | Path | None = None, objective: Objective | None = None,
-           validate: bool = False, show: bool = True) -> dict[str, Any]:
-    """Run (or resume) the search in `path`; returns the report dict (see the module doc)."""
+           validate: bool = False, show: bool = True, plan_only: bool = False,
+           results: list[str | Path] | None = None) -> dict[str, Any]:
+    """Run (or resume) the search in `path`; returns the report dict (see the module doc).
+
+    `plan_only` trains nothing: it writes the task list of the first step whose runs are missing
+    (the proxies, then with `validate` the validation runs) and returns {"step", "tasks_file",
+    "to_run", ...}; train it with `python -m train.suite TASKS` and call again. `results` are the
+    finished runs brought back from another machine (JSONL of eval.json records, or folders of
+    eval.json files), put in place before anything else."""
     from factory.mixsearch.report import write
+    from factory.mixsearch.transfer import import_results
 
     where = str(path)
     cfg = load(path)
     o = Path(out or cfg.out or f"runs/mixsearch/{cfg.name}")
     base_path, base, unique = _base(cfg, where)
+    if (base_path.parent / f"{cfg.name}.yaml").resolve() == Path(path).resolve():
+        raise FactoryError(f"the proposal would be written over this search file ({cfg.name}.yaml beside the base mix)",
+                           where=where, field="name", fix="give the search another name than its file's")
     proxy_region = Region(cfg, base, where, unique, cfg.proxy.tokens)
     final_tokens = max([int(base.get("total_tokens") or 0), cfg.proxy.tokens]
                        + ([cfg.validate_.tokens] if cfg.validate_ else []))
@@ -133,18 +161,30 @@ def search(path: str | Path, out: str | Path | None = None, objective: Objective
         raise FactoryError("this folder holds a search with another config", where=str(o),
                            fix="use another --out, or delete the folder to start over")
     (o / "search.json").write_text(json.dumps(head, indent=1))
+    imported = import_results(o, results or [])
     done = {}
     if (o / "scores.jsonl").exists():
         done = {r["index"]: r for r in map(json.loads, (o / "scores.jsonl").read_text().splitlines()) if r}
     todo = [i for i in range(len(mixes)) if i not in done]
+    if todo and plan_only and objective is None:
+        grid = _write_grid(o / "proxies", _grid(cfg, base_path, proxy_region, mixes, cfg.proxy,
+                                                f"{cfg.name}-proxies", where))
+        p = _plan(grid, show)
+        if p["to_run"]:
+            return {"name": cfg.name, "step": "proxies", "out": str(o), "tasks_file": p["tasks_file"],
+                    "to_run": p["to_run"], "done": p["skipped"], "imported": imported}
     if todo:
-        objective = objective or ablation_objective(cfg, base_path, proxy_region, cfg.proxy, where, show)
+        objective = objective or ablation_objective(cfg, base_path, proxy_region, cfg.proxy, where, show, mixes)
         with open(o / "scores.jsonl", "a") as fh:
             for j, score in objective([mixes[i] for i in todo], o / "proxies"):
                 i = todo[j]
                 done[i] = {"index": i, "shares": mixes[i], "score": score}
                 fh.write(json.dumps(done[i]) + "\n")
                 fh.flush()
+    missing = [i for i in range(len(mixes)) if i not in done]
+    if missing:
+        raise FactoryError(f"{len(missing)} proxy run(s) have no score (mix {missing[0]} first)", where=str(o / "proxies"),
+                           fix="rerun the search: finished proxies are kept and the rest are trained")
     y = np.array([done[i]["score"] for i in range(len(mixes))])
     sign = 1.0 if cfg.maximize else -1.0
     cv = fit.cross_validate(X, sign * y, seed=cfg.seed)
@@ -172,9 +212,13 @@ def search(path: str | Path, out: str | Path | None = None, objective: Objective
            "best_proxy": {**done[int(np.argmax(sign * y))]},
            "observed": [done[i] for i in range(len(mixes))], "heldout_pred": [round(sign * p, 4) for p in cv[chosen]["pred"]]}
     if validate:
-        rep["validation"] = _validate(cfg, base_path, final, proposal, where, o, show)
+        val = _validate(cfg, base_path, final, proposal, where, o, show, plan_only)
+        if "tasks_file" in val:
+            write(rep, o, final.names, model, sign, final)
+            return {**rep, **val, "step": "validate", "out": str(o), "imported": imported}
+        rep["validation"] = val
     write(rep, o, final.names, model, sign, final)
-    return rep
+    return {**rep, "imported": imported}
 
 
 def _proposal_mix(cfg: SearchConfig, base: dict, shares: dict[str, float], region: Region) -> dict:
@@ -190,8 +234,9 @@ def _proposal_mix(cfg: SearchConfig, base: dict, shares: dict[str, float], regio
 
 
 def _validate(cfg: SearchConfig, base_path: Path, region: Region, proposal: dict[str, float], where: str, o: Path,
-              show: bool) -> dict[str, Any]:
-    """The proposal and each baseline at the validation scale, seeds x target, with 95% intervals."""
+              show: bool, plan_only: bool = False) -> dict[str, Any]:
+    """The proposal and each baseline at the validation scale, seeds x target, with 95% intervals
+    (with `plan_only` and runs still to do: {"tasks_file", "to_run", "done"} instead)."""
     from factory import ablate
     from factory.report import interval, welch
 
@@ -209,13 +254,14 @@ def _validate(cfg: SearchConfig, base_path: Path, region: Region, proposal: dict
                                field="validate.baselines", fix="compare with mixes over the varied sources only")
         names.append(Path(b).stem)
         mixes.append({n: got.get(n, 0.0) for n in region.names})
-    folder = o / "validate"
-    folder.mkdir(parents=True, exist_ok=True)
-    grid = folder / "grid.yaml"
     spec = _grid(cfg, base_path, region, mixes, v, f"{cfg.name}-validate", where)
     spec["drop_zero_shares"] = True
-    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
-    res = ablate.run(grid, folder / "runs", show=show)
+    grid = _write_grid(o / "validate", spec)
+    if plan_only:
+        p = _plan(grid, show)
+        if p["to_run"]:
+            return {"tasks_file": p["tasks_file"], "to_run": p["to_run"], "done": p["skipped"]}
+    res = ablate.run(grid, grid.parent / "runs", show=show)
     per: dict[int, list[float]] = {}
     for r in res["results"]:
         per.setdefault(int(r["params"]["mix"]), []).append(target_of(r["scores"], cfg.target, where))

@@ -57,3 +57,73 @@ def test_tiny_search_on_the_real_runner(tmp_path, tokens):
     d = v["versus"]["web_only"]
     assert d["wins"] == (v["mixes"]["proposal"]["mean"] < v["mixes"]["web_only"]["mean"])  # a loss: lower wins
     assert "proposal vs web_only" in (tmp_path / "out" / "report.md").read_text()
+
+
+def _suite_records(tasks_file: Path, cwd: Path) -> Path:
+    """`python -m train.suite TASKS` in `cwd` (torch only), and its runs' eval.json records as one JSONL."""
+    r = subprocess.run([sys.executable, "-m", "train.suite", str(tasks_file), "--lanes", "2"], capture_output=True, text=True,
+                       timeout=900, cwd=cwd)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    recs = sorted(tasks_file.parent.glob("cells/*/seed*/eval.json"))
+    out = cwd / "results.jsonl"
+    out.write_text("".join(json.dumps(json.loads(p.read_text())) + "\n" for p in recs))
+    return out
+
+
+def test_search_in_two_trainer_calls_planned_here(tmp_path, tokens, monkeypatch):
+    """--plan-only writes the proxies' task list; it trains in a copy of the folder elsewhere (as on a
+    GPU host with torch only) and comes back as a JSONL through --results; the fit and the validation
+    task list follow, which trains in place; the report then needs no training here."""
+    import shutil
+
+    here = tmp_path / "here"
+    here.mkdir()
+    shutil.copytree(tokens, here / "tokens")
+    base_mix(here)
+    (here / "web_only.yaml").write_text(yaml.safe_dump({
+        "name": "web_only", "total_tokens": 4096, "seq_len": 64, "tokenizer": "tokenizer.json",
+        "sources": [{"name": "web", "path": "web", "kind": "web", "share": 1.0}]}))
+    spec = here / "search.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "two_step", "base_mix": "base.yaml", "data_root": "tokens", "out": "out", "proxies": 4,
+        "vary": {"web": {"min": 0.1, "max": 0.9}, "synthetic": {"min": 0.1, "max": 0.9}},
+        "target": {"loss_web": 1.0}, "maximize": False,
+        "proxy": {"model": TINY_MODEL, "tokens": 4096, "seeds": [0], "nproc": 1},
+        "run_config": {"train": {"global_batch": 8, "micro_batch": 4, "tensorboard": False, "export": False},
+                       "optim": {"lr": 3e-3, "warmup_steps": 2}, "checkpoint": {"final": False}},
+        "benchmarks": {"builtin": ["wiki_mc"], "n": 8, "source_windows": 4},
+        "validate": {"model": TINY_MODEL, "tokens": 4096, "seeds": [0, 1, 2], "nproc": 1, "baselines": ["web_only.yaml"]}}))
+    exe = str(Path(sys.executable).parent / "factory")
+
+    def factory(*args: str) -> str:
+        r = subprocess.run([exe, "mix", "search", "search.yaml", *args], capture_output=True, text=True, timeout=600, cwd=here)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return " ".join((r.stdout + r.stderr).split())
+
+    r = factory("--plan-only", "--validate")
+    tasks = here / "out/proxies/runs/tasks.json"
+    assert "proxies: 4 runs to train" in r and len(json.loads(tasks.read_text())["tasks"]) == 4
+    assert not (here / "out/scores.jsonl").exists() and not list(here.glob("out/proxies/runs/cells/*/seed0/eval.json"))
+    there = tmp_path / "there"  # another machine: the same tree under another root
+    shutil.copytree(here, there)
+    got = _suite_records(there / "out/proxies/runs/tasks.json", there)
+    assert len(got.read_text().splitlines()) == 4
+    from factory.mixsearch import search
+
+    monkeypatch.chdir(here)  # the search file's data_root and out are relative to the working directory
+    rep = search(spec, here / "out", validate=True, plan_only=True, results=[got], show=False)
+    assert rep["imported"] == 4 and rep["step"] == "validate" and rep["to_run"] == 6
+    assert len((here / "out/scores.jsonl").read_text().splitlines()) == 4 and (here / "two_step.yaml").exists()
+    # the validation runs' records, made by hand here (the real trainer's are the proxies' above and
+    # test_tiny_search_on_the_real_runner's): the report reads them without training anything
+    val = json.loads((here / "out/validate/runs/tasks.json").read_text())["tasks"]
+    made = here / "validate.jsonl"
+    made.write_text("".join(json.dumps({"cell": t["cell"], "seed": t["seed"], "params": t["params"],
+                                        "scores": {"loss_web": {"score": 5.0 - 0.1 * t["seed"] - (t["params"]["mix"] == "0")}}})
+                            + "\n" for t in val))
+    rep = search(spec, here / "out", validate=True, results=[made, got], show=False)  # the proxies' again: nothing new
+    assert rep["imported"] == 6
+    v = rep["validation"]
+    assert set(v["mixes"]) == {"proposal", "web_only"} and all(m["n"] == 3 for m in v["mixes"].values())
+    assert v["versus"]["web_only"]["wins"] and v["versus"]["web_only"]["difference"] == -1.0
+    assert "proposal vs web_only" in (here / "out/report.md").read_text()

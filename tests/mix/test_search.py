@@ -143,3 +143,49 @@ def test_the_shipped_search_file_is_valid():
     assert cfg.proxies >= 24 and set(cfg.vary) == {"web", "synthetic", "rewrite"} and len(cfg.validate_.seeds) >= 3
     assert (root / "mixes/ablations" / cfg.base_mix).exists()
     assert all((root / "mixes/ablations" / b).exists() for b in cfg.validate_.baselines)
+
+
+def test_runs_trained_elsewhere_are_put_where_the_search_looks(tmp_path):
+    """Records matched to planned runs by cell and seed land in their eval.json once; records no
+    planned run matches, bad JSON and records without scores are refused naming file and line."""
+    from factory.mixsearch.transfer import import_results
+
+    o = tmp_path / "out"
+    runs = o / "proxies" / "runs"
+    runs.mkdir(parents=True)
+    dest = runs / "cells" / "mix=0" / "seed1" / "eval.json"
+    (runs / "tasks.json").write_text(json.dumps({"tasks": [{"cell": "mix=0", "seed": 1, "eval_json": str(dest)}]}))
+    rec = {"cell": "mix=0", "seed": 1, "params": {"mix": "0"}, "scores": {"wiki_mc": {"score": 0.4}}}
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(rec) + "\n\n")
+    assert import_results(o, [good]) == 1 and json.loads(dest.read_text())["scores"] == rec["scores"]
+    assert import_results(o, [good]) == 0  # already there: kept as it is
+    folder = tmp_path / "back" / "cells" / "mix=0" / "seed1"
+    folder.mkdir(parents=True)
+    (folder / "eval.json").write_text(json.dumps(rec))
+    assert import_results(o, [tmp_path / "back"]) == 0  # a folder of eval.json files reads the same
+    for lines, says in (([rec, {**rec, "cell": "mix=9"}], "good2.jsonl:2"), (["{oops"], "not JSON"),
+                        ([{"cell": "mix=0", "seed": 1}], "scores")):
+        bad = tmp_path / "good2.jsonl"
+        bad.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+        with pytest.raises(FactoryError) as e:
+            import_results(o, [bad])
+        assert says in str(e.value) and "good2.jsonl" in str(e.value)
+    with pytest.raises(FactoryError, match="not found"):
+        import_results(o, [tmp_path / "missing.jsonl"])
+
+
+def test_results_of_another_search_are_one_clear_line(data, tmp_path):
+    exe = Path(sys.executable).parent / "factory"
+    stray = tmp_path / "stray.jsonl"
+    stray.write_text(json.dumps({"cell": "mix=3", "seed": 0, "scores": {"wiki_mc": {"score": 0.5}}}) + "\n")
+    r = subprocess.run([str(exe), "mix", "search", str(write(tmp_path, data)), "--out", str(tmp_path / "o"), "--results",
+                        str(stray)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "stray.jsonl:1" in r.stderr and "not a run this search planned" in r.stderr
+
+
+def test_a_search_named_like_its_file_is_refused(data, tmp_path):
+    p = write(tmp_path, data, name="search")  # the proposal search.yaml would land on the search file
+    with pytest.raises(FactoryError, match="over this search file"):
+        search(p, tmp_path / "out", objective=objective([]), show=False)
