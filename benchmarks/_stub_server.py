@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 MODEL = "stub"
@@ -121,23 +122,65 @@ async def serve(host: str = "127.0.0.1", port: int = 0, text: str = TEXT, comple
         await server.serve_forever()
 
 
-class StubServer:
+class ChildServer:
+    """A server script run as a child process that prints `<ready> <ports>` once it listens;
+    stopped on exit (terminate, then kill). The stub and the fleet simulator both start this way."""
+
+    ready = "port"
+
+    def __init__(self, script: str, args: list[str]):
+        self.script, self.args = script, args
+        self.proc: subprocess.Popen | None = None
+        self.ports: list[int] = []
+
+    def start(self):
+        self.proc = subprocess.Popen([sys.executable, self.script, *self.args], stdout=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith(self.ready + " "):
+            self.stop()
+            raise RuntimeError(f"{Path(self.script).stem} did not start: {line!r}")
+        self.ports = [int(p) for p in line.split()[1].split(",")]
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def die_with_parent() -> None:
+    """In the child: end with the parent process, even after its SIGKILL (Linux)."""
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+class StubServer(ChildServer):
     """The stub in a child process: `with StubServer(completion_tokens=16) as s: s.url`."""
 
     def __init__(self, completion_tokens: int = 32, delay_s: float = 0.0, text: str = TEXT):
-        self.args = ["--completion-tokens", str(completion_tokens), "--delay-s", str(delay_s), "--text", text]
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
+        super().__init__(__file__, ["--port", "0", "--completion-tokens", str(completion_tokens), "--delay-s", str(delay_s),
+                                    "--text", text])
 
-    def start(self) -> "StubServer":
-        self.proc = subprocess.Popen([sys.executable, __file__, "--port", "0", *self.args], stdout=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, text=True)
-        line = self.proc.stdout.readline()
-        if not line.startswith("port "):
-            self.stop()
-            raise RuntimeError(f"stub server did not start: {line!r}")
-        self.port = int(line.split()[1])
-        return self
+    @property
+    def port(self) -> int:
+        return self.ports[0] if self.ports else 0
 
     @property
     def base(self) -> str:
@@ -152,22 +195,6 @@ class StubServer:
 
         return httpx.get(self.base + "/stats", timeout=10).json()
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> "StubServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 def cli(argv: list[str] | None = None) -> int:  # not `main`: run_all.py runs every main()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -177,11 +204,7 @@ def cli(argv: list[str] | None = None) -> int:  # not `main`: run_all.py runs ev
     ap.add_argument("--delay-s", type=float, default=0.0)
     ap.add_argument("--text", default=TEXT)
     a = ap.parse_args(argv)
-    if sys.platform == "linux":  # die with the parent, even after SIGKILL
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    die_with_parent()
     try:
         asyncio.run(serve(a.host, a.port, a.text, a.completion_tokens, a.delay_s,
                           ready=lambda p: print(f"port {p}", flush=True)))

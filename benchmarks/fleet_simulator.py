@@ -43,11 +43,15 @@ import heapq
 import itertools
 import json
 import math
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+try:
+    from benchmarks._stub_server import ChildServer, die_with_parent
+except ImportError:  # imported or run from benchmarks/
+    from _stub_server import ChildServer, die_with_parent  # type: ignore[no-redef]
 
 MODEL = "sim-llama-8b"
 _VOCAB = ("the of a river light stone market winter signal theory garden engine number people field "
@@ -271,23 +275,14 @@ async def serve(n: int, model: ReplicaModel, host: str = "127.0.0.1", ready=None
     await asyncio.Event().wait()
 
 
-class FleetSimulator:
+class FleetSimulator(ChildServer):
     """The simulated replicas in a child process: `with FleetSimulator(replicas=8, speed=10) as f: f.urls`."""
+
+    ready = "ports"
 
     def __init__(self, replicas: int = 1, **model: Any):
         self.n, self.model = replicas, ReplicaModel(**model)
-        self.proc: subprocess.Popen | None = None
-        self.ports: list[int] = []
-
-    def start(self) -> "FleetSimulator":
-        self.proc = subprocess.Popen([sys.executable, __file__, "--replicas", str(self.n), "--model", json.dumps(asdict(self.model))],
-                                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-        line = self.proc.stdout.readline()
-        if not line.startswith("ports "):
-            self.stop()
-            raise RuntimeError(f"fleet simulator did not start: {line!r}")
-        self.ports = [int(p) for p in line.split()[1].split(",")]
-        return self
+        super().__init__(__file__, ["--replicas", str(self.n), "--model", json.dumps(asdict(self.model))])
 
     @property
     def urls(self) -> list[str]:
@@ -308,22 +303,6 @@ class FleetSimulator:
         """Change replica i's parameters while it runs (e.g. fail=1.0, max_queue=0)."""
         return self._call(i, "/configure", params)
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> "FleetSimulator":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 def cli(argv: list[str] | None = None) -> int:  # not `main`: run_all.py runs every main()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -335,11 +314,7 @@ def cli(argv: list[str] | None = None) -> int:  # not `main`: run_all.py runs ev
     a = ap.parse_args(argv)
     params = json.loads(a.model)
     params.update({f.name: getattr(a, f.name) for f in fields(ReplicaModel) if getattr(a, f.name) is not None})
-    if sys.platform == "linux":  # die with the parent, even after SIGKILL
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    die_with_parent()
     try:
         asyncio.run(serve(a.replicas, ReplicaModel(**params), a.host,
                           ready=lambda ps: print("ports " + ",".join(map(str, ps)), flush=True)))
