@@ -83,8 +83,8 @@ def _mix_share(plan: dict[str, Any], kinds: tuple[str, ...] = ("synthetic", "rew
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
     from factory import curate, evalsets, generate, mix, report, tokenize
-    from factory.ablate import default_eval
-    from factory.cli.mix import plan_table
+    from factory.evaluate import score_run
+    from factory.ui import plan_table
     from factory.mixspec import load_mix
     from factory.teacher.config import local_config
     from factory.teacher.server import LocalTeacher
@@ -149,7 +149,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
             if not (run_dir / "hf" / "config.json").exists():
                 train_run(rcfg, nproc=cfg.nproc)
         with timed(f"eval {name}", t):
-            scores = default_eval(str(run_dir), bench_dirs, cfg.eval_items, 32)
+            scores = score_run(str(run_dir), bench_dirs, cfg.eval_items, 32)
             results.append({"cell": name, "seed": cfg.seed, "params": {"mix": name, "synthetic_share": _mix_share(plan)}, "scores": scores})
     with timed("report", t):
         (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))

@@ -51,15 +51,9 @@ def _default_train(nproc: int) -> Callable[[dict], str]:
 
 
 def default_eval(run_dir: str, benches: list[str], max_items: int | None, batch_size: int) -> dict:
-    from train.eval import evaluate
-    from train.model import load_for_eval
+    from factory.evaluate import score_run
 
-    import torch
-
-    model, tok = load_for_eval(run_dir, device="cuda" if torch.cuda.is_available() else "cpu")
-    if tok is None:
-        raise FactoryError("the run has no tokenizer.json", where=str(run_dir), fix="export the run with its tokenizer")
-    return evaluate(model, tok, benches, max_items=max_items, batch_size=batch_size)
+    return score_run(run_dir, benches, max_items=max_items, batch_size=batch_size)
 
 
 def _run_one(task: dict, train_fn: Callable, eval_fn: Callable) -> dict:

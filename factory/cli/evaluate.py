@@ -23,29 +23,10 @@ def evaluate(
     out: Optional[str] = typer.Option(None, help="write the scores as JSON here, a path or a URL (default: RUN_DIR/eval.json)"),
 ) -> None:
     """Score a trained model on benchmarks (multiple choice by log-likelihood, greedy exact match, loss)."""
-    import tempfile
-
+    from factory.evaluate import score_run
     from train import storage
-    from train.eval import BenchmarkError, evaluate as score
-    from train.model import load_for_eval
 
-    try:  # the model first: a missing run is refused before anything is written
-        model, tok = load_for_eval(run_dir)
-    except storage.StorageError as e:
-        raise FactoryError(e.what, where=e.url, fix=e.fix) from None
-    except FileNotFoundError as e:
-        raise FactoryError(str(e), where=str(run_dir), fix="give a run folder with an hf/ export") from None
-    if tok is None:
-        raise FactoryError("no tokenizer.json next to the model", where=str(run_dir), fix="export the run with its tokenizer")
-    if not bench:  # the built-ins, next to a local run; for a URL in a local folder (same n, same files)
-        from factory import evalsets
-
-        where = Path(tempfile.gettempdir()) / "factory-eval" / f"n{n}" if storage.is_url(run_dir) else Path(run_dir)
-        bench = list(evalsets.build(where / "benchmarks", n=n)["dirs"].values())
-    try:
-        res = score(model, tok, bench, max_items=max_items, batch_size=batch_size)
-    except BenchmarkError as e:
-        raise FactoryError(str(e), fix="see the benchmark format in the README") from None
+    res = score_run(run_dir, bench, max_items=max_items, batch_size=batch_size, n_builtin=n)
     dest = out or storage.join(run_dir, "eval.json")
     try:
         storage.write_text(dest, json.dumps(res, indent=1))
