@@ -86,6 +86,7 @@ def config(inputs: str, out: Path, seeds: str, ours: bool, model: str | None):
     else:
         f.meta_commentary.enabled = f.chatter.enabled = f.faithfulness.enabled = f.quality.enabled = False
         f.gopher_quality.options = f.gopher_repetition.options = {}  # datatrove's defaults, as before
+        cfg.dedup.minhash.reference_threshold = 0.0  # a seed's paraphrase went as its near copy, as before
     return cfg
 
 

@@ -35,6 +35,9 @@ class MinhashCfg(_M):
     hashes_per_bucket: int = Field(3, ge=1)
     seed: int = 1
     threshold: float = Field(0.3, ge=0, le=1, description="min Jaccard estimated on the whole signature; 0: LSH only")
+    reference_threshold: float = Field(
+        0.7, ge=0, le=1, description="min Jaccard for a synthetic document to go as a copy of a reference (seed, web) "
+        "document: a faithful paraphrase of its seed shares fewer shingles than a copy (dev labels)")
 
 
 class DedupCfg(_M):

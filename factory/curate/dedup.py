@@ -88,9 +88,11 @@ def load_signatures(folder, num_buckets: int, hashes_per_bucket: int) -> dict[in
     return out
 
 
-def verified(pairs: np.ndarray, sigs: dict[int, np.ndarray], threshold: float) -> np.ndarray:
+def verified(pairs: np.ndarray, sigs: dict[int, np.ndarray], threshold: float,
+             reference_threshold: float = 0.0) -> np.ndarray:
     """Which pairs (rows of file1, doc1, file2, doc2) agree on at least `threshold` of their
-    signature values: one array operation per pair of files, not a Python step per pair."""
+    signature values (`reference_threshold`, when higher, for a pair with a reference document):
+    one array operation per pair of files, not a Python step per pair."""
     keep = np.zeros(len(pairs), dtype=bool)
     if not len(pairs):
         return keep
@@ -98,7 +100,8 @@ def verified(pairs: np.ndarray, sigs: dict[int, np.ndarray], threshold: float) -
     order = np.argsort(key, kind="stable")
     for at in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
         f1, f2 = int(pairs[at[0], 0]), int(pairs[at[0], 2])
-        keep[at] = (sigs[f1][pairs[at, 1]] == sigs[f2][pairs[at, 3]]).mean(axis=1) >= threshold
+        cut = max(threshold, reference_threshold) if max(f1, f2) >= REF_OFFSET else threshold
+        keep[at] = (sigs[f1][pairs[at, 1]] == sigs[f2][pairs[at, 3]]).mean(axis=1) >= cut
     return keep
 
 
@@ -136,13 +139,13 @@ class VerifyPairs(PipelineStep):
     name = "✅ MinHash verify pairs"
 
     def __init__(self, sigs_folder: str, dups_folder: str, out_folder: str, num_buckets: int, hashes_per_bucket: int,
-                 threshold: float):
+                 threshold: float, reference_threshold: float = 0.0):
         super().__init__()
         self.sigs = get_datafolder(sigs_folder)
         self.dups = get_datafolder(dups_folder)
         self.out = get_datafolder(out_folder)
         self.shape = (num_buckets, hashes_per_bucket)
-        self.threshold = threshold
+        self.threshold, self.reference_threshold = threshold, reference_threshold
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         assert world_size == 1
@@ -154,7 +157,7 @@ class VerifyPairs(PipelineStep):
                 with self.dups.open(name, "rb") as f:
                     chunks.append(np.frombuffer(f.read(), dtype="<u4").reshape(-1, 4))
             pairs, source = first_pairs(chunks)
-            keep = verified(pairs, sigs, self.threshold)
+            keep = verified(pairs, sigs, self.threshold, self.reference_threshold)
             self.stat_update("candidate_pairs", value=sum(map(len, chunks)))
             self.stat_update("distinct_pairs", value=len(pairs))
             self.stat_update("verified_pairs", value=int(keep.sum()))

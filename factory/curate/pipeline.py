@@ -121,7 +121,7 @@ def compile_jobs(cfg: CurateConfig, inputs: list[tuple[str, list[str]]], refs: l
         dups = at("dups")
         if mh.threshold > 0:
             decide.append(VerifyPairs(at("sigs"), dups, at("dups_verified"), mh.num_buckets,
-                                      mh.hashes_per_bucket, mh.threshold))
+                                      mh.hashes_per_bucket, mh.threshold, mh.reference_threshold))
             dups = at("dups_verified")
         decide.append(MinhashDedupCluster(dups, at("clusters"), config=mcfg, save_cluster_id=True))
     decide.append(Decide(at("index"), at("clusters") if mh.enabled else None, at("decide"),

@@ -36,3 +36,17 @@ def test_each_distinct_pair_is_kept_once_at_its_first_appearance():
     assert [(int(s), tuple(p)) for s, p in zip(source, pairs.tolist())] == expect
     assert len(expect) < sum(map(len, chunks))  # the draw repeats pairs, in both orders
     assert first_pairs([])[0].shape == (0, 4)
+
+
+def test_a_pair_with_a_reference_document_needs_the_reference_threshold():
+    """Within the synthetic set a pair goes at `threshold`; a synthetic document and a reference
+    (seed, web) document only at `reference_threshold`: a paraphrase of its seed stays, a copy goes."""
+    from factory.curate.dedup import REF_OFFSET
+
+    base = np.arange(100, dtype=np.uint64)
+    half = np.where(np.arange(100) < 50, base, base + 1000)      # agrees on 0.5 of the values
+    most = np.where(np.arange(100) < 90, base, base + 1000)      # agrees on 0.9
+    sigs = {0: np.stack([half, most, half]), REF_OFFSET: base[None, :]}
+    pairs = np.array([(0, 0, REF_OFFSET, 0), (0, 1, REF_OFFSET, 0), (REF_OFFSET, 0, 0, 2), (0, 0, 0, 2)], dtype="<u4")
+    assert verified(pairs, sigs, 0.3, 0.7).tolist() == [False, True, False, True]
+    assert verified(pairs, sigs, 0.3).tolist() == [True, True, True, True]  # without it: every pair at 0.3
