@@ -8,11 +8,15 @@ slow start, then at least a quarter of the window), all awaited, so short answer
 first do not bias it. By Little's law throughput is (mean requests in flight) / (latency per
 completion token), so two epochs give the throughput's elasticity to the window,
 e = 1 - dlog(latency) / dlog(in flight), without timing the epochs themselves. The window
-doubles while e >= 0.5 (slow start), then grows by half while e >= 0.25 and by a quarter while
-e >= `min_gain`; after two epochs in a row below that it goes back to the last window that paid
-and holds there a few epochs before probing again. A 429, a timeout or a 5xx halves it at once
-(at most once per latency, as TCP does per round trip); so does a latency past half the
-request timeout.
+doubles while e >= 0.25 (slow start while e >= 0.5), then grows by half while e >= `min_gain`;
+after two epochs in a row below that it settles at `headroom` times the last window that paid
+(the knee; at the window it had if no step up ever paid) and holds there a few epochs before
+probing again. Past the knee a larger window costs latency, not throughput: the extra requests
+wait in the server's queue, so its batch never waits on the client's turnaround (a sweep of
+fixed windows on the simulator finds the best one past the batch size). A probe from the
+settled window that finds no gain goes back to it: the headroom is added once. A 429, a
+timeout or a 5xx halves the window at once (at most once per latency, as TCP does per round
+trip); so does a latency past half the request timeout.
 
 Several clients (Ray workers) share an endpoint and each sees only its own share: when one of k
 grows its window it takes a larger share of a saturated server (its own e looks like 1 - 1/k),
@@ -27,11 +31,13 @@ import time
 
 class AdaptiveWindow:
     def __init__(self, initial: int, lo: int = 1, hi: int = 1024, sharers: int = 1, min_gain: float = 0.1,
-                 epoch: int = 16, hold: int = 2, timeout_s: float = 120.0):
+                 epoch: int = 16, hold: int = 2, timeout_s: float = 120.0, headroom: float = 2.0):
         self.lo, self.hi = max(1, lo), max(1, hi)
         self.w = float(min(self.hi, max(self.lo, initial)))
         self.sharers, self.min_gain, self.epoch, self.hold_epochs = max(1, sharers), min_gain, epoch, hold
-        self.timeout_s = timeout_s
+        self.timeout_s, self.headroom = timeout_s, max(1.0, headroom)
+        self.padded = False  # settled at headroom x the knee
+        self.paid = False  # some step up raised throughput since the start or the last cut
         self.slow_start = True
         self.doubt = False
         self.hold = 0
@@ -111,7 +117,7 @@ class AdaptiveWindow:
         self.cuts += 1
         self._set(self.w / 2)
         self.good = self.w
-        self.slow_start, self.prev, self.hold = False, None, self.hold_epochs
+        self.slow_start, self.prev, self.hold, self.padded, self.paid = False, None, self.hold_epochs, False, False
         self._reset(now, self.in_flight)
 
     def _epoch_end(self, now: float) -> None:
@@ -135,16 +141,17 @@ class AdaptiveWindow:
         e_own = 1 - math.log(per_token / prev[2]) / dn
         e = 1 - self.sharers * (1 - e_own)
         if e >= self.min_gain:  # worth it: a step that grows with the gain
-            self.good, self.doubt = self.w, False
+            self.good, self.doubt, self.padded, self.paid = self.w, False, False, True
             self.slow_start = self.slow_start and e >= 0.5
-            return self._set(self.w * (2 if self.slow_start or e >= 0.5 else 1.5 if e >= 0.25 else 1.25))
+            return self._set(self.w * (2 if self.slow_start or e >= 0.25 else 1.5))
         self.slow_start = False
         if not self.doubt:  # one epoch may be noise: measure this window once more against the same baseline
             self.doubt, self.prev = True, prev
             return None
-        self.doubt = False  # no longer worth it: back to the window that paid, hold, probe again later
-        self._set(prev[0])
-        self.good, self.hold, self.prev = prev[0], self.hold_epochs, None
+        self.doubt = False  # no longer worth it: back to the window that paid (with headroom once), hold, probe later
+        w = prev[0] * self.headroom if self.paid and not self.padded else prev[0]
+        self._set(w)
+        self.good, self.hold, self.prev, self.padded = self.w, self.hold_epochs, None, True
 
     def report(self) -> dict[str, int]:
         return {"window": self.limit, "window_min": self.low, "window_max": self.high, "window_changes": self.changes,

@@ -144,7 +144,7 @@ class TeacherClient:
         if not self.cfg.adaptive_on:
             return None
         return AdaptiveWindow(initial, hi=a.max_window, sharers=a.sharers, min_gain=a.min_gain, epoch=a.epoch,
-                              timeout_s=self.cfg.timeout_s)
+                              timeout_s=self.cfg.timeout_s, headroom=a.headroom)
 
     def window_total(self) -> int:
         """Requests the endpoints take at once now (the sum of their windows)."""

@@ -71,6 +71,8 @@ class AdaptiveOptions(BaseModel):
     min_gain: float = Field(0.05, gt=0, lt=1, description="grow while a larger window raises throughput by this "
                             "fraction of the window's growth (elasticity)")
     epoch: int = Field(16, ge=2, description="requests per measurement (at least a quarter of the window after slow start)")
+    headroom: float = Field(2.0, ge=1, description="past the knee (where a larger window stops raising throughput) the "
+                            "window settles at this many times it: a queue at the server keeps its batch full")
     sharers: int = Field(1, ge=1, description="clients sharing each endpoint (set per worker by the generate stage)")
 
 

@@ -53,6 +53,35 @@ def test_window_search_on_a_modelled_server():
     assert w.report()["window_max"] >= 64
 
 
+def modelled(w: AdaptiveWindow, epochs: int, knee: int) -> list[int]:
+    """Run `w` against a server whose per-token latency is flat up to a batch of `knee` and grows
+    with the window past it (queueing); returns the window after each round."""
+    now, seen = time.monotonic(), []
+    for _ in range(epochs):
+        n = w.limit
+        per_token = 0.01 if n <= knee else 0.01 * n / knee
+        tags = []
+        for i in range(n):
+            w.moved(i + 1, now)
+            tags.append(w.sent())
+        now += per_token * 10
+        for i, tag in enumerate(tags):
+            w.moved(n - i - 1, now)
+            w.done(tag, per_token * 10, 10, now)
+        seen.append(w.limit)
+    return seen
+
+
+def test_window_settles_with_headroom_past_the_knee_once():
+    """Past the knee the window keeps a queue at the server (headroom x the last window that paid)
+    and probing from there never pads again: it stays within a probe step of that."""
+    seen = modelled(AdaptiveWindow(4, hi=4096, epoch=8, headroom=2.0), 600, knee=64)
+    late = seen[100:]
+    assert min(late) == 2 * 64 and max(late) <= 2 * 64 * 1.25, (min(late), max(late))
+    plain = modelled(AdaptiveWindow(4, hi=4096, epoch=8, headroom=1.0), 600, knee=64)[100:]
+    assert min(plain) == 64 and max(plain) <= 64 * 1.25, (min(plain), max(plain))
+
+
 def test_overload_halves_at_most_once_per_latency():
     w = AdaptiveWindow(64, epoch=4)
     t0 = time.monotonic()
