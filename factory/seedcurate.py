@@ -43,6 +43,9 @@ class SeedCurateConfig(BaseModel):
     balance: Literal["topic", "cluster", "none"] = "topic"
     clusters: int | None = Field(None, ge=1, description="k for clustering (default sqrt(n/2))")
     seed: int = 0
+    inputs: str | None = Field(None, description="a stage folder of seed rows (e.g. from `factory seeds`)")
+    out: str = Field("runs/seeds_curated", description="output folder (any fsspec URL)")
+    code: bool = Field(False, description="also add the code seeds shipped in seeds/code/")
 
 
 # passages -----------------------------------------------------------------------------------
@@ -385,15 +388,18 @@ def code_rows(folder: str | Path = CODE_SEEDS) -> list[dict[str, Any]]:
     return out
 
 
-def run(cfg: SeedCurateConfig, inputs: str, out: str, code: bool = False) -> dict[str, Any]:
-    """The seed-curation stage: read seed rows from `inputs`, write curated passages to `out`
-    (plus the code seeds when `code`), with counts and the topic mix in the manifest. Both are
+def run(cfg: SeedCurateConfig) -> dict[str, Any]:
+    """The seed-curation stage: read seed rows from `cfg.inputs`, write curated passages to `cfg.out`
+    (plus the code seeds when `cfg.code`), with counts and the topic mix in the manifest. Both are
     fsspec URLs, each with its own filesystem."""
     from factory.stage import StageDir, check_store, licences, read_docs, storage_errors, write_card
 
+    inputs, out, code = cfg.inputs, cfg.out, cfg.code
+    if not inputs:
+        raise FactoryError("no seed folder to curate", field="inputs", fix="give it with --in DIR (or inputs: in the config)")
     check_store(out)
     with storage_errors(out, remote_only=True):
-        stage = StageDir(out, "seedcurate", {**cfg.model_dump(mode="json"), "code": code}, inputs=[inputs])
+        stage = StageDir(out, "seedcurate", cfg.model_dump(mode="json", exclude={"inputs", "out"}), inputs=[inputs])
         old = stage.read_manifest(out)
         if old and old.get("status") == "done":
             return old

@@ -89,6 +89,7 @@ class SeedsConfig(BaseModel):
     n: int | None = Field(None, ge=1, description="how many seeds to sample (all if unset)")
     seed: int = 0
     exclude_titles: list[str] = Field(default_factory=list, description="wiki titles never used as seeds")
+    out: str = Field("runs/seeds", description="output folder (any fsspec URL)")
     licence: str | None = Field(None, description="the seeds' licence, carried by every card made from them "
                                 "(default: cc-by-sa-3.0 for wiki, other for files)")
 
@@ -128,21 +129,21 @@ def _file_rows(cfg: SeedsConfig, quarantine: list[dict]) -> list[dict[str, Any]]
     return rows
 
 
-def run(cfg: SeedsConfig, out: str) -> dict[str, Any]:
-    """Write the seed rows to `out` (any fsspec URL: one parquet shard, plus rejected/ for broken rows)."""
-    check_store(out)
-    with storage_errors(out, remote_only=True):
-        return _run(cfg, out)
+def run(cfg: SeedsConfig) -> dict[str, Any]:
+    """Write the seed rows to `cfg.out` (any fsspec URL: one parquet shard, plus rejected/ for broken rows)."""
+    check_store(cfg.out)
+    with storage_errors(cfg.out, remote_only=True):
+        return _run(cfg)
 
 
-def _run(cfg: SeedsConfig, out: str) -> dict[str, Any]:
+def _run(cfg: SeedsConfig) -> dict[str, Any]:
     quarantine: list[dict] = []
     if cfg.source == "wiki":
         recs = [r for r in load_wiki_summaries() if r["title"] not in set(cfg.exclude_titles)]
         rows = wiki_rows(cfg.n, cfg.seed, records=recs)
     else:
         rows = _file_rows(cfg, quarantine)  # bad input fails here, before the folder is touched
-    with StageDir(out, "seeds", cfg, inputs=[cfg.path or WIKI_PACKAGE]) as stage:
+    with StageDir(cfg.out, "seeds", cfg, inputs=[cfg.path or WIKI_PACKAGE]) as stage:
         return _write(cfg, stage, rows, quarantine)
 
 

@@ -57,7 +57,8 @@ class StageDir:
         self.url = str(url).rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.stage = stage
-        self.config = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
+        # a config model's `out` is where the stage writes, not what: it stays out of the identity
+        self.config = config.model_dump(mode="json", exclude={"out"}) if isinstance(config, BaseModel) else dict(config)
         self.hash = config_hash({**self.config, "content": content} if content else self.config)
         self.inputs = [str(i) for i in inputs]
         self.counts: Counter[str] = Counter()

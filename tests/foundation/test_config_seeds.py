@@ -8,6 +8,7 @@ import pytest
 from factory.config import load_config
 from factory.errors import FactoryError
 from factory import seeds
+from tests.clihelp import cli, one_error
 from tests.ecosystem import loads_everywhere
 
 
@@ -42,12 +43,12 @@ def test_jsonl_broken_rows_are_quarantined(tmp_path):
     f = tmp_path / "s.jsonl"
     f.write_text('{"text": "a good seed"}\nnot json\n{"other": 1}\n{"text": "another"}\n')
     cfg = seeds.SeedsConfig(source="jsonl", path=str(f), name="mine")
-    m = seeds.run(cfg, str(tmp_path / "out"))
+    m = seeds.run(cfg.model_copy(update={"out": str(tmp_path / "out")}))
     assert m["counts"]["out"] == 2 and m["dropped"] == {"bad_json": 1, "missing_text": 1}
     rej = pq.read_table(tmp_path / "out" / "rejected" / "seeds.parquet").to_pylist()
     assert {r["reason"] for r in rej} == {"bad_json", "missing_text"} and rej[0]["line"] == 2
     loads_everywhere(str(tmp_path / "out"), 2, "other")  # a file that declares no licence
-    declared = seeds.run(cfg.model_copy(update={"licence": "cc-by-4.0"}), str(tmp_path / "declared"))
+    declared = seeds.run(cfg.model_copy(update={"licence": "cc-by-4.0", "out": str(tmp_path / "declared")}))
     assert declared["licence"] == "cc-by-4.0"
     loads_everywhere(str(tmp_path / "declared"), 2, "cc-by-4.0")  # the declaration's licence
 
@@ -56,7 +57,7 @@ def test_jsonl_with_no_usable_row_is_one_error(tmp_path):
     f = tmp_path / "s.jsonl"
     f.write_text('{"body": "x"}\n')
     with pytest.raises(FactoryError) as e:
-        seeds.run(seeds.SeedsConfig(source="jsonl", path=str(f)), str(tmp_path / "out"))
+        seeds.run(seeds.SeedsConfig(source="jsonl", path=str(f), out=str(tmp_path / "out")))
     assert str(f) in str(e.value) and "text" in str(e.value)
 
 
@@ -75,9 +76,17 @@ def test_seeds_and_curate_seeds_cli(tmp_path):
     cfg.write_text("source: wiki\nn: 30\nseed: 3\n")
     r = CliRunner().invoke(app, ["seeds", str(cfg), "--out", str(tmp_path / "seeds")])
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(app, ["curate-seeds", str(tmp_path / "seeds"), "--out", str(tmp_path / "cur"), "--n", "10"])
+    r = CliRunner().invoke(app, ["curate-seeds", "--in", str(tmp_path / "seeds"), "--out", str(tmp_path / "cur"), "--n", "10"])
     assert r.exit_code == 0, r.output
     kept = pq.read_table(tmp_path / "cur" / "data" / "train-seeds.parquet").to_pylist()
     assert 0 < len(kept) <= 10 and all(k["meta"]["seed_id"] for k in kept)
     loads_everywhere(str(tmp_path / "seeds"), 30, "cc-by-sa-3.0")
     loads_everywhere(str(tmp_path / "cur"), len(kept), "cc-by-sa-3.0")  # the licence of the seeds it read
+
+
+def test_curate_seeds_takes_its_config_as_the_argument(tmp_path):
+    (tmp_path / "seeds").mkdir()
+    one_error(cli("curate-seeds", str(tmp_path / "seeds")), str(tmp_path / "seeds"), "--in")  # the folder as argument
+    cfg = tmp_path / "sc.yaml"
+    cfg.write_text("n: 5\n")
+    one_error(cli("curate-seeds", str(cfg)), "inputs", "--in")  # no seed folder given anywhere

@@ -88,7 +88,7 @@ def test_builtin_recipes_render_against_their_sample_seed():
 def test_edited_tokenizer_file_is_a_changed_config(tmp_path):
     from factory import seeds, tokenize
 
-    seeds.run(seeds.SeedsConfig(n=40), str(tmp_path / "seeds"))
+    seeds.run(seeds.SeedsConfig(n=40, out=str(tmp_path / "seeds")))
     src = {"web": {"path": str(tmp_path / "seeds")}}
     made = tokenize.run(tokenize.TokenizeConfig(sources=src, tokenizer={"train": {"vocab_size": 300}},
                                                 out=str(tmp_path / "t1")))

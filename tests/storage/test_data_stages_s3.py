@@ -112,7 +112,7 @@ def test_seeds_cli_reads_and_writes_s3_like_local(s3_server, bucket, tmp_path):
     out = f"{bucket}/seeds"
     r = cli("seeds", str(cfg), "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
-    local = seeds.run(seeds.SeedsConfig(source="jsonl", path=str(src), name="mine"), str(tmp_path / "local"))
+    local = seeds.run(seeds.SeedsConfig(source="jsonl", path=str(src), name="mine", out=str(tmp_path / "local")))
     m = manifest(out)
     assert m["status"] == "done" and m["counts"] == local["counts"] == {"in": 30, "out": 28}
     assert m["dropped"] == local["dropped"] == {"bad_json": 1, "missing_text": 1}
@@ -129,7 +129,7 @@ def test_seeds_cli_reads_and_writes_s3_like_local(s3_server, bucket, tmp_path):
     marker = pq.read_table(pa_buf(fs.cat_file(f"{out}/data/train-seeds.parquet"))).slice(0, 1)
     StageDir(out, "seeds", seeds.SeedsConfig(source="jsonl", path=f"{bucket}/in/s.jsonl", name="mine")).write_table(
         "data/train-seeds.parquet", marker)
-    again = seeds.run(seeds.SeedsConfig(source="jsonl", path=f"{bucket}/in/s.jsonl", name="mine"), out)
+    again = seeds.run(seeds.SeedsConfig(source="jsonl", path=f"{bucket}/in/s.jsonl", name="mine", out=out))
     assert again["status"] == "done" and read_docs(out).num_rows == 1
 
 
@@ -139,11 +139,11 @@ def test_curate_seeds_local_input_s3_output(bucket, tmp_path):
 
     src = write_stage(str(tmp_path / "seeds"), wiki_rows(40, seed=2))
     cfg = seedcurate.SeedCurateConfig(n=20)
-    m = seedcurate.run(cfg, src, f"{bucket}/seeds_curated")
-    local = seedcurate.run(cfg, src, str(tmp_path / "curated"))
+    m = seedcurate.run(cfg.model_copy(update={"inputs": src, "out": f"{bucket}/seeds_curated"}))
+    local = seedcurate.run(cfg.model_copy(update={"inputs": src, "out": str(tmp_path / "curated")}))
     assert m["status"] == "done" and m["counts"] == local["counts"] and m["counts"]["kept"] == 20
     assert undated(read_docs(f"{bucket}/seeds_curated").to_pylist()) == undated(read_docs(str(tmp_path / "curated")).to_pylist())
-    assert seedcurate.run(cfg, src, f"{bucket}/seeds_curated")["updated_at"] == m["updated_at"]  # done: skipped
+    assert seedcurate.run(cfg.model_copy(update={"inputs": src, "out": f"{bucket}/seeds_curated"}))["updated_at"] == m["updated_at"]  # done: skipped
 
 
 # tokenize and mix -----------------------------------------------------------------------------
@@ -370,13 +370,13 @@ def test_benchmarks_built_on_s3_like_local(bucket, tmp_path):
 def _seeds(out):
     from factory import seeds
 
-    seeds.run(seeds.SeedsConfig(n=3), out)
+    seeds.run(seeds.SeedsConfig(n=3, out=out))
 
 
 def _seedcurate(out, src):
     from factory import seedcurate
 
-    seedcurate.run(seedcurate.SeedCurateConfig(n=2), src, out)
+    seedcurate.run(seedcurate.SeedCurateConfig(n=2, inputs=src, out=out))
 
 
 def _tokenize(out, src):
