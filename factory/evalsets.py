@@ -28,7 +28,6 @@ import yaml
 
 from factory.errors import FactoryError
 
-BUILTIN = ("wiki_mc", "wiki_cloze", "wiki_cloze_mc", "arith_mc", "arith_em", "wiki_val")
 QA_PROMPT = "Question: {question}\nAnswer:"
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _WORD = re.compile(r"^[A-Za-z][a-z]{3,}$")
@@ -218,6 +217,21 @@ def source_loss_bench(out_dir: str | Path, name: str, ds_folder: str | Path, win
     return write_benchmark(out_dir, spec, [])
 
 
+
+# The built-in benchmarks, in one table: name -> maker(known records, held-out records, n, seed).
+# Adding one: write its maker above and add a line here; `factory evalsets`, ablation grids
+# (`benchmarks.builtin`) and the demo pick it up by name.
+BENCHMARKS: dict[str, Any] = {
+    "wiki_mc": lambda known, held, n, seed: wiki_mc(known, n, seed),
+    "wiki_cloze": lambda known, held, n, seed: wiki_cloze(known, n, seed),
+    "wiki_cloze_mc": lambda known, held, n, seed: wiki_cloze_mc(known, n, seed),
+    "arith_mc": lambda known, held, n, seed: arith_mc(n, seed),
+    "arith_em": lambda known, held, n, seed: arith_em(n, seed),
+    "wiki_val": lambda known, held, n, seed: wiki_val(held, n, seed),  # only with held-out titles
+}
+BUILTIN = tuple(BENCHMARKS)
+TRAINING_FREE = tuple(b for b in BUILTIN if b != "wiki_val")  # those that need no held-out titles
+
 def build(
     out_dir: str | Path,
     holdout_titles: Iterable[str] | None = None,
@@ -250,19 +264,11 @@ def build(
     keep = set(titles) if titles is not None else None
     known = [r for r in records if r["title"] not in hold and (keep is None or r["title"] in keep)]
     held = [r for r in records if r["title"] in hold]
-    makers = {
-        "wiki_mc": lambda: wiki_mc(known, n, seed),
-        "wiki_cloze": lambda: wiki_cloze(known, n, seed),
-        "wiki_cloze_mc": lambda: wiki_cloze_mc(known, n, seed),
-        "arith_mc": lambda: arith_mc(n, seed),
-        "arith_em": lambda: arith_em(n, seed),
-        "wiki_val": lambda: wiki_val(held, n, seed),
-    }
     dirs, subjects = {}, set()
     for name in benches:
         if name == "wiki_val" and not held:
             continue  # no held-out titles: no validation set to build
-        spec, items = makers[name]()
+        spec, items = BENCHMARKS[name](known, held, n, seed)
         if not items:
             raise FactoryError(f"no items could be built for {name}", where="evalsets", field="titles",
                                fix="give more titles (each topic needs 4 with a description)")

@@ -13,15 +13,16 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from factory.config import read_yaml, validate
 from factory.errors import FactoryError
+from factory.evalsets import BUILTIN, TRAINING_FREE
 
 
 class BenchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    builtin: list[str] = Field(default_factory=lambda: ["wiki_mc", "wiki_cloze", "wiki_cloze_mc", "arith_mc", "arith_em"])
+    builtin: list[str] = Field(default_factory=lambda: list(TRAINING_FREE))
     n: int = Field(500, ge=1, description="items per built-in benchmark")
     seed: int = 0
     files: list[str] = Field(default_factory=list, description="more benchmark folders or lm-eval style JSONL files")
@@ -31,6 +32,14 @@ class BenchConfig(BaseModel):
     titles_from: str | None = Field(None, description="or from the wiki titles of a stage folder of documents (relative to data_root)")
     source_loss: bool = Field(True, description="also report the loss on the tail windows of each source")
     source_windows: int = 32
+
+    @field_validator("builtin")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [b for b in v if b not in BUILTIN]
+        if bad:
+            raise ValueError(f"unknown built-in benchmark(s) {bad}; pick from {list(BUILTIN)}")
+        return v
 
 
 class EvalConfig(BaseModel):

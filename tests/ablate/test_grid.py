@@ -86,6 +86,13 @@ def test_grid_schema_errors_name_the_field(tmp_path):
     assert e.value.field == "seeds"
 
 
+def test_unknown_builtin_benchmark_names_the_field_and_the_choices(tmp_path):
+    p = _grid(tmp_path, benchmarks={"builtin": ["wiki_mc", "trivia"]})
+    with pytest.raises(FactoryError) as e:
+        ablate.load_grid(p)
+    assert e.value.field == "benchmarks.builtin" and "trivia" in str(e.value) and "arith_mc" in str(e.value)
+
+
 def test_t_interval_math():
     assert report.t975(1) == pytest.approx(12.706)
     assert report.t975(4) == pytest.approx(2.776)
