@@ -45,16 +45,23 @@ def seed_id_of(row: dict[str, Any]) -> str:
 
 
 class Gate:
-    """A semaphore whose size is read at each entry (it follows the adaptive windows); one waiter."""
+    """A semaphore whose size follows `limit()` (the adaptive windows); one waiter. The size is read
+    again when the gate is full and every `every` entries (reading it sums over the endpoints: not
+    once per request); a size given as a number is exact, a followed one may lag by that many."""
 
-    def __init__(self, limit: Callable[[], int]):
-        self.limit, self.n = limit, 0
+    def __init__(self, limit: Callable[[], int], every: int = 32):
+        self.limit, self.n, self.every = limit, 0, every
+        self._size, self._entries = limit(), 0
         self._waiter: asyncio.Future | None = None
 
     async def acquire(self) -> None:
-        while self.n >= self.limit():
+        self._entries += 1
+        if self.n >= self._size or self._entries % self.every == 0:
+            self._size = self.limit()
+        while self.n >= self._size:
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
+            self._size = self.limit()
         self.n += 1
 
     def release(self) -> None:

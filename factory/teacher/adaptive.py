@@ -34,6 +34,7 @@ class AdaptiveWindow:
                  epoch: int = 16, hold: int = 2, timeout_s: float = 120.0, headroom: float = 2.0):
         self.lo, self.hi = max(1, lo), max(1, hi)
         self.w = float(min(self.hi, max(self.lo, initial)))
+        self.limit = int(self.w)  # the window in requests (read on every request: an attribute, kept by _set)
         self.sharers, self.min_gain, self.epoch, self.hold_epochs = max(1, sharers), min_gain, epoch, hold
         self.timeout_s, self.headroom = timeout_s, max(1.0, headroom)
         self.padded = False  # settled at headroom x the knee
@@ -49,10 +50,6 @@ class AdaptiveWindow:
         self.gen = 0
         self._reset(time.monotonic(), 0)
 
-    @property
-    def limit(self) -> int:
-        return int(self.w)
-
     def _reset(self, now: float, in_flight: int) -> None:
         self.t0 = self.t_last = now
         self.area = 0.0
@@ -65,7 +62,7 @@ class AdaptiveWindow:
         w = min(float(self.hi), max(float(self.lo), w))
         if int(w) != int(self.w):
             self.changes += 1
-        self.w = w
+        self.w, self.limit = w, int(w)
         self.low, self.high = min(self.low, self.limit), max(self.high, self.limit)
 
     def moved(self, in_flight: int, now: float | None = None) -> None:

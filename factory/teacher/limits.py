@@ -68,6 +68,7 @@ class EndpointState:
         self.paused_until = 0.0
         self.probing = False
         self.opens = self.closes = self.pauses = 0
+        self.seen: tuple[int, bool] = (self.limit, False)  # (window, ejected) at the last release
 
     @property
     def limit(self) -> int:
@@ -78,9 +79,9 @@ class EndpointState:
         return self.ejected_until > 0
 
     def available(self, now: float) -> bool:
-        if self.ejected:  # half-open: one probe request once the wait is over
+        if self.ejected_until > 0:  # ejected, half-open: one probe request once the wait is over
             return not self.probing and now >= self.ejected_until and self.in_flight == 0
-        return self.in_flight < self.limit and now >= self.paused_until
+        return self.in_flight < (self.window.limit if self.window else self.fixed) and now >= self.paused_until
 
     def moved(self, delta: int) -> None:
         self.in_flight += delta
@@ -126,12 +127,18 @@ class Balancer:
 
     async def acquire(self) -> EndpointState:
         async with self._cond:
+            n = len(self.states)
             while True:
                 now = time.monotonic()
-                free = [s for s in self.states if s.available(now)]
-                if free:
-                    self._rr += 1
-                    best = min(free, key=lambda s: (s.in_flight, (s.index - self._rr) % len(self.states)))
+                best, key = None, 0
+                rr = self._rr + 1
+                for s in self.states:  # one pass: the fewest in flight, ties taken in turn
+                    if s.available(now):
+                        k = s.in_flight * n + (s.index - rr) % n
+                        if best is None or k < key:
+                            best, key = s, k
+                if best is not None:
+                    self._rr = rr
                     best.moved(1)
                     if best.ejected:
                         best.probing = True
@@ -148,5 +155,9 @@ class Balancer:
     async def release(self, state: EndpointState) -> None:
         async with self._cond:
             state.moved(-1)
-            now = time.monotonic()  # wake as many waiters as there are free slots (a window may have grown), not all
+            seen = (state.limit, state.ejected)
+            if seen == state.seen:  # one slot freed: one waiter
+                return self._cond.notify(1)
+            state.seen = seen  # its window moved or its breaker closed: as many waiters as there are free slots, not all
+            now = time.monotonic()
             self._cond.notify(max(1, sum(s.limit - s.in_flight for s in self.states if s.available(now))))
