@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from factory.teacher.cache import SPOOL_ENV
     from factory.teacher.server import LocalTeacher
-    from tests.cluster.latency_proxy import LatencyProxy
+    from tests.proxy import FaultProxy
     from tests.cluster.nodes import Cluster
     from tests.s3server import S3Server
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     rounds = []
     try:
         bucket = s3.bucket("nodeloss")
-        with LocalTeacher(replicas=1) as teacher, LatencyProxy(teacher.endpoints[0], delay_s=0.2) as px, \
+        with LocalTeacher(replicas=1) as teacher, FaultProxy(teacher.endpoints[0], delay_s=0.2) as px, \
                 Cluster(("a", "b"), node_env=spools) as cluster:
             cluster.start(num_cpus=1)
             for r in range(a.rounds):

@@ -1,8 +1,10 @@
-"""A fault-injecting HTTP proxy on loopback, placed in front of the real teacher in tests.
+"""A fault and latency injector: an HTTP proxy on loopback in front of the real teacher in tests.
 
 Chat-completion requests are answered, at the given rates, with 429 (+Retry-After) or 500,
-held past the client's timeout, or cut short (truncated JSON); the rest pass through to the
-upstream server. Every request is logged, so tests can count teacher calls and repeats.
+held past the client's timeout, or cut short (truncated JSON); the rest wait `delay_s` (so a job
+is reliably still running when a test stops it) and pass through to the upstream server. Every
+request is logged and every completion the teacher computed is counted per request body, so
+tests can count teacher calls and repeats after a resume.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import httpx
 class FaultProxy:
     def __init__(self, upstream: str, *, p429: float = 0.0, p500: float = 0.0, phang: float = 0.0,
                  ptrunc: float = 0.0, p400: float = 0.0, hang_s: float = 5.0, retry_after: str = "1", seed: int = 0,
-                 get_faults: list[str] | None = None):
+                 get_faults: list[str] | None = None, delay_s: float = 0.0):
         self.upstream = upstream.rstrip("/").removesuffix("/v1")
         self.get_faults = list(get_faults or [])  # answers to the next GETs, in order: "503" or "reset"
         self.gets: list[str] = []  # what each GET got: a fault or "ok"
         self.rates = [("429", p429), ("500", p500), ("hang", phang), ("trunc", ptrunc), ("400", p400)]
-        self.hang_s, self.retry_after = hang_s, retry_after
+        self.hang_s, self.retry_after, self.delay_s = hang_s, retry_after, delay_s
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.log: list[tuple[float, str, str]] = []  # (time, body sha, outcome)
@@ -48,7 +50,10 @@ class FaultProxy:
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client went away (job stopped)
+                    self.close_connection = True
 
             def do_GET(self):
                 with proxy._lock:
@@ -88,6 +93,8 @@ class FaultProxy:
                     time.sleep(proxy.hang_s)
                     self.close_connection = True
                     return None
+                if proxy.delay_s:
+                    time.sleep(proxy.delay_s)
                 r = proxy._http.post(proxy.upstream + self.path, content=body, headers={"content-type": "application/json"})
                 if r.status_code == 200:
                     with proxy._lock:

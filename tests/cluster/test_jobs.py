@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from .conftest import BIN
-from .latency_proxy import LatencyProxy
+from tests.proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ def units(gen: Path) -> list[tuple[str, str, int]]:
 
 def test_generation_and_curation_jobs_stop_and_resume(ray_head, head_env, teacher, tmp_path):
     n_seeds, shards = 8, 4
-    with LatencyProxy(teacher.endpoints[0], delay_s=1.5) as proxy:
+    with FaultProxy(teacher.endpoints[0], delay_s=1.5) as proxy:
         cfg = write_inputs(tmp_path, teacher, proxy.base_url, n_seeds, shards)
         gen = tmp_path / "gen"
         job1, r = submit(ray_head, "factory", "generate", str(cfg), wait=False)

@@ -20,7 +20,7 @@ import yaml
 from factory.stage import StageDir, read_docs
 from factory.teacher.cache import SPOOL_ENV
 from gen_helpers import recipe, request_keys, seed_rows
-from tests.cluster.latency_proxy import LatencyProxy
+from tests.proxy import FaultProxy
 from tests.cluster.nodes import Cluster
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,7 @@ def node_ids(cluster: Cluster) -> dict[str, str]:
 
 def test_generate_across_nodes_to_s3_and_survive_a_lost_node(cluster, teacher, s3_bucket, tmp_path):
     ids = node_ids(cluster)
-    with LatencyProxy(teacher.endpoints[0], delay_s=0.25) as px:
+    with FaultProxy(teacher.endpoints[0], delay_s=0.25) as px:
         base = px.base_url
         # undisturbed: the shards spread over the nodes, each named in the manifest
         p = generate(cluster, gen_config(tmp_path, s3_bucket, "calm", base, teacher.model))

@@ -13,7 +13,7 @@ from factory.generate import run
 from factory.schema import extra
 from factory.stage import read_docs
 from factory.teacher.server import free_port
-from fault_proxy import FaultProxy
+from tests.proxy import FaultProxy
 from tests.ecosystem import loads_everywhere
 
 

@@ -18,7 +18,7 @@ from factory.generate import GenerateConfig, run
 from factory.stage import read_docs
 from factory.teacher.config import BatchOptions, Endpoint, RetryPolicy, TeacherConfig
 from fake_batch import FakeBatchAPI
-from fault_proxy import FaultProxy
+from tests.proxy import FaultProxy
 from gen_helpers import recipe, request_keys
 
 CLI = [sys.executable, "-c", "from factory.cli import main; main()"]

@@ -14,7 +14,7 @@ from factory.teacher.config import Endpoint, RetryPolicy, TeacherConfig
 from factory.teacher.limits import RateLimiter
 from factory.teacher.server import free_port
 from factory.teacher.types import TeacherError
-from fault_proxy import FaultProxy
+from tests.proxy import FaultProxy
 
 FAST = {"temperature": 0.0, "max_tokens": 12}
 
