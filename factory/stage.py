@@ -162,9 +162,18 @@ class StageDir:
         )
 
     def finish(self, **extra: Any) -> dict[str, Any]:
+        """The stage is complete: the manifest says `done` (with `extra`); returns it."""
+        return self._end("done", extra)
+
+    def partial(self, **extra: Any) -> dict[str, Any]:
+        """This run ends with work left (some shards unfinished): the manifest says `incomplete`
+        with the counts so far and `extra`; a rerun resumes it. Returns the manifest."""
+        return self._end("incomplete", extra)
+
+    def _end(self, status: str, extra: dict[str, Any]) -> dict[str, Any]:
         self.timings.setdefault("wall_s", round(time.time() - self._t0, 3))
         self.extra.update(extra)
-        self._write_manifest(status="done")
+        self._write_manifest(status=status)
         return self.read_manifest(self.url) or {}
 
 

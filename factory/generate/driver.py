@@ -146,9 +146,7 @@ def finish(cfg: GenerateConfig, stage: StageDir, n_seeds: int, bad: list[dict], 
                    "teacher": ", ".join(stage.config["teacher_models"])}, licence=licences([cfg.seeds]))
         manifest = stage.finish(accounting=totals, this_run=this_run, nodes=nodes)
     else:
-        stage.extra.update(accounting=totals, this_run=this_run, nodes=nodes)
-        stage._write_manifest(status="incomplete")
-        manifest = StageDir.read_manifest(stage.url) or {}
+        manifest = stage.partial(accounting=totals, this_run=this_run, nodes=nodes)
     if failed:
         raise FactoryError(f"{len(failed)} shard(s) did not finish ({failed[0].get('error', '')[:200]})", where=cfg.out,
                            fix="rerun the same command: finished shards are kept and paid requests come from the cache")

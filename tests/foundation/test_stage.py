@@ -42,6 +42,21 @@ def test_manifest_and_skip_and_config_mismatch(tmp_path):
     assert url in str(e.value) and "fix:" in str(e.value)
 
 
+def test_partial_manifest_then_resume_to_done(tmp_path):
+    url = str(tmp_path / "out")
+    with pytest.raises(RuntimeError), StageDir(url, "test", {"a": 1}) as st:
+        st.write_docs("part-0.parquet", rows(2))
+        st.counts["out"] = 2
+        m = st.partial(left=["part-1"])
+        assert m["status"] == "incomplete" and m["counts"] == {"out": 2} and m["left"] == ["part-1"]
+        raise RuntimeError("after its own final status, an error does not mark the folder failed")
+    assert StageDir.read_manifest(url)["status"] == "incomplete"
+    again = StageDir(url, "test", {"a": 1})  # a rerun with the same config resumes the folder
+    assert again.status == "incomplete" and again.done("part-0.parquet")
+    again.write_docs("part-1.parquet", rows(1))
+    assert again.finish()["status"] == "done"
+
+
 def test_doc_id_is_stable_and_sensitive():
     assert doc_id("t", "s", "a", "r") == doc_id("t", "s", "a", "r")
     assert doc_id("t", "s", "a", "r") != doc_id("t", "s", "a", "r", sample=1)
