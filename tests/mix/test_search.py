@@ -189,3 +189,10 @@ def test_a_search_named_like_its_file_is_refused(data, tmp_path):
     p = write(tmp_path, data, name="search")  # the proposal search.yaml would land on the search file
     with pytest.raises(FactoryError, match="over this search file"):
         search(p, tmp_path / "out", objective=objective([]), show=False)
+
+
+def test_a_scale_s_trainer_settings_go_over_the_search_s_section_by_section():
+    from factory.mixsearch.run import _merge
+
+    got = _merge({"optim": {"lr": 1e-3, "warmup_steps": 20}, "train": {"compile": True}}, {"optim": {"lr": 2e-3}})
+    assert got == {"optim": {"lr": 2e-3, "warmup_steps": 20}, "train": {"compile": True}}
