@@ -26,8 +26,8 @@ def generate(config: str = typer.Argument(..., help="generation config YAML"),
     overrides = {k: v for k, v in {"out": out, "ray_address": ray_address, "limit": limit}.items() if v is not None}
     cfg = load_config(GenerateConfig, config, overrides)
     if pilot:
-        from factory.forecast import rows as forecast_rows
-        from factory.forecast import run_pilot
+        from factory.generate.forecast import rows as forecast_rows
+        from factory.generate.forecast import run_pilot
 
         fc = run_pilot(cfg, pilot, where=config, replicas=replicas, curate_config=curate_config)
         console.print(table(f"forecast for {fc['seeds']:,} seeds from a pilot of {fc['pilot_seeds']}",

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.fleet_simulator import MODEL, FleetSimulator
 from gen_helpers import gen_cfg
-from factory.forecast import estimate, rows, run_pilot, spread
+from factory.generate.forecast import estimate, rows, run_pilot, spread
 from factory.generate import run
 from factory.teacher.config import Price
 

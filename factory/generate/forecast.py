@@ -19,7 +19,7 @@ from typing import Any
 
 import fsspec
 
-from factory.generate import GenerateConfig
+from factory.generate.config import GenerateConfig
 
 
 def spread(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
