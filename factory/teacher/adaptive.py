@@ -8,7 +8,7 @@ slow start, then at least a quarter of the window), all awaited, so short answer
 first do not bias it. By Little's law throughput is (mean requests in flight) / (latency per
 completion token), so two epochs give the throughput's elasticity to the window,
 e = 1 - dlog(latency) / dlog(in flight), without timing the epochs themselves. The window
-doubles while e >= 0.25 (slow start while e >= 0.5), then grows by half while e >= `min_gain`;
+doubles while e >= 0.1 (slow start while e >= 0.5), then grows by half while e >= `min_gain`;
 after two epochs in a row below that it settles at `headroom` times the last window that paid
 (the knee; at the window it had if no step up ever paid) and holds there a few epochs before
 probing again. Past the knee a larger window costs latency, not throughput: the extra requests
@@ -140,7 +140,7 @@ class AdaptiveWindow:
         if e >= self.min_gain:  # worth it: a step that grows with the gain
             self.good, self.doubt, self.padded, self.paid = self.w, False, False, True
             self.slow_start = self.slow_start and e >= 0.5
-            return self._set(self.w * (2 if self.slow_start or e >= 0.25 else 1.5))
+            return self._set(self.w * (2 if self.slow_start or e >= 0.1 else 1.5))
         self.slow_start = False
         if not self.doubt:  # one epoch may be noise: measure this window once more against the same baseline
             self.doubt, self.prev = True, prev
