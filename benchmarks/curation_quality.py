@@ -54,8 +54,8 @@ def seed_rows() -> list[dict]:
     from factory.seeds import wiki_rows
 
     rows = {}
-    for name in ("seeds.yaml", "seeds2.yaml"):
-        s = read_yaml(DATA / name)
+    for path in sorted(DATA.glob("seeds*.yaml")):
+        s = read_yaml(path)
         for r in wiki_rows(n=s["n"], seed=s["seed"]):
             rows[r["id"]] = r
     return list(rows.values())
