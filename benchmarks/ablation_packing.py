@@ -181,6 +181,58 @@ def run(scale: str, prep: Path, out: Path, anchor_steps: int, per_gpu: str, limi
               f"wiki_mc {r['scores'].get('wiki_mc', {}).get('score', float('nan')):.3f}", flush=True)
 
 
+def probe(prep: Path, out: Path, lanes: list[int], steps: int, anchor_steps: int) -> None:
+    """Where a packed suite's time goes: for each lane count, that many copies of the first
+    large-scale runs cut to `steps` steps through train.suite (one shared compile cache, so the
+    first count compiles cold and the others warm); per lane the first step (compile), the median
+    tokens/s of the middle half of its steps, and the suite's wall time; then the anchor."""
+    import copy
+
+    spec = json.loads((prep / "large" / "tasks.json").read_text())
+    work = (prep / "probe").resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    cache = work / "compile_cache"
+    cache.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in lanes:
+        d = work / f"lanes{n}"
+        tasks = []
+        for k in range(n):
+            t = copy.deepcopy(spec["tasks"][k % len(spec["tasks"])])
+            t["config"]["train"]["steps"] = steps
+            t["config"]["run_dir"], t["eval_json"] = str(d / f"run{k}"), str(d / f"run{k}" / "eval.json")
+            tasks.append(t)
+        (d / "tasks").mkdir(parents=True)
+        (d / "tasks" / "compile_cache").symlink_to(cache)
+        (d / "tasks.json").write_text(json.dumps({**spec, "tasks": tasks}))
+        t0 = time.time()
+        rc = subprocess.run([sys.executable, "-m", "train.suite", str(d / "tasks.json"), "--lanes", str(n)], env=_env(),
+                            stdout=subprocess.DEVNULL).returncode
+        wall = time.time() - t0
+        per = []
+        for k in range(n):
+            m = [json.loads(x) for x in (d / f"run{k}" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            tps = [r["tokens_per_s"] for r in m if r.get("tokens_per_s")]
+            ev = json.loads((d / f"run{k}" / "eval.json").read_text()) if (d / f"run{k}" / "eval.json").exists() else {}
+            per.append({"first_step_s": m[0]["step_s"], "tok_s": statistics.median(tps[len(tps) // 4: 3 * len(tps) // 4]),
+                        "eval_s": ev.get("eval_s"), "train_s": ev.get("train_s")})
+        toks = n * steps * tasks[0]["config"]["train"]["global_batch"] * 512
+        rows.append({"lanes": n, "rc": rc, "wall_s": round(wall, 1), "steady_tok_s": round(sum(p["tok_s"] for p in per)),
+                     "suite_tok_s": round(toks / wall), "first_step_s": [round(p["first_step_s"], 1) for p in per],
+                     "eval_s": [p["eval_s"] for p in per], "train_s": [p["train_s"] for p in per]})
+        print(json.dumps(rows[-1]), flush=True)
+        for log in sorted((d / "tasks" / "lanes").glob("*.log")):
+            shutil.copy(log, out / f"lanes{n}_{log.name}")
+    a = anchor(prep, work, anchor_steps) if anchor_steps else {}
+    (out / "probe.json").write_text(json.dumps({"rows": rows, "anchor": a}, indent=1))
+    print(f"anchor: {json.dumps(a)}")
+    print(f"{'lanes':>5} {'steady tok/s':>13} {'vs anchor':>9} {'suite tok/s':>12} {'wall s':>7}  first step s / eval s")
+    for r in rows:
+        print(f"{r['lanes']:>5} {r['steady_tok_s']:>13,} {r['steady_tok_s'] / a.get('tokens_per_s', float('nan')):>9.3f} "
+              f"{r['suite_tok_s']:>12,} {r['wall_s']:>7}  {r['first_step_s']} / {r['eval_s']}")
+
+
 # --------------------------------------------------------------------------- report (factory side)
 
 def report(outs: list[Path], prep: Path, also: list[Path] | None = None) -> None:
@@ -259,6 +311,13 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--per-gpu", default="auto")
     r.add_argument("--limit-s", type=float, default=540, help="stop the suite after this many seconds in all")
     r.add_argument("--set", action="append", default=[], help="run-config override for every run, e.g. model.preset=tiny")
+    b = sub.add_parser("probe", help="GPU host: steady-state tokens/s of 1..N lanes of short runs, compile and eval times")
+    b.add_argument("--prep", type=Path, default=Path("tmp/abl_gpu"))
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--lanes", type=int, nargs="+", default=[1, 2, 3, 7])
+    b.add_argument("--steps", type=int, default=150)
+    b.add_argument("--anchor-steps", type=int, default=40)
+    b.add_argument("--set", action="append", default=[], help="run-config override for every run")
     q = sub.add_parser("report")
     q.add_argument("outs", type=Path, nargs="+")
     q.add_argument("--prep", type=Path, default=Path("tmp/abl_gpu"))
@@ -266,6 +325,10 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.mode == "prepare":
         prepare(a.prep)
+    elif a.mode == "probe":
+        if a.set:
+            _override(a.prep, a.set)
+        probe(a.prep, a.out, a.lanes, a.steps, a.anchor_steps)
     elif a.mode == "run":
         run(a.scale, a.prep, a.out, a.anchor_steps, a.per_gpu, a.limit_s, a.set)
     else:

@@ -61,6 +61,7 @@ class TrainSection:
     dtype: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | bf16 | fp32
     compile: bool = False  # torch.compile each block (and the loss head)
     sdpa: str = "auto"  # attention kernel on GPU: auto | flash | cudnn | efficient
+    shard: str = "auto"  # auto: FSDP2 on several ranks, none on one (train/single.py) | fsdp: FSDP2 always
     log_every: int = 1
     peak_flops: float | None = None  # per device, for MFU; default: known card or none
     tensorboard: bool = True
@@ -228,6 +229,8 @@ def _check(c: RunConfig, where: str) -> None:
         bad("train.device", f"{c.train.device!r}; use auto, cpu or cuda")
     if c.train.sdpa not in ("auto", "flash", "cudnn", "efficient"):
         bad("train.sdpa", f"{c.train.sdpa!r}; use auto, flash, cudnn or efficient")
+    if c.train.shard not in ("auto", "fsdp"):
+        bad("train.shard", f"{c.train.shard!r}; use auto or fsdp")
     if c.train.dtype not in ("auto", "bf16", "fp32"):
         bad("train.dtype", f"{c.train.dtype!r}; use auto, bf16 or fp32")
     for name in ("train.global_batch", "train.micro_batch", "train.log_every"):

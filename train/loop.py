@@ -1,4 +1,4 @@
-"""The FSDP2 pretraining loop: `torchrun --nproc_per_node N -m train.loop --config run.yaml [k=v ...]`.
+"""The FSDP2 pretraining loop (one rank: no wrapper, train/single.py): `torchrun --nproc_per_node N -m train.loop --config run.yaml [k=v ...]`.
 
 Read top to bottom: set up ranks -> build and shard the model -> optimizer and schedule -> data ->
 resume -> train steps (accumulate, clip, step, log, checkpoint) -> validate -> final checkpoint,
@@ -147,8 +147,19 @@ def attention_kernel(cfg: RunConfig, device: torch.device) -> str:
     return cfg.train.sdpa if device.type == "cuda" else "auto"
 
 
-def build_model(cfg: RunConfig, vocab: int, seq_len: int, device: torch.device, dtype: torch.dtype):
+def _compile(model) -> None:
+    for blk in model.layers:
+        blk.forward = torch.compile(blk.forward)
+    model.head_loss = torch.compile(model.head_loss)
+
+
+def build_model(cfg: RunConfig, vocab: int, seq_len: int, device: torch.device, dtype: torch.dtype,
+                world: int | None = None):
+    """(model, args, single): the model the optimizer steps, and on one rank (train.shard auto) its
+    MasterWeights (train/single.py: FSDP2's arithmetic without the wrapper), else None."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from train.single import MasterWeights
 
     m = cfg.model
     over = {k: getattr(m, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta",
@@ -162,16 +173,19 @@ def build_model(cfg: RunConfig, vocab: int, seq_len: int, device: torch.device, 
         b.enable_mem_efficient_sdp(sdpa == "efficient")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank, whatever the world size
     model = Transformer(args).to(device)
+    if (world or dist.get_world_size()) == 1 and cfg.train.shard == "auto":
+        single = MasterWeights(model, dtype)
+        if cfg.train.compile:
+            _compile(single.compute)
+        return model, args, single
     if cfg.train.compile:
-        for blk in model.layers:
-            blk.forward = torch.compile(blk.forward)
-        model.head_loss = torch.compile(model.head_loss)
+        _compile(model)
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype != torch.float32 else None
     kw = {"mp_policy": mp} if mp else {}
     for i, blk in enumerate(model.layers):
         fully_shard(blk, reshard_after_forward=i < len(model.layers) - 1, **kw)
     fully_shard(model, **kw)
-    return model, args
+    return model, args, None
 
 
 def build_optimizer(cfg: RunConfig, model, device: torch.device):
@@ -213,31 +227,63 @@ def all_sum(*vals: float | torch.Tensor, device) -> list[float]:
     return t.tolist()
 
 
-def train_step(model, optim, batches: list[torch.Tensor], device, grad_clip: float) -> dict:
-    """One optimizer step over this rank's micro-batches; loss is normalised by the global token count."""
+def _to_device(b: torch.Tensor, device) -> torch.Tensor:
+    """A host batch onto the device without waiting for the device: a copy from pageable memory
+    first waits for the stream's queued work, one from pinned memory does not."""
+    if device.type == "cuda" and b.device.type == "cpu":
+        b = b.pin_memory()
+    return b.to(device, non_blocking=True)
+
+
+def train_step(model, optim, batches: list[torch.Tensor], device, grad_clip: float, single=None) -> dict:
+    """One optimizer step over this rank's micro-batches; loss is normalised by the global token count.
+    `single` (one rank, train/single.py): forward and backward on its working copy. On one rank the
+    loss and grad norm stay on the device (`settle` reads them), so nothing here waits for it."""
     world = dist.get_world_size()
-    batches = [b.to(device, non_blocking=True) for b in batches]
-    local_tokens = sum(int((b[:, 1:] != -100).sum()) for b in batches)
-    (global_tokens,) = all_sum(local_tokens, device=device)
+    local_tokens = sum(int((b[:, 1:] != -100).sum()) for b in batches)  # on the host: no device sync
+    batches = [_to_device(b, device) for b in batches]
+    (global_tokens,) = all_sum(local_tokens, device=device) if world > 1 else (float(local_tokens),)
     scale = world / max(global_tokens, 1.0)  # FSDP averages gradients over ranks
     loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+    net = single if single is not None else model
+    if single is not None:
+        single.pull()
     for i, b in enumerate(batches):
-        model.set_requires_gradient_sync(i == len(batches) - 1)
-        ls = model(b[:, :-1], b[:, 1:])
+        if single is None:
+            model.set_requires_gradient_sync(i == len(batches) - 1)
+        ls = net(b[:, :-1], b[:, 1:])
         (ls * scale).backward()
         loss_sum += ls.detach()
+        if single is not None:
+            single.push_grads()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
     norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
     optim.step()
     optim.zero_grad(set_to_none=True)
+    if world == 1:  # read back later (settle), after the next step is queued
+        return {"tokens": int(global_tokens), "device_numbers": torch.stack([loss_sum, norm.float()]),
+                "counts": (global_tokens, local_tokens)}
     local_loss = float(loss_sum) / max(local_tokens, 1)
     total_loss, = all_sum(loss_sum, device=device)
     return {"loss": total_loss / max(global_tokens, 1.0), "grad_norm": float(norm),
             "tokens": int(global_tokens), "local_loss": local_loss}
 
 
+def settle(out: dict) -> dict:
+    """A train_step result with its numbers on the host (one device read for a one-rank step)."""
+    if "device_numbers" not in out:
+        return out
+    loss_total, gnorm = out["device_numbers"].tolist()
+    global_tokens, local_tokens = out["counts"]
+    return {"loss": loss_total / max(global_tokens, 1.0), "grad_norm": gnorm, "tokens": out["tokens"],
+            "local_loss": loss_total / max(local_tokens, 1)}
+
+
 @torch.no_grad()
-def evaluate(model, data, batches: int, device) -> float:
+def evaluate(model, data, batches: int, device, single=None) -> float:
+    if single is not None:
+        single.pull()
+        model = single
     model.eval()
     s = n = 0.0
     for _ in range(batches):
@@ -287,7 +333,7 @@ def train(cfg: RunConfig, on_model=None) -> dict:
                     int(os.environ.get("LOCAL_RANK", 0)) == 0, dist.barrier)
     data, info = make_data(cfg, rank, world)
     seq_len = info["seq_len"]
-    model, args = build_model(cfg, info["vocab_size"], seq_len, device, dtype)
+    model, args, single = build_model(cfg, info["vocab_size"], seq_len, device, dtype, world)
     optim = build_optimizer(cfg, model, device)
     total = plan_steps(cfg, data, accum)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(cfg, s, total))
@@ -325,14 +371,15 @@ def train(cfg: RunConfig, on_model=None) -> dict:
 
     rec, first_local, held = {}, None, None
     t_train = last_line = time.time()
+    t_last = time.perf_counter()
     every = every_s()
-    for step in range(start + 1, total + 1):
-        t0 = time.perf_counter()
-        batches = [next(batches_it) for _ in range(accum)]
-        out = train_step(model, optim, batches, device, cfg.optim.grad_clip)
-        lr = sched.get_last_lr()[0]
-        sched.step()
-        dt = time.perf_counter() - t0
+
+    def finish(step: int, out: dict, lr: float) -> None:
+        """A step's numbers: log and print, then validation and checkpoint when due."""
+        nonlocal rec, first_local, held, last_line, t_last
+        out = settle(out)
+        now = time.perf_counter()
+        dt, t_last = now - t_last, now  # between two steps' ends: the step's time on the device
         first_local = out["local_loss"] if first_local is None else first_local
         tps = out["tokens"] / dt
         rec = {"step": step, "loss": out["loss"], "grad_norm": out["grad_norm"], "lr": lr,
@@ -340,7 +387,7 @@ def train(cfg: RunConfig, on_model=None) -> dict:
                "tokens_per_s": round(tps, 1), "mfu": round(tps * flops_tok / (peak * world), 5) if peak else None}
         if cfg.eval.every and step % cfg.eval.every == 0:
             held = held or HeldOut(cfg, rank, world, accum)
-            rec["val_loss"] = evaluate(model, held(), held.n, device)
+            rec["val_loss"] = evaluate(model, held(), held.n, device, single)
         logged = step % cfg.train.log_every == 0 or step == total
         if logged:
             log.log(rec)
@@ -352,12 +399,27 @@ def train(cfg: RunConfig, on_model=None) -> dict:
                   f"eta {clock(eta_s(step - start, total - start, elapsed))}", flush=True)
         if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < total:
             save_ckpt(step)
+
+    lagged = None  # one rank: a step read back only once the next one is queued, so the device never waits
+    for step in range(start + 1, total + 1):
+        batches = [next(batches_it) for _ in range(accum)]
+        out = train_step(model, optim, batches, device, cfg.optim.grad_clip, single)
+        lr = sched.get_last_lr()[0]
+        sched.step()
+        if lagged:
+            finish(*lagged)
+            lagged = None
+        due = step == total or any(e and step % e == 0 for e in (cfg.eval.every, cfg.checkpoint.every))
+        if due or "device_numbers" not in out:  # validation or a checkpoint needs this very step
+            finish(step, out, lr)
+        else:
+            lagged = (step, out, lr)
     train_s = time.time() - t_train
 
     val_loss = None
     if cfg.eval.batches:
         held = held or HeldOut(cfg, rank, world, accum)
-        val_loss = evaluate(model, held(), held.n, device)
+        val_loss = evaluate(model, held(), held.n, device, single)
         log.log({"step": total, "val_loss": val_loss})
     hooked = on_model(model, args) if on_model is not None else None
     if cfg.checkpoint.final and total > start:

@@ -47,10 +47,14 @@ def pack(tasks: list[dict], lanes: int) -> list[list[dict]]:
 
 
 def per_gpu_auto(tokens_per_step: int, params: int, free_bytes: float | None = None) -> int:
-    """Lanes per GPU: enough runs side by side that the card sees ~128k tokens per step (where one
-    large-batch run of these models saturates an H100/H200), at most 8, and no more than 60% of
-    free memory allows (weights, gradients and AdamW state: ~16 bytes a parameter, activations on top)."""
-    n = max(1, min(8, math.ceil(131072 / max(1, tokens_per_step))))
+    """Lanes per GPU. On one H200 one lane of a ~90M model at 32 x 512 tokens a step already keeps the
+    card busy (0.88 of a 256-sequence run; two, three and seven lanes side by side 0.84-0.85 together,
+    benchmarks/ablation_packing.py probe), so lanes beyond the first mostly cover another's start-up
+    and scoring: 3 at that size of step (6 x params x tokens ~ 9e12 FLOPs), more for smaller steps
+    (whose launches the CPU cannot keep ahead of alone), at least 2 and at most 8, and no more than
+    60% of free memory allows (weights, gradients and AdamW state: ~16 bytes a parameter, activations
+    on top)."""
+    n = max(2, min(8, math.ceil(3 * 8e12 / max(1.0, 6.0 * params * tokens_per_step))))
     if free_bytes:
         per_lane = 16 * params + 48 * tokens_per_step * 1024  # states + a generous activation allowance
         n = max(1, min(n, int(0.6 * free_bytes // per_lane)))
@@ -163,13 +167,13 @@ def run_lane(lane: dict, echo: Callable[[str], None] = print) -> list[dict]:
             move.file(t["config"]["data"]["plan"])
             cfg = prepare(t["config"])
             tok_path = _tokenizer_path(cfg)
-            if tok_path not in evaluators:
-                evaluators[tok_path] = Evaluator(Tokenizer.from_file(tok_path), benches, lane.get("max_items"),
-                                                 int(lane.get("batch_size", 32)))
             timing: dict[str, float] = {}
 
             def score(model, args):
                 t1 = time.time()
+                if tok_path not in evaluators:  # built at the first score, after the first run trained
+                    evaluators[tok_path] = Evaluator(Tokenizer.from_file(tok_path), benches, lane.get("max_items"),
+                                                     int(lane.get("batch_size", 32)))
                 dev = next(model.parameters()).device
                 dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
                 plain = plain_copy(model, args, dev, dtype)
