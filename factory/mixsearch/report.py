@@ -32,7 +32,10 @@ def markdown(rep: dict[str, Any]) -> str:
         for n, d in val["versus"].items():
             verdict = ("wins" if d["wins"] else "loses") + (" (interval excludes 0)" if d["significant"] else
                                                              " (within noise: the interval includes 0)")
-            lines.append(f"- proposal vs {n}: {d['difference']:+.4f} ± {d['half']:.4f}, {verdict}")
+            pair = d.get("paired")
+            more = (f"; paired by seed (same initialisation and data order): {pair['difference']:+.4f} ± {pair['half']:.4f}, "
+                    f"{'excludes' if pair['significant'] else 'includes'} 0") if pair else ""
+            lines.append(f"- proposal vs {n}: {d['difference']:+.4f} ± {d['half']:.4f} (Welch), {verdict}{more}")
     return "\n".join(lines) + "\n"
 
 

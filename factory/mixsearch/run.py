@@ -83,6 +83,14 @@ def _grid(cfg: SearchConfig, base_path: Path, region: Region, mixes: list[dict[s
             "report": {"x": "mix", "group": None, "title": f"{name}", "notes": where}}
 
 
+def _shown(p: Path) -> str:
+    """A path as the report shows it: relative to the working directory when under it."""
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
 def _merge(base: dict, over: dict) -> dict:
     """`over` on `base`, section by section (a scale's `optim: {lr}` keeps the search's warmup)."""
     out = dict(base)
@@ -214,7 +222,7 @@ def search(path: str | Path, out: str | Path | None = None, objective: Objective
     (base_path.parent / f"{cfg.name}.yaml").write_text(text)
     rep = {"name": cfg.name, "target": cfg.target, "maximize": cfg.maximize, "proxies": len(mixes),
            "fit": {k: {"spearman": round(v["spearman"], 3), "rmse": round(v["rmse"], 4)} for k, v in cv.items()},
-           "chosen": chosen, "proposal": proposal, "mix_file": str(base_path.parent / f"{cfg.name}.yaml"),
+           "chosen": chosen, "proposal": proposal, "mix_file": _shown(base_path.parent / f"{cfg.name}.yaml"),
            "predicted": {"score": round(sign * mean, 4), "low": round(sign * mean - half, 4),
                          "high": round(sign * mean + half, 4)},
            "best_proxy": {**done[int(np.argmax(sign * y))]},
@@ -270,16 +278,22 @@ def _validate(cfg: SearchConfig, base_path: Path, region: Region, proposal: dict
         if p["to_run"]:
             return {"tasks_file": p["tasks_file"], "to_run": p["to_run"], "done": p["skipped"]}
     res = ablate.run(grid, grid.parent / "runs", show=show)
-    per: dict[int, list[float]] = {}
+    per: dict[int, dict[int, float]] = {}  # mix -> seed -> target
     for r in res["results"]:
-        per.setdefault(int(r["params"]["mix"]), []).append(target_of(r["scores"], cfg.target, where))
-    rows = {names[i]: {"shares": mixes[i], **interval(per.get(i, []))} for i in range(len(names))}
+        per.setdefault(int(r["params"]["mix"]), {})[int(r["seed"])] = target_of(r["scores"], cfg.target, where)
+    rows = {names[i]: {"shares": mixes[i], **interval(list(per.get(i, {}).values()))} for i in range(len(names))}
     sign = 1.0 if cfg.maximize else -1.0
     versus = {}
-    for n, r in rows.items():
+    for i, (n, r) in enumerate(rows.items()):
         if n == "proposal":
             continue
         diff, half = welch(r, rows["proposal"])  # proposal - baseline, 95% half-width
         versus[n] = {"difference": round(diff, 4), "half": round(half, 4),
                      "wins": bool(sign * diff > 0), "significant": bool(sign * diff > half)}
+        # the same seed is the same initialisation and data order in every mix: differences paired by seed
+        common = sorted(set(per.get(0, {})) & set(per.get(i, {})))
+        d = interval([per[0][s] - per[i][s] for s in common])
+        if d["n"] > 1:
+            versus[n]["paired"] = {"difference": round(d["mean"], 4), "half": round(d["half"], 4), "seeds": d["n"],
+                                   "significant": bool(abs(d["mean"]) > d["half"])}
     return {"scale": v.model_dump(), "mixes": rows, "versus": versus}

@@ -126,4 +126,6 @@ def test_search_in_two_trainer_calls_planned_here(tmp_path, tokens, monkeypatch)
     v = rep["validation"]
     assert set(v["mixes"]) == {"proposal", "web_only"} and all(m["n"] == 3 for m in v["mixes"].values())
     assert v["versus"]["web_only"]["wins"] and v["versus"]["web_only"]["difference"] == -1.0
+    # every seed lowers both mixes alike: paired by seed, the difference has no spread at all
+    assert v["versus"]["web_only"]["paired"] == {"difference": -1.0, "half": 0.0, "seeds": 3, "significant": True}
     assert "proposal vs web_only" in (here / "out/report.md").read_text()
