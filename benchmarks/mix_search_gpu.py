@@ -111,10 +111,27 @@ def report(search_file: Path, results: list[Path]) -> None:
             cells.append(f"{s['mean']:.3f} ± {s['half']:.3f}" if s["n"] else "")
         sh = val["mixes"][n]["shares"]
         lines.append(f"| {n} | {sh['web']:.3f} | {sh['synthetic']:.3f} | {sh['rewrite']:.3f} | " + " | ".join(cells) + " |")
+    lines += ["", "Verdict (lower is better):", ""]
+    for n, d in val["versus"].items():
+        b = val["mixes"][n]["mean"]
+        pair = d.get("paired") or {}
+        lines.append(f"- vs {n}: the proposal is {abs(d['difference']):.3f} bits per byte ({abs(d['difference']) / b:.1%}) "
+                     f"{'lower (better)' if d['wins'] else 'higher (worse)'}; Welch 95% interval ±{d['half']:.3f} "
+                     f"{'excludes' if d['significant'] else 'includes'} 0"
+                     + (f", paired by seed ±{pair['half']:.3f} {'excludes' if pair['significant'] else 'includes'} 0" if pair else ""))
+    won = all(d["wins"] and (d["significant"] or (d.get("paired") or {}).get("significant")) for d in val["versus"].values())
+    lines.append(f"- {'The proposal won against every baseline.' if won else 'The proposal did not win against every baseline.'}")
     lines += ["", "Per seed (wiki_mc_bpb):", ""]
     for i, n in enumerate(names):
         vals = sorted(((r["seed"], r["scores"]["wiki_mc_bpb"]["score"]) for r in runs if int(r["params"]["mix"]) == i))
         lines.append(f"- {n}: " + ", ".join(f"seed {s} {v:.4f}" for s, v in vals))
+    lines += ["", f"## Proxies ({rep['proxies']}, one seed each), sorted by the observed target", "",
+              f"| mix | web | synthetic | rewrite | wiki_mc_bpb observed | held-out prediction ({rep['chosen']}) |",
+              "|---|---|---|---|---|---|"]
+    for r in sorted(rep["observed"], key=lambda r: r["score"]):
+        sh = r["shares"]
+        lines.append(f"| {r['index']} | {sh['web']:.3f} | {sh['synthetic']:.3f} | {sh['rewrite']:.3f} | {r['score']:.4f} | "
+                     f"{rep['heldout_pred'][r['index']]:.4f} |")
     (dest / "table.md").write_text("\n".join(lines) + "\n")
     base = {n: val["mixes"][n] for n in names if n != "proposal"}
     best = min(base, key=lambda n: base[n]["mean"])
