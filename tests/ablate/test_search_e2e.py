@@ -119,7 +119,8 @@ def test_search_in_two_trainer_calls_planned_here(tmp_path, tokens, monkeypatch)
     val = json.loads((here / "out/validate/runs/tasks.json").read_text())["tasks"]
     made = here / "validate.jsonl"
     made.write_text("".join(json.dumps({"cell": t["cell"], "seed": t["seed"], "params": t["params"],
-                                        "scores": {"loss_web": {"score": 5.0 - 0.1 * t["seed"] - (t["params"]["mix"] == "0")}}})
+                                        "scores": {"loss_web": {"score": 5.0 - 0.1 * t["seed"] - (t["params"]["mix"] == "0"),
+                                                                "stderr": 0.01}}})
                             + "\n" for t in val))
     rep = search(spec, here / "out", validate=True, results=[made, got], show=False)  # the proxies' again: nothing new
     assert rep["imported"] == 6

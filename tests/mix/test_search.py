@@ -139,10 +139,12 @@ def test_the_shipped_search_file_is_valid():
     from factory.mixsearch import load
 
     root = Path(__file__).parents[2]
-    cfg = load(root / "mixes/ablations/search_phi4.yaml")
-    assert cfg.proxies >= 24 and set(cfg.vary) == {"web", "synthetic", "rewrite"} and len(cfg.validate_.seeds) >= 3
-    assert (root / "mixes/ablations" / cfg.base_mix).exists()
-    assert all((root / "mixes/ablations" / b).exists() for b in cfg.validate_.baselines)
+    for name in ("search_phi4.yaml", "search_gpu.yaml"):
+        cfg = load(root / "mixes/ablations" / name)
+        assert cfg.proxies >= 24 and set(cfg.vary) == {"web", "synthetic", "rewrite"} and len(cfg.validate_.seeds) >= 3
+        assert (root / "mixes/ablations" / cfg.base_mix).exists()
+        assert all((root / "mixes/ablations" / b).exists() for b in cfg.validate_.baselines)
+        assert (root / "mixes/ablations" / cfg.base_mix).parent / f"{cfg.name}.yaml" != root / "mixes/ablations" / name
 
 
 def test_runs_trained_elsewhere_are_put_where_the_search_looks(tmp_path):
