@@ -5,6 +5,8 @@ finished proxy: its shares and target score), `proxies/` (the ablation grid of t
 its cells), `report.{json,md}`, `fit.png`, `<name>.yaml` (the proposal; a copy goes next to the
 base mix), and with `--validate` `validate/` (the proposal and the baselines at the larger scale).
 A rerun skips every proxy already scored, and the ablation runner skips every run already trained.
+With `plan_only` each step stops at its task list (`proxies/runs/tasks.json`, then
+`validate/runs/tasks.json`) for `python -m train.suite`; `results` brings such runs back (transfer).
 """
 
 from __future__ import annotations
