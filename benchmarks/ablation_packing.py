@@ -60,16 +60,13 @@ def _restated(recs: list[dict], kind: str) -> list[dict]:
     return docs
 
 
-def prepare(prep: Path) -> None:
-    import yaml
-
-    from factory import ablate, tokenize
+def write_corpus(prep: Path) -> None:
+    """The three sources (web summaries, templated synthetic and rewrite text) under `prep`, tokenized
+    into `prep/tokens` with a 4k vocabulary."""
+    from factory import tokenize
     from factory.seeds import load_wiki_summaries, wiki_rows
     from factory.stage import StageDir
 
-    if prep.exists():
-        shutil.rmtree(prep)
-    prep.mkdir(parents=True)
     recs = load_wiki_summaries()
     for name, kind, rows in (("web", "web", wiki_rows(records=recs)), ("synthetic", "synthetic", _restated(recs[::2], "synthetic")),
                              ("rewrite", "rewrite", _restated(recs[1::2], "rewrite"))):
@@ -78,6 +75,17 @@ def prepare(prep: Path) -> None:
         st.finish()
     tokenize.run(tokenize.TokenizeConfig(sources={n: {"path": str(prep / n)} for n in ("web", "synthetic", "rewrite")},
                                          tokenizer={"train": {"vocab_size": 4096}}, out=str(prep / "tokens")))
+
+
+def prepare(prep: Path) -> None:
+    import yaml
+
+    from factory import ablate
+
+    if prep.exists():
+        shutil.rmtree(prep)
+    prep.mkdir(parents=True)
+    write_corpus(prep)
     g = yaml.safe_load(GRID.read_text())
     g["base_mix"] = str((GRID.parent / g["base_mix"]).resolve())
     (prep / "decision.yaml").write_text(yaml.safe_dump(g, sort_keys=False))

@@ -42,11 +42,8 @@ RESULTS = REPO / "benchmarks" / "results"
 # --------------------------------------------------------------------------- here (factory side)
 
 def prepare(search_file: Path, reuse: bool = False) -> None:
-    from benchmarks.ablation_packing import _restated
-    from factory import tokenize
+    from benchmarks.ablation_packing import write_corpus
     from factory.mixsearch import search
-    from factory.seeds import load_wiki_summaries, wiki_rows
-    from factory.stage import StageDir
 
     if reuse and (PREP / "tokens" / "manifest.json").exists():  # the corpus as it is: a new search over it
         for d in ("out", "train_head"):
@@ -55,14 +52,7 @@ def prepare(search_file: Path, reuse: bool = False) -> None:
         if PREP.exists():
             shutil.rmtree(PREP)
         PREP.mkdir(parents=True)
-        recs = load_wiki_summaries()
-        for name, kind, rows in (("web", "web", wiki_rows(records=recs)), ("synthetic", "synthetic", _restated(recs[::2], "synthetic")),
-                                 ("rewrite", "rewrite", _restated(recs[1::2], "rewrite"))):
-            st = StageDir(str(PREP / name), name, {"n": len(rows)})
-            st.write_docs("part-0.parquet", rows)
-            st.finish()
-        tokenize.run(tokenize.TokenizeConfig(sources={n: {"path": str(PREP / n)} for n in ("web", "synthetic", "rewrite")},
-                                             tokenizer={"train": {"vocab_size": 4096}}, out=str(PREP / "tokens")))
+        write_corpus(PREP)
     head = PREP / "train_head"  # the committed trainer, whatever the working tree holds
     head.mkdir()
     arch = subprocess.run(["git", "archive", "HEAD", "train"], cwd=REPO, capture_output=True, check=True).stdout
