@@ -114,11 +114,12 @@ def test_stage_run_writes_manifest_and_skips_rerun(tmp_path, wiki):
     src = StageDir(str(tmp_path / "seeds"), "seeds", {"n": 50})
     src.write_docs("part-0.parquet", wiki[:50])
     src.finish()
-    m = run(SeedCurateConfig(n=20, min_words=20), str(tmp_path / "seeds"), str(tmp_path / "cur"), code=True)
+    where = {"inputs": str(tmp_path / "seeds"), "out": str(tmp_path / "cur"), "code": True}
+    m = run(SeedCurateConfig(n=20, min_words=20, **where))
     n_code = len(code_rows())
     assert m["status"] == "done" and m["counts"]["kept"] == 20 + n_code
     assert read_docs(str(tmp_path / "cur")).num_rows == 20 + n_code
-    again = run(SeedCurateConfig(n=20, min_words=20), str(tmp_path / "seeds"), str(tmp_path / "cur"), code=True)
+    again = run(SeedCurateConfig(n=20, min_words=20, **where))
     assert again["counts"] == m["counts"]
     with pytest.raises(FactoryError):  # another config never mixes into the same folder
-        run(SeedCurateConfig(n=10, min_words=20), str(tmp_path / "seeds"), str(tmp_path / "cur"), code=True)
+        run(SeedCurateConfig(n=10, min_words=20, **where))
