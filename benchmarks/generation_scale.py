@@ -45,7 +45,14 @@ def du(path: Path) -> int:
 
 
 def served(fleet: FleetSimulator) -> int:
-    return sum(s.get("served", 0) for s in fleet.stats())
+    for attempt in range(5):  # a simulator busy with a full fleet may answer late: ask again
+        try:
+            return sum(s.get("served", 0) for s in fleet.stats())
+        except Exception:  # noqa: BLE001 - httpx timeouts and resets
+            if attempt == 4:
+                raise
+            time.sleep(2)
+    return 0
 
 
 def child(cfg_json: str) -> int:
@@ -75,6 +82,16 @@ def sample(driver: int) -> dict[str, Any]:
     return out
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the stage's child and everything below it (its local Ray)."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
 def run_stage(cfg_path: Path, fleet: FleetSimulator, kill_at: int | None, every_s: float) -> dict[str, Any]:
     """Run the stage in a child; kill it (and its Ray) once the fleet has served `kill_at` more requests."""
     base = served(fleet)
@@ -83,29 +100,27 @@ def run_stage(cfg_path: Path, fleet: FleetSimulator, kill_at: int | None, every_
                             start_new_session=True)
     samples, first_request, result = [], None, None
     last_cpu: dict[int, float] = {}
-    while proc.poll() is None:
-        time.sleep(every_s)
-        try:
-            s = sample(proc.pid)
-        except OSError:
-            break
-        n = served(fleet) - base
-        s["requests"] = n
-        samples.append(s)
-        for pid, (_, c) in s["workers"].items():
-            last_cpu[pid] = c
-        s["cpu_s"] = s["driver_cpu_s"] + sum(last_cpu.values())
-        if first_request is None and n > 0:
-            first_request = time.perf_counter() - t0
-        if kill_at is not None and n >= kill_at:
-            tree = descendants(proc.pid)
-            for pid in [proc.pid, *tree]:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            proc.wait()
-            break
+    try:
+        while proc.poll() is None:
+            time.sleep(every_s)
+            try:
+                s = sample(proc.pid)
+            except OSError:
+                break
+            n = served(fleet) - base
+            s["requests"] = n
+            samples.append(s)
+            for pid, (_, c) in s["workers"].items():
+                last_cpu[pid] = c
+            s["cpu_s"] = s["driver_cpu_s"] + sum(last_cpu.values())
+            if first_request is None and n > 0:
+                first_request = time.perf_counter() - t0
+            if kill_at is not None and n >= kill_at:
+                kill_tree(proc)
+                break
+    except BaseException:  # this process failing must not leave the stage and its Ray running
+        kill_tree(proc)
+        raise
     out_text = proc.stdout.read() if proc.stdout else ""
     for line in out_text.splitlines():
         if line.startswith("RESULT "):
