@@ -128,22 +128,26 @@ def anchor(prep: Path, work: Path, steps: int) -> dict:
             "tokens": steps * ANCHOR_BATCH * 512, "mfu": statistics.median([r["mfu"] for r in recs if r.get("mfu")][steps // 4:] or [0])}
 
 
-def suite(tasks_file: Path, per_gpu: str, limit_s: float) -> dict:
+def run_suite(tasks_file: Path, lanes: list[str], limit_s: float, env: dict) -> tuple[int | str, float, list[dict]]:
     """The task list through train.suite in a fresh process (start-up included), stopped after
-    limit_s; all finished runs' training tokens over the wall time."""
+    limit_s: (exit code or "timeout", wall seconds, the finished runs' eval.json records)."""
     import signal
 
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "train.suite", str(tasks_file), "--per-gpu", per_gpu], env=_env(),
-                            start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "train.suite", str(tasks_file), *lanes], env=env, start_new_session=True)
     try:
-        rc = proc.wait(timeout=max(1.0, limit_s))
+        rc: int | str = proc.wait(timeout=max(1.0, limit_s))
     except subprocess.TimeoutExpired:  # the runner and its lanes: one process group
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         rc = "timeout"
     wall = time.time() - t0
-    recs = [json.loads(p.read_text()) for p in sorted(tasks_file.parent.glob("cells/*/seed*/eval.json"))]
+    return rc, wall, [json.loads(p.read_text()) for p in sorted(tasks_file.parent.glob("cells/*/seed*/eval.json"))]
+
+
+def suite(tasks_file: Path, per_gpu: str, limit_s: float) -> dict:
+    """All finished runs' training tokens over the suite's wall time."""
+    rc, wall, recs = run_suite(tasks_file, ["--per-gpu", per_gpu], limit_s, _env())
     tokens = sum(r["tokens"] for r in recs)
     return {"rc": rc, "runs": len(recs), "planned_runs": len(json.loads(tasks_file.read_text())["tasks"]), "tokens": tokens,
             "wall_s": round(wall, 1), "tokens_per_s": round(tokens / wall, 1), "recs": recs}

@@ -142,9 +142,9 @@ def report(search_file: Path, results: list[Path]) -> None:
 # --------------------------------------------------------------------------- GPU host (torch only)
 
 def gpu(name: str, out: Path, per_gpu: str, limit_s: float) -> None:
-    import signal
-
     import torch
+
+    from benchmarks.ablation_packing import run_suite
 
     tasks = PREP / "out" / name / "runs" / "tasks.json"
     n = len(json.loads(tasks.read_text())["tasks"])
@@ -153,18 +153,8 @@ def gpu(name: str, out: Path, per_gpu: str, limit_s: float) -> None:
             "torch": torch.__version__, "cpus": os.cpu_count(),
             "trainer_commit": (PREP / "train_head" / "COMMIT").read_text().strip() if (PREP / "train_head" / "COMMIT").exists() else None}
     print(f"machine: {info}; {n} runs", flush=True)
-    t0 = time.time()
     lanes = ["--per-gpu", str(n) if per_gpu == "all" else per_gpu] if info["gpus"] else ["--lanes", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "train.suite", str(tasks), *lanes], start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        rc = proc.wait(timeout=max(1.0, limit_s))
-    except subprocess.TimeoutExpired:  # the runner and its lanes: one process group
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        rc = "timeout"
-    wall = time.time() - t0
-    recs = [json.loads(p.read_text()) for p in sorted(tasks.parent.glob("cells/*/seed*/eval.json"))]
+    rc, wall, recs = run_suite(tasks, lanes, limit_s, {**os.environ, "PYTHONUNBUFFERED": "1"})
     (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     tokens = sum(int(r.get("tokens", 0)) for r in recs)
     summ = {"machine": info, "step": name, "date": time.strftime("%Y-%m-%d", time.gmtime()), "rc": rc, "runs": len(recs),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Callable
 
 import pytest
 
@@ -33,52 +34,45 @@ def served(fleet) -> int:
     return sum(s.get("served", 0) for s in fleet.stats())
 
 
-def test_window_search_on_a_modelled_server():
-    """Per-token latency flat up to a batch of 64, then growing with the window (queueing): the
-    window grows past 32 and stops short of a queue many times the batch."""
-    w = AdaptiveWindow(4, hi=4096, min_gain=0.05, epoch=8)
-    now = time.monotonic()
-    for _ in range(4000):
-        n = w.limit
-        per_token = 0.01 * (1 + 0.002 * n) if n <= 64 else 0.01 * (1 + 0.002 * 64) * n / 64
-        tags = []
-        for i in range(n):
-            w.moved(i + 1, now)
-            tags.append(w.sent())
-        now += per_token * 10
-        for i, tag in enumerate(tags):
-            w.moved(n - i - 1, now)
-            w.done(tag, per_token * 10, 10, now)
-    assert 32 <= w.limit <= 256, w.report()
-    assert w.report()["window_max"] >= 64
-
-
-def modelled(w: AdaptiveWindow, epochs: int, knee: int) -> list[int]:
-    """Run `w` against a server whose per-token latency is flat up to a batch of `knee` and grows
-    with the window past it (queueing); returns the window after each round."""
+def modelled(w: AdaptiveWindow, epochs: int, per_token: Callable[[int], float]) -> list[int]:
+    """Run `w` against a modelled server whose per-token latency at a window of n is per_token(n);
+    returns the window after each round."""
     now, seen = time.monotonic(), []
     for _ in range(epochs):
         n = w.limit
-        per_token = 0.01 if n <= knee else 0.01 * n / knee
         tags = []
         for i in range(n):
             w.moved(i + 1, now)
             tags.append(w.sent())
-        now += per_token * 10
+        now += per_token(n) * 10
         for i, tag in enumerate(tags):
             w.moved(n - i - 1, now)
-            w.done(tag, per_token * 10, 10, now)
+            w.done(tag, per_token(n) * 10, 10, now)
         seen.append(w.limit)
     return seen
+
+
+def knee_at(knee: int) -> Callable[[int], float]:
+    """Per-token latency flat up to a batch of `knee`, growing with the window past it (queueing)."""
+    return lambda n: 0.01 if n <= knee else 0.01 * n / knee
+
+
+def test_window_search_on_a_modelled_server():
+    """Per-token latency slowly rising up to a batch of 64, then growing with the window: the
+    window grows past 32 and stops short of a queue many times the batch."""
+    w = AdaptiveWindow(4, hi=4096, min_gain=0.05, epoch=8)
+    modelled(w, 4000, lambda n: 0.01 * (1 + 0.002 * n) if n <= 64 else 0.01 * (1 + 0.002 * 64) * n / 64)
+    assert 32 <= w.limit <= 256, w.report()
+    assert w.report()["window_max"] >= 64
 
 
 def test_window_settles_with_headroom_past_the_knee_once():
     """Past the knee the window keeps a queue at the server (headroom x the last window that paid)
     and probing from there never pads again: it stays within a probe step of that."""
-    seen = modelled(AdaptiveWindow(4, hi=4096, epoch=8, headroom=2.0), 600, knee=64)
+    seen = modelled(AdaptiveWindow(4, hi=4096, epoch=8, headroom=2.0), 600, knee_at(64))
     late = seen[100:]
     assert min(late) == 2 * 64 and max(late) <= 2 * 64 * 1.25, (min(late), max(late))
-    plain = modelled(AdaptiveWindow(4, hi=4096, epoch=8, headroom=1.0), 600, knee=64)[100:]
+    plain = modelled(AdaptiveWindow(4, hi=4096, epoch=8, headroom=1.0), 600, knee_at(64))[100:]
     assert min(plain) == 64 and max(plain) <= 64 * 1.25, (min(plain), max(plain))
 
 
