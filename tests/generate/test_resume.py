@@ -65,7 +65,7 @@ def write_cfg(path: Path, seeds: str, out: Path, url: str, model: str, **kw) -> 
 
 @pytest.mark.slow
 def test_sigkill_driver_three_times_then_rerun(teacher, ray_local, seeds_file, tmp_path):
-    n = 320
+    n = 160
     seeds = seeds_file(n)
     ref = GenerateConfig(**yaml.safe_load(write_cfg(tmp_path / "ref.yaml", seeds, tmp_path / "ref", teacher.endpoints[0],
                                                     teacher.model).read_text()))
@@ -100,7 +100,8 @@ def test_sigkill_driver_three_times_then_rerun(teacher, ray_local, seeds_file, t
     assert request_keys(tmp_path / "out") == request_keys(tmp_path / "ref")
     # shards finished before the kills survive the rerun unchanged
     assert kept and {r["id"]: r["text"] for r in got if r["id"] in kept} == kept
-    assert px.teacher_calls >= n and px.repeated_calls <= 0.01 * n, (px.teacher_calls, px.repeated_calls)
+    # a killed driver repays at most what its one worker had in flight: concurrency 1, three kills
+    assert px.teacher_calls >= n and px.repeated_calls <= 3, (px.teacher_calls, px.repeated_calls)
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert m["status"] == "done" and m["counts"]["docs"] == n
 
