@@ -11,11 +11,13 @@ Ours: completion tokens/s of `factory.generate.run` (Ray workers, cache, limits,
 `server_type="endpoint"`, one runner (rank) per replica as datatrove scales out (one server
 per rank), `max_concurrent_generations` = the same requests in flight per replica; all ranks run
 concurrently in one event loop. Ours is timed from its workers' start (Ray itself is up), the
-anchor from its server handshake: neither pays process start-up. The anchor runs before and after
-ours and is averaged, so drift on a shared machine favours neither. Ratio = ours / anchor;
+anchor from its server handshake: neither pays process start-up. `--rounds K` rounds alternate
+the anchor and ours (ABAB...), each with a fresh output directory and cache; the JSON holds the
+medians, their spread (min..max) and ratio = median(ours) / median(anchor) (compare_rounds.py);
 target >= 1.0.
 
     python benchmarks/generation_vs_inferencerunner.py --replicas 2 --seeds 24 --max-tokens 32
+    python benchmarks/generation_vs_inferencerunner.py --seeds 96 --out benchmarks/results/generation_vs_inferencerunner_large.json
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from compare_rounds import alternate, report  # noqa: E402
 from generation_saturation import write_workload  # noqa: E402 - the same workload as the saturation benchmark
 
 
@@ -86,8 +88,13 @@ def run_ours(a: argparse.Namespace, w: dict[str, Any], out: Path) -> dict[str, A
     total = time.perf_counter() - t0
     tr = m["this_run"]
     texts = {d["meta"]["seed_id"]: d["text"] for d in read_docs(str(out)).to_pylist()}
+    busy: dict[int, float] = {}  # each worker's time inside its shards (the rest: its start and shard hand-offs)
+    for f in out.rglob("shard-*.json"):
+        st = json.loads(f.read_text())
+        busy[st["pid"]] = busy.get(st["pid"], 0.0) + st["wall_s"]
     return {"tok_s": tr["completion_tokens"] / tr["wall_s"], "completion_tokens": tr["completion_tokens"], "wall_s": tr["wall_s"],
-            "end_to_end_s": round(total, 3), "requests": tr["requests"], "texts": texts}
+            "end_to_end_s": round(total, 3), "requests": tr["requests"], "workers_in_shards_s": sorted(round(b, 2) for b in busy.values()),
+            "endpoints": tr.get("endpoints"), "texts": texts}
 
 
 def run_datatrove(a: argparse.Namespace, w: dict[str, Any], endpoints: list[str], model: str, out: Path) -> dict[str, Any]:
@@ -127,43 +134,6 @@ def run_datatrove(a: argparse.Namespace, w: dict[str, Any], endpoints: list[str]
             "texts": {k: v["text"] for k, v in results.items()}}
 
 
-def same_outputs(ours: dict[str, str], theirs: dict[str, str]) -> int:
-    return sum(1 for k, v in theirs.items() if ours.get(k, "").strip() == v.strip())
-
-
-def end_to_end(ours: dict[str, Any], anchor_tok_s: float) -> dict[str, Any]:
-    """Ours timed over the whole generate.run call too (Ray start and stop, probe, manifest)."""
-    e2e = ours["completion_tokens"] / ours["end_to_end_s"]
-    return {"ours_end_to_end_tok_s": round(e2e, 2), "ratio_end_to_end": round(e2e / anchor_tok_s, 3)}
-
-
-def run_details(before: dict, after: dict, ours: dict, anchor: float, same: int, load0) -> dict[str, Any]:
-    """The per-run details both comparison benchmarks record (texts left out)."""
-    return {"anchor_before": {k: v for k, v in before.items() if k != "texts"},
-            "anchor_after": {k: v for k, v in after.items() if k != "texts"},
-            "ours_run": {k: v for k, v in ours.items() if k != "texts"},
-            "identical_outputs": f"{same}/{len(before['texts'])}",
-            **end_to_end(ours, anchor),
-            "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
-
-
-def report(a: argparse.Namespace, label: str, anchor_name: str, before: dict, after: dict, ours: dict, load0,
-           **details: Any) -> None:
-    """Anchor = mean of its runs before and after ours; save the result JSON and print the ratio."""
-    anchor = (before["tok_s"] + after["tok_s"]) / 2
-    same = same_outputs(ours["texts"], before["texts"])
-    if ours["completion_tokens"] != before["completion_tokens"]:
-        print(f"warning: the workloads differ: ours {ours['completion_tokens']} vs anchor {before['completion_tokens']} completion tokens")
-    result = {"ours": round(ours["tok_s"], 2), "anchor": round(anchor, 2), "ratio": round(ours["tok_s"] / anchor, 3),
-              "unit": "completion tokens/s", "target": 1.0, "machine": machine(a), "date": datetime.date.today().isoformat(),
-              "details": {"anchor_name": anchor_name, "seeds": a.seeds, "max_tokens": a.max_tokens,
-                          "in_flight_per_replica": a.in_flight, "workers": a.workers, "concurrency": a.concurrency,
-                          **details, **run_details(before, after, ours, anchor, same, load0)}}
-    save(result, a.out)
-    print(f"generation vs {label}: ours {ours['tok_s']:.1f} tok/s / anchor {anchor:.1f} tok/s = {result['ratio']:.3f} "
-          f"(target >= 1.0); identical outputs {same}/{len(before['texts'])} -> {a.out}")
-
-
 def save(result: dict[str, Any], out: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
@@ -182,6 +152,13 @@ def common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--workers", type=int, default=2, help="factory Ray workers")
     ap.add_argument("--concurrency", type=int, default=8, help="factory items in flight per worker")
     ap.add_argument("--in-flight", type=int, default=2, help="requests in flight per replica, both sides")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of anchor then ours (ABAB...)")
+
+
+def settings(a: argparse.Namespace) -> dict[str, Any]:
+    """The workload and concurrency both comparisons record."""
+    return {"seeds": a.seeds, "max_tokens": a.max_tokens, "in_flight_per_replica": a.in_flight, "workers": a.workers,
+            "concurrency": a.concurrency}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,17 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     with LocalTeacher(replicas=a.replicas, threads=a.threads) as t, removed(tmp):
         w = workload(a, tmp, t.endpoints, t.model)
         warm_up(t.endpoints, t.model, w["payloads"][0])
-        before = run_datatrove(a, w, t.endpoints, t.model, tmp / "dt-before")
-        print(f"anchor (datatrove InferenceRunner, before): {before['tok_s']:.1f} tok/s ({before['completion_tokens']} tokens, "
-              f"{before['wall_s']:.1f}s)", flush=True)
-        ours = run_ours(a, w, tmp / "ours")
-        print(f"ours (factory generate.run): {ours['tok_s']:.1f} tok/s ({ours['completion_tokens']} tokens, {ours['wall_s']:.1f}s)",
-              flush=True)
-        after = run_datatrove(a, w, t.endpoints, t.model, tmp / "dt-after")
-        print(f"anchor (datatrove InferenceRunner, after): {after['tok_s']:.1f} tok/s ({after['completion_tokens']} tokens, "
-              f"{after['wall_s']:.1f}s)", flush=True)
-    report(a, "InferenceRunner", "datatrove 0.10.1 InferenceRunner (server_type=endpoint, one rank per replica)",
-           before, after, ours, load0)
+        runs = alternate(a.rounds, lambda k: run_datatrove(a, w, t.endpoints, t.model, tmp / f"dt{k}"),
+                         lambda k: run_ours(a, w, tmp / f"ours{k}"))
+    report("InferenceRunner", machine(a), a.out, runs, anchor_name="datatrove 0.10.1 InferenceRunner (server_type=endpoint, "
+           "one rank per replica)", **settings(a), loadavg_before=[round(x, 2) for x in load0])
     return 0
 
 

@@ -11,12 +11,13 @@ processor's stage sends the rows of a batch one after another, so its concurrenc
 of batches in flight: `batch_size=1` (also the best balance over actors), a fixed pool of
 `--in-flight` actors per replica, and Ray Data's async-UDF concurrency per actor set to 1:
 exactly `--in-flight` requests per replica, as ours. Both are timed from their actors' start,
-Ray itself being up. The anchor runs before and after ours and is averaged. Ratio = ours /
-anchor; target >= 1.0.
+Ray itself being up. `--rounds K` rounds alternate the anchor and ours (ABAB...); the JSON holds
+the medians, their spread and ratio = median(ours) / median(anchor) (compare_rounds.py); target >= 1.0.
 
 If Ray Data LLM cannot run here, the script says why and writes the JSON with ratio null.
 
     python benchmarks/generation_vs_raydata.py --replicas 2 --seeds 24 --max-tokens 32
+    python benchmarks/generation_vs_raydata.py --seeds 96 --out benchmarks/results/generation_vs_raydata_large.json
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generation_vs_inferencerunner import common_args, machine, removed, report, run_ours, save, warm_up, workload  # noqa: E402
+from compare_rounds import alternate, report  # noqa: E402
+from generation_vs_inferencerunner import common_args, machine, removed, run_ours, save, settings, warm_up, workload  # noqa: E402
 
 
 def raydata_available() -> str | None:
@@ -117,19 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         with LocalTeacher(replicas=a.replicas, threads=a.threads) as t, removed(tmp):
             w = workload(a, tmp, t.endpoints, t.model)
             warm_up(t.endpoints, t.model, w["payloads"][0])
-            before = run_raydata(a, w, t.endpoints, t.model)
-            print(f"anchor (Ray Data LLM HTTP processor, before): {before['tok_s']:.1f} tok/s ({before['completion_tokens']} tokens, "
-                  f"{before['wall_s']:.1f}s)", flush=True)
-            ours = run_ours(a, w, tmp / "ours")
-            print(f"ours (factory generate.run): {ours['tok_s']:.1f} tok/s ({ours['completion_tokens']} tokens, {ours['wall_s']:.1f}s)",
-                  flush=True)
-            after = run_raydata(a, w, t.endpoints, t.model)
-            print(f"anchor (Ray Data LLM HTTP processor, after): {after['tok_s']:.1f} tok/s ({after['completion_tokens']} tokens, "
-                  f"{after['wall_s']:.1f}s)", flush=True)
+            runs = alternate(a.rounds, lambda k: run_raydata(a, w, t.endpoints, t.model), lambda k: run_ours(a, w, tmp / f"ours{k}"))
     finally:
         ray.shutdown()
-    report(a, "Ray Data LLM", f"Ray {ray.__version__} ray.data.llm HttpRequestProcessorConfig + build_processor, "
-           "one processor per replica, unioned", before, after, ours, load0, actor_cpus=a.actor_cpus, batch_size=a.batch_size)
+    report("Ray Data LLM", machine(a), a.out, runs, anchor_name=f"Ray {ray.__version__} ray.data.llm HttpRequestProcessorConfig + "
+           "build_processor, one processor per replica, unioned", **settings(a), actor_cpus=a.actor_cpus, batch_size=a.batch_size,
+           loadavg_before=[round(x, 2) for x in load0])
     return 0
 
 
