@@ -10,6 +10,7 @@ those run where `datatrove` stands in `FILTERS`, in the order written.
 from __future__ import annotations
 
 import importlib
+from abc import abstractmethod
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal
@@ -39,8 +40,9 @@ class FilterCfg(_M):
 
     enabled: bool = True
 
-    def build(self, name: str, b: Build) -> Any:  # pragma: no cover - every filter overrides it
-        raise NotImplementedError
+    @abstractmethod
+    def build(self, name: str, b: Build) -> Any:
+        """The datatrove step for this filter, named `name` (None: nothing to run)."""
 
 
 class LengthCfg(FilterCfg):
