@@ -1,8 +1,16 @@
-"""Faithfulness of seed-grounded documents: names, numbers and dates that the seed does not support.
+"""Faithfulness of seed-grounded documents: names, numbers and dates that the seed does not support,
+and supported ones put in a relation the seed does not make.
 
 A rule-based extractor (offline, no model): numbers of two or more digits or with a decimal part,
 and capitalized word runs that do not merely open a sentence. A span is supported when it occurs in
 the seed text, its title or topic, or the recipe's variables, or when each of its words does.
+
+Relations: a small teacher often rewords its seed with every name and number right but joined
+wrongly ("extends into the Tibetan Plateau to the east", where the seed has the east for two other
+provinces). Within one output sentence, each name, number or compass direction next to others (at
+most `window` words apart) must have at least one of those neighbours near it in the seed too:
+within `window` words, or in the same or a neighbouring seed sentence. The document's subject (its
+title's words) is next to everything and is left out; spans the seed lacks are the span check's.
 """
 
 from __future__ import annotations
@@ -28,6 +36,12 @@ introduction conclusion overview definition lesson chapter section part title to
 q a mr mrs ms dr st about into onto over under more most very such many much other some each every like only
 just even both either neither whether within without between among through upon well make made known called used
 using often also very been being these those them itself which while would could should shall""".split())
+
+
+_SENT = re.compile(r"(?<=[.!?;])\s+|\n+")
+_TOKEN = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?|[\w'’]+")
+DIRECTIONS = frozenset("""north south east west northern southern eastern western northeast northwest southeast
+southwest northeastern northwestern southeastern southwestern""".split())
 
 
 def _norm(s: str) -> str:
@@ -72,8 +86,18 @@ def _capitalized_elsewhere(text: str, word: str, at: int) -> bool:
     return False
 
 
+def tokens(text: str) -> list[str]:
+    """Lowercased words (a trailing 's cut) and numbers as `spans` writes them, in order."""
+    out = []
+    for m in _TOKEN.finditer(text):
+        t = m.group(0)
+        out.append(_num(t) if t[0].isdigit() else t.lower().replace("’", "'").removesuffix("'s"))
+    return out
+
+
 class Support:
-    """What a seed supports: its normalized text, its words and its numbers."""
+    """What a seed supports: its normalized text, its words and its numbers, and where each token
+    stands (position, sentence) for relations."""
 
     def __init__(self, *texts: str):
         joined = "\n".join(t for t in texts if t)
@@ -81,6 +105,20 @@ class Support:
         self.words = set(self.text.split())
         self.numbers = {_num(m.group(0)) for m in _NUM.finditer(joined)}
         self.stems = set(content_words(joined))
+        self.seq: list[str] = []
+        self.sentence: list[int] = []  # the seed sentence of each token of seq
+        for k, sent in enumerate(_SENT.split(joined)):
+            t = tokens(sent)
+            self.seq += t
+            self.sentence += [k] * len(t)
+        self._at: dict[str, list[int]] = {}
+        for i, t in enumerate(self.seq):
+            self._at.setdefault(t, []).append(i)
+
+    def where(self, run: tuple[str, ...]) -> list[int]:
+        """Positions in the seed where the token run starts."""
+        n = len(run)
+        return [i for i in self._at.get(run[0], []) if tuple(self.seq[i:i + n]) == run] if run else []
 
     def supports(self, kind: str, span: str) -> bool:
         if kind == "number":
@@ -120,6 +158,50 @@ def unsupported(text: str, support: Support) -> tuple[list[str], int]:
         if span not in seen:
             seen[span] = support.supports(kind, span)
     return [s for s, ok in seen.items() if not ok], len(seen)
+
+
+def _items(sentence: str) -> list[tuple[str, tuple[str, ...], int]]:
+    """(span, its tokens, its token position) of a sentence's names, numbers and lowercase compass
+    directions, each span once."""
+    toks = tokens(sentence)
+    out, seen = [], set()
+    for _, span in spans(sentence):
+        run = tuple(tokens(span))
+        at = next((i for i in range(len(toks) - len(run) + 1) if tuple(toks[i:i + len(run)]) == run), None)
+        if run and at is not None and run not in seen:
+            seen.add(run)
+            out.append((span, run, at))
+    for i, (m, t) in enumerate(zip(_TOKEN.finditer(sentence), toks)):
+        if t in DIRECTIONS and m.group(0).islower() and (t,) not in seen:
+            seen.add((t,))
+            out.append((t, (t,), i))
+    return out
+
+
+def relations(text: str, support: Support, subject: str = "", window: int = 12,
+              sentences: int = 1) -> tuple[list[str], int]:
+    """(items whose neighbours in an output sentence are none of them near it in the seed, as
+    "item (near a, b)"; how many items with neighbours were checked). Near in the seed: at most
+    `window` tokens apart, or at most `sentences` seed sentences apart."""
+    subj = set(tokens(subject)) - _STOP - _JOIN
+    bad, checked = [], 0
+    for sent in _SENT.split(text):
+        its = []
+        for span, run, at in _items(sent):
+            where = support.where(run)
+            if (where or run[0] in DIRECTIONS) and not set(run) & subj:
+                its.append((span, run, at, where))
+        for span, run, at, where in its:
+            near = [b for b in its if b[1] != run and not set(b[1]) & set(run) and abs(b[2] - at) <= window + len(run)
+                    and not (run[0] in DIRECTIONS and b[1][0] in DIRECTIONS)]  # a direction belongs to a name
+            if not near:
+                continue
+            checked += 1
+            if not any(abs(p - q) <= window + max(len(run), len(b[1]))
+                       or abs(support.sentence[p] - support.sentence[q]) <= sentences
+                       for b in near for p in where for q in b[3]):
+                bad.append(f"{span} (near {', '.join(b[0] for b in near)})")
+    return bad, checked
 
 
 def _strings(v: Any) -> list[str]:
@@ -172,13 +254,19 @@ def load_seeds(folders: list[str]) -> dict[str, str]:
 
 class FaithfulnessFilter(Step):
     """Reject a document when more than `max_unsupported` of its names and numbers (and at least
-    `min_unsupported` of them) are not supported by its seed; the spans go in the rejected row."""
+    `min_unsupported` of them) are not supported by its seed, or when more than `max_relations` of
+    them stand next to others the seed never puts near them (`relation_window` words; 0: off); the
+    spans and relations go in the rejected row."""
 
     name = reason = "unfaithful"
 
     def __init__(self, seeds: list[str], max_unsupported: float, min_unsupported: int, skip_recipes: list[str],
-                 max_novelty: float = 1.0, novelty_per_recipe: dict[str, float] | None = None, exclusion_writer=None):
+                 max_novelty: float = 1.0, novelty_per_recipe: dict[str, float] | None = None,
+                 relation_window: int = 0, relation_sentences: int = 1, max_relations: int = 0,
+                 exclusion_writer=None):
         super().__init__(exclusion_writer)
+        self.relation_window, self.relation_sentences, self.max_relations = \
+            relation_window, relation_sentences, max_relations
         self.seeds = SeedTexts(seeds)
         self.max_unsupported, self.min_unsupported = max_unsupported, min_unsupported
         self.skip = set(skip_recipes)
@@ -200,6 +288,12 @@ class FaithfulnessFilter(Step):
         spans_ = f"{len(bad)}/{total} unsupported: " + "; ".join(bad)[:400]
         if total and len(bad) >= self.min_unsupported and len(bad) / total > self.max_unsupported:
             return reject(doc, self.reason, spans_)
+        if self.relation_window:
+            subject = _extra(doc).get("title") or str(meta.get("seed_id") or "").partition(":")[2]
+            rel, checked = relations(doc.text, support, str(subject), self.relation_window, self.relation_sentences)
+            if len(rel) > self.max_relations:
+                return reject(doc, self.reason, f"{len(rel)}/{checked} relations the seed does not make: "
+                              + "; ".join(rel)[:400] + f"; {spans_}")
         limit = self.novelty_per_recipe.get(meta.get("recipe"), self.max_novelty)
         if novel > limit:
             return reject(doc, self.reason, f"novel words {novel:.2f} > {limit}; {spans_}")

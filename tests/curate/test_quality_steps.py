@@ -125,6 +125,42 @@ def test_novelty_is_the_share_of_content_words_the_seed_never_uses():
     assert f.filter(doc(invented, seed_id="wiki:elsewhere", recipe="wiki_rewrite")) is True  # no seed: not judged
 
 
+def test_relations_the_seed_does_not_make():
+    """Names, numbers and directions all from the seed, joined as the seed never joins them."""
+    from factory.curate.faithful import relations
+
+    sup = Support(SEED)
+    ok, checked = relations(BODY, sup, "Réunion")  # two seed sentences merged into one: still faithful
+    assert ok == [] and checked >= 5
+    bad, _ = relations("The French Republic has ruled it since January 2019.", sup, "Réunion")
+    assert any(b.startswith("French Republic (near") for b in bad)
+    assert not any(b.startswith("2019 (near") for b in bad)  # its neighbour "January" stands by it in the seed
+    # a swap inside one short seed phrase is not seen: every item stays near the others
+    assert relations("It lies 679 km east of Mauritius and 175 km southwest of Madagascar.", sup, "Réunion")[0] == []
+    bad, _ = relations("Its capital is Saint-Denis, in the French Republic since 2019.", sup, "Réunion")
+    assert bad and all(b.split(" (near")[0] in {"Saint-Denis", "French Republic", "2019"} for b in bad)
+    bad, _ = relations(BODY.replace("east of Madagascar", "north of Madagascar"), sup, "Réunion")
+    assert any(b.startswith("north (near") for b in bad)  # a direction the seed never gives
+    assert relations("Réunion had 859,959 people in 2019.", sup, "Réunion")[0] == []  # the subject is left out
+
+
+def test_faithfulness_filter_rejects_wrong_relations_with_them_in_the_row():
+    from factory.curate.faithful import FaithfulnessFilter
+
+    f = FaithfulnessFilter([], 0.1, 1, [], relation_window=12, relation_sentences=1, max_relations=0)
+    f.seeds._map = {"wiki:Réunion": SEED}
+    right = BODY.replace("860,000", "859,959")
+    wrong = right.replace("Its capital is Saint-Denis", "The capital of the French Republic is Saint-Denis")
+    d = doc(wrong, seed_id="wiki:Réunion", recipe="wiki_rewrite", extra={"title": "Réunion"})
+    ok, reason = f.filter(d)
+    assert not ok and reason == "unfaithful"
+    assert "relations the seed does not make" in d.metadata["_reject"]["detail"]
+    assert "French Republic (near" in d.metadata["_reject"]["detail"]
+    assert f.filter(doc(right, seed_id="wiki:Réunion", recipe="wiki_rewrite")) is True
+    f.relation_window = 0  # off: only the spans are checked
+    assert f.filter(doc(wrong, seed_id="wiki:Réunion", recipe="wiki_rewrite")) is True
+
+
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
     """A real curation run: lessons around real seeds, some faithful, some with facts the seed lacks."""
