@@ -2,7 +2,8 @@
 today's filters (the anchor) and with the new steps (ours), in the same run.
 
 Quality, on the held-out half of `benchmarks/data/curation_quality/labels.jsonl` only (the dev half
-chose the thresholds and trains the quality classifier):
+chose the thresholds and trains the quality classifier; `--split dev` curates each of two seed folds
+of dev with a classifier trained on the other fold, so dev figures are not its own training set):
 - per filter and for the whole curation: precision and recall of "drop" (drop = any defect);
 - the kept set's defect share (all defects together) and each defect's share of the kept set;
 - recall of clean documents (a document whose only defect is a cut preamble or sign-off counts as
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -142,25 +144,45 @@ def score(labs: list[dict], rej: dict[str, str], kept: dict[str, dict]) -> dict:
             "stripped_kept": sum(1 for r in kept.values() if "stripped" in (r["meta"].get("extra") or ""))}
 
 
-def train_model(tmp: Path, seeds: list[dict]) -> str:
+def train_model(tmp: Path, seeds: list[dict], labs: list[dict], name: str = "quality") -> str:
     from factory.curate.quality import train, training_set
 
-    texts, ys = training_set(labels("dev"), [s["text"] for s in seeds])
-    path = str(tmp / "quality.npz")
+    texts, ys = training_set(labs, [s["text"] for s in seeds])
+    path = str(tmp / f"{name}.npz")
     train(texts, ys).save(path)
     return path
 
 
-def quality(tmp: Path, split: str, seeds_url: str, model: str) -> dict:
+def folds(labs: list[dict], k: int = 2) -> dict[int, list[dict]]:
+    """Dev documents in k folds by seed (the split uses the hash's parity; the folds its next bits)."""
+    out: dict[int, list[dict]] = {}
+    for r in labs:
+        out.setdefault(int(hashlib.sha256(r["seed_id"].encode()).hexdigest(), 16) // 2 % k, []).append(r)
+    return dict(sorted(out.items()))
+
+
+def quality(tmp: Path, split: str, seeds_url: str, seeds: list[dict]) -> dict:
+    """Both curations of the split's documents; the classifier never scores its own training documents."""
     from factory.curate import run
 
-    labs = labels(split)
-    gen = write_stage(tmp / f"gen-{split}", [doc_row(r) for r in labs], "generate")
+    labs, dev = labels(split), labels("dev")
+    parts = folds(labs) if split == "dev" else {0: labs}
+    models = {}
+    for k, part in parts.items():
+        ids = {r["id"] for r in part}
+        models[k] = train_model(tmp, seeds, [r for r in dev if r["id"] not in ids], f"quality-{split}-{k}")
     out = {}
     for name, ours in (("anchor", False), ("ours", True)):
-        dest = tmp / f"{name}-{split}"
-        m = run(config(gen, dest, seeds_url, ours, model))
-        out[name] = {**score(labs, *outcome(dest)), "dropped": m["dropped"]}
+        rej, kept, dropped = {}, {}, Counter()
+        for k, part in parts.items():
+            gen = write_stage(tmp / f"gen-{split}-{k}", [doc_row(r) for r in part], "generate")
+            dest = tmp / f"{name}-{split}-{k}"
+            m = run(config(gen, dest, seeds_url, ours, models[k]))
+            r, kk = outcome(dest)
+            rej.update(r)
+            kept.update(kk)
+            dropped.update(m["dropped"])
+        out[name] = {**score(labs, rej, kept), "dropped": dict(sorted(dropped.items()))}
     return out
 
 
@@ -196,8 +218,8 @@ def main() -> None:
         tmp = Path(t)
         seeds = seed_rows()
         seeds_url = write_stage(tmp / "seeds", seeds, "seeds")
-        model = train_model(tmp, seeds)
-        q = quality(tmp, a.split, seeds_url, model)
+        model = train_model(tmp, seeds, labels("dev"))
+        q = quality(tmp, a.split, seeds_url, seeds)
         c = None if a.no_cost else cost(tmp, seeds_url, model, a.rounds, a.repeat)
     ours, anchor = q["ours"], q["anchor"]
     res = {"ours": ours["kept_defect_share"], "anchor": anchor["kept_defect_share"],
