@@ -230,6 +230,41 @@ def test_quality_classifier_trains_scores_and_filters(tmp_path):
     assert not ok and reason == "quality" and "score" in d.metadata["_reject"]["detail"]
 
 
+def _invented(rec: dict, i: int) -> str:
+    """A defective text about a seed: its title, then list fragments and facts from nowhere."""
+    return (f"Notes on {rec['title']}\n- {rec['title']}\n- Important facts\n- Gustav Lindqvist of Buenos Aires "
+            f"counted {4000 + i} of them in {1600 + i}\n- Kyoto")
+
+
+def test_seed_feature_model_scores_a_document_against_its_own_seed(tmp_path):
+    from factory.curate.quality import SEED_FEATURES, Model, QualityFilter, seed_features, train_seeded
+
+    recs = records(60)[:44]
+    seeds = {f"wiki:{r['title']}": r["extract"] for r in recs}
+    texts = [lesson(r) for r in recs[:20]] + [_invented(r, i) for i, r in enumerate(recs[:20])]
+    model = train_seeded(texts, [r["extract"] for r in recs[:20]] * 2, [1] * 20 + [0] * 20)
+    assert len(seed_features(texts[0], recs[0]["extract"])) == len(SEED_FEATURES)
+    path = str(tmp_path / "seed.npz")
+    model.save(path)
+    again = Model.load(path)
+    assert again.needs_seed
+    for i, r in enumerate(recs[30:44]):
+        assert again.score(lesson(r), r["extract"]) > 0.5 > again.score(_invented(r, i), r["extract"])
+    # the same faithful text read against another seed is not faithful
+    assert again.score(lesson(recs[30]), recs[31]["extract"]) < again.score(lesson(recs[30]), recs[30]["extract"])
+    with pytest.raises(ValueError, match="against its seed"):
+        again.score(lesson(recs[30]))
+    f = QualityFilter(path, 0.5)
+    f.seeds._map = seeds
+    good = doc(lesson(recs[40]), seed_id=f"wiki:{recs[40]['title']}")
+    assert f.filter(good) is True and json.loads(good.metadata["meta"]["extra"])["quality"] > 0.5
+    bad = doc(_invented(recs[41], 1), seed_id=f"wiki:{recs[41]['title']}")
+    ok, reason = f.filter(bad)
+    assert not ok and reason == "quality"
+    unknown = doc(_invented(recs[41], 1), seed_id="wiki:not a seed")
+    assert f.filter(unknown) is True and "quality" not in json.loads(unknown.metadata["meta"]["extra"])
+
+
 def test_quality_filter_without_or_with_a_bad_model_is_one_clear_error(tmp_path):
     from factory.curate.pipeline import filter_steps
     from factory.curate.quality import Model
@@ -244,7 +279,7 @@ def test_quality_filter_without_or_with_a_bad_model_is_one_clear_error(tmp_path)
     assert "filters.quality.model" in str(e.value)
 
 
-def test_train_command_writes_a_model_from_labels_and_seeds(tmp_path):
+def test_train_command_writes_a_model_from_labels_and_seeds(tmp_path, capsys):
     from factory.curate.quality import Model, main
     from factory.seeds import wiki_rows
 
@@ -262,6 +297,19 @@ def test_train_command_writes_a_model_from_labels_and_seeds(tmp_path):
     assert e.value.code == 0
     m = Model.load(str(out))
     assert m.score(lesson(recs[28])) > 0.5 > m.score("Sure! Here's a rewritten version, I hope this helps")
+    # a seed-feature model needs every labeled document's seed
+    for i, r in enumerate(rows):
+        r["seed_id"] = f"wiki:{recs[i % 20]['title']}"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(labels), "--seeds", seeds, "--kind", "seed", "--out", str(out)])
+    assert e.value.code == 0 and Model.load(str(out)).needs_seed
+    rows[0]["seed_id"] = "wiki:nowhere"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(labels), "--seeds", seeds, "--kind", "seed", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "not in --seeds" in err and "seed_id" in err and "Traceback" not in err
 
 
 def test_judge_score_is_the_last_score_line():
