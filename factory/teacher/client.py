@@ -6,12 +6,14 @@ bodies) with exponential backoff and jitter, never retries other 4xx, takes out 
 keep failing (and probes them back), and reads/writes the request cache so nothing is paid twice.
 The openai client's own retries are off (max_retries=0): this policy replaces them.
 
-Per request it costs little CPU, as a client of a fleet must: the openai client sends over
-aiohttp (openai's `DefaultAioHttpClient`, httpx when aiohttp is missing) with a connection pool
-as large as the endpoint's window, so connections are kept, not reopened; the body goes out
-through the client's documented low-level `post` (its auth, base URL, headers and errors,
-without rebuilding the parameters through their type hints) and the answer is read as plain
-JSON rather than built into pydantic objects.
+Per request it costs little CPU, as a client of a fleet must: a completion goes out as one
+aiohttp POST per endpoint session (a connection pool as large as the endpoint's window, so
+connections are kept, not reopened), with the headers the openai client would send (its auth,
+user agent and platform headers, read from `AsyncOpenAI.default_headers`), and the answer is read
+as plain JSON. A non-2xx answer becomes the openai client's own error for that status, so the
+retry policy sees what openai would raise. (Through openai's `post`, each request was rebuilt
+as an httpx request, then again as an aiohttp one: about half of the client's CPU per request.)
+The openai client serves the rest: the endpoint probes, listing models, the Batch API.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import aiohttp
 import openai
 
 from factory.errors import FactoryError
@@ -76,7 +79,7 @@ def classify(exc: BaseException) -> tuple[str, bool, float | None, int | None]:
     """(reason, retryable, retry_after_s, status) for an exception raised by a request."""
     if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError)):
         return "timeout", True, None, None
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, (openai.APIConnectionError, aiohttp.ClientError, ConnectionError)):
         return "connection", True, None, None
     if isinstance(exc, openai.APIStatusError):
         st = exc.status_code
@@ -112,6 +115,7 @@ class TeacherClient:
         self.stats: Counter[str] = Counter()
         self.cost = 0.0
         self._clients: list[openai.AsyncOpenAI] = []
+        self._sessions: list[tuple[aiohttp.ClientSession, str]] = []  # per endpoint: (session, chat completions URL)
         self._inflight: dict[str, asyncio.Future] = {}
         self.endpoints: list[EndpointState] = []
         self._rng = random.Random(cfg.seed)
@@ -128,6 +132,8 @@ class TeacherClient:
                                             http_client=http_client(self.cfg.timeout_s,
                                                                     pool or e.max_in_flight or self.cfg.max_in_flight))
                          for e, k in zip(self.cfg.endpoints, self.keys)]
+        self._sessions = [self._session(c, pool or e.max_in_flight or self.cfg.max_in_flight) for c, e in
+                          zip(self._clients, self.cfg.endpoints)]
         states = [EndpointState(i, e.max_in_flight or self.cfg.max_in_flight, r.eject_after, r.probe_after_s,
                                 self._window(e.max_in_flight or self.cfg.max_in_flight))
                   for i, e in enumerate(self.cfg.endpoints)]
@@ -138,6 +144,25 @@ class TeacherClient:
         if probe:
             await asyncio.gather(*(self._probe(i) for i in range(len(self._clients))))
         return self
+
+    def _session(self, c: openai.AsyncOpenAI, connections: int) -> tuple[aiohttp.ClientSession, str]:
+        """The session that sends completions to the endpoint of openai client `c` (with its headers), and the URL."""
+        headers = {k: v for k, v in c.default_headers.items() if isinstance(v, str)}
+        conn = aiohttp.TCPConnector(limit=connections, limit_per_host=0, ttl_dns_cache=None)
+        session = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
+                                        cookie_jar=aiohttp.DummyCookieJar(), headers=headers)
+        return session, f"{str(c.base_url).rstrip('/')}/chat/completions"
+
+    async def _post(self, i: int, body: dict[str, Any]) -> dict[str, Any]:
+        """POST a chat completion to endpoint i; its JSON answer, or openai's error for the status."""
+        session, url = self._sessions[i]
+        async with session.post(url, data=json.dumps(body, ensure_ascii=False).encode()) as r:
+            data = await r.read()
+            if r.status < 300:
+                return json.loads(data)
+            req = _httpx.Request("POST", url)
+            resp = _Response(r.status, headers=list(r.headers.items()), content=data, request=req)
+        raise self._clients[i]._make_status_error_from_response(resp)
 
     def _window(self, initial: int) -> AdaptiveWindow | None:
         a = self.cfg.adaptive
@@ -192,7 +217,9 @@ class TeacherClient:
     async def close(self) -> None:
         for c in self._clients:
             await c.close()
-        self._clients, self._started = [], False
+        for session, _ in self._sessions:
+            await session.close()
+        self._clients, self._sessions, self._started = [], [], False
 
     async def __aenter__(self) -> "TeacherClient":
         return await self.start()
@@ -262,10 +289,7 @@ class TeacherClient:
                 if seed is not None:
                     kw.setdefault("seed", seed)
                 sent, tag = time.monotonic(), state.window.sent() if state.window else None
-                async with asyncio.timeout(self.cfg.timeout_s + 5):
-                    raw = await self._clients[state.index].post("/chat/completions", cast_to=_Response,
-                                                                body={"model": ep.model, "messages": messages, **kw})
-                resp = json.loads(raw.content)
+                resp = await self._post(state.index, {"model": ep.model, "messages": messages, **kw})
                 choice = resp["choices"][0]
                 text = choice["message"]["content"]
                 if text is None or not isinstance(text, str):

@@ -24,6 +24,8 @@ class RateLimiter:
 
     async def acquire(self, est_tokens: int = 0) -> list[float] | None:
         """Wait for a request slot; returns a handle to correct the token estimate later."""
+        if not self.interval and not self.tpm:  # no limits (a server, not a paid API): nothing to wait for
+            return None
         async with self._lock:
             if self.interval:
                 now = time.monotonic()
