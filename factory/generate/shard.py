@@ -8,20 +8,35 @@ Outputs per shard k (the docs parquet is written last and is the shard's complet
 The request cache is `<cache_dir>/shard-k.jsonl` or its segments (see factory.teacher.cache); what
 a seed's requests write to it carries the seed id. A shard that another worker finished meanwhile
 (a node that came back late, a retried task) is not written again.
+
+A worker's memory stays flat however large the shard: items are made as the in-flight gate lets
+them in, documents and quarantined items go to a local temporary parquet file in batches of
+`SPILL_ROWS` as they come (read back, sorted and deduplicated by id when the shard is written),
+and the request cache keeps one line of bytes per record. While a shard runs, what was alive
+before it (imports, clients, the shard's seeds) is frozen out of the cyclic garbage collector's
+walks, which otherwise re-read it at every full collection, more often the more is in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import functools
+import gc
 import json
+import os
+import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from factory.errors import FactoryError
-from factory.stage import StageDir
+from factory.schema import DOC_SCHEMA
+from factory.stage import StageDir, doc_path
 from factory.teacher.cache import CompletionCache, shard_file
 from factory.teacher.client import TeacherClient
 from factory.teacher.types import Deferred, TeacherError
@@ -29,6 +44,7 @@ from factory.teacher.types import Deferred, TeacherError
 REJECT_SCHEMA = pa.schema([("seed_id", pa.string()), ("recipe", pa.string()), ("sample", pa.int64()),
                            ("reason", pa.string()), ("detail", pa.string())])
 ACCOUNT_KEYS = ("requests", "retries", "cache_hits", "prompt_tokens", "completion_tokens")
+SPILL_ROWS = 1000  # rows a spool holds in memory before it writes them out
 
 
 def shard_name(k: int) -> str:
@@ -70,6 +86,66 @@ class Gate:
             self._waiter.set_result(None)
 
 
+class Spool:
+    """Rows of one schema, written to a local temporary parquet file `SPILL_ROWS` at a time; `table()`
+    reads them all back (in arrival order) once the shard is done."""
+
+    def __init__(self, schema: pa.Schema, folder: str):
+        self.schema, self.path = schema, os.path.join(folder, f"{id(self)}.parquet")
+        self.rows: list[dict[str, Any]] = []
+        self.writer: pq.ParquetWriter | None = None
+        self.n = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.n += 1
+        if len(self.rows) >= SPILL_ROWS:
+            self._spill()
+
+    def _spill(self) -> None:
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, self.schema, compression="lz4")
+        self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+        self.rows = []
+
+    def table(self) -> pa.Table:
+        if self.writer is None:
+            return pa.Table.from_pylist(self.rows, schema=self.schema)
+        self._spill()
+        self.writer.close()
+        return pq.read_table(self.path, schema=self.schema)
+
+
+def unique_by_id(table: pa.Table) -> tuple[pa.Table, int]:
+    """The rows sorted by id, the first of each id kept (the sort is stable); and how many were dropped."""
+    table = table.take(pc.sort_indices(table, [("id", "ascending")]))
+    if table.num_rows < 2:
+        return table, 0
+    ids = table["id"]
+    keep = pa.concat_arrays([pa.array([True]), pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).combine_chunks()])
+    return table.filter(keep), table.num_rows - pc.sum(keep).as_py()
+
+
+_quiet = 0
+
+
+@contextlib.contextmanager
+def quiet_gc() -> Iterator[None]:
+    """Objects alive now are left out of the cyclic GC's walks until the (outermost) shard ends.
+    They are still freed by reference counting; a cycle among them waits for the next collection
+    after the shard."""
+    global _quiet
+    _quiet += 1
+    if _quiet == 1:
+        gc.freeze()
+    try:
+        yield
+    finally:
+        _quiet -= 1
+        if _quiet == 0:
+            gc.unfreeze()
+
+
 class Progress:
     """Counters a driver can poll while shards run."""
 
@@ -88,12 +164,26 @@ async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], 
     node). Raises TeacherError(retryable) to leave the shard unfinished (a later attempt or run
     redoes it, served from the cache)."""
     t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix=f"factory-shard-{k:05d}-") as tmp, quiet_gc():
+        return await _process_shard(k, rows, recipes, samples, client, stage, cache_dir, concurrency, progress,
+                                    complete_factory, flush_every, flush_s, where, tmp, t0)
+
+
+async def _process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], samples: int, client: TeacherClient,
+                         stage: StageDir, cache_dir: str, concurrency: int | None, progress: Progress | None,
+                         complete_factory: Callable | None, flush_every: int, flush_s: float,
+                         where: dict[str, Any] | None, tmp: str, t0: float) -> dict[str, Any]:
     progress = progress or Progress()
     before = dict(client.stats)
     cost0 = client.cost
-    docs: dict[str, dict[str, Any]] = {}
-    rejected: list[dict[str, Any]] = []
-    dup = deferred = 0
+    docs, rejected = Spool(DOC_SCHEMA, tmp), Spool(REJECT_SCHEMA, tmp)
+    reasons: collections.Counter[str] = collections.Counter()
+    deferred = 0
+
+    def reject(row: dict[str, Any]) -> None:
+        rejected.add(row)
+        reasons[row["reason"]] += 1
+
     # items in flight: `concurrency` when given; else with adaptive windows twice what they take, so a window always has
     # work to grow into (a killed worker repays at most these)
     if concurrency:
@@ -105,7 +195,7 @@ async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], 
         make = complete_factory or (lambda c: functools.partial(client.complete, cache=c))
 
         async def unit(row: dict[str, Any], recipe: Any, sample: int) -> None:
-            nonlocal dup, deferred
+            nonlocal deferred
             sid = seed_id_of(row)
             try:
                 res = await recipe.run(row, sample, make(cache.for_seed(sid)))
@@ -115,23 +205,20 @@ async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], 
             except TeacherError as e:
                 if e.retryable:
                     raise
-                rejected.append(reject_row(sid, recipe.name, sample, f"teacher_{e.reason}", {"detail": e.detail}))
+                reject(reject_row(sid, recipe.name, sample, f"teacher_{e.reason}", {"detail": e.detail}))
                 progress.rejected += 1
                 return
             except (FactoryError, asyncio.CancelledError):
                 raise
             except Exception as e:  # a recipe bug on one item must not sink the shard
-                rejected.append(reject_row(sid, recipe.name, sample, "recipe_error", {"error": f"{type(e).__name__}: {e}"}))
+                reject(reject_row(sid, recipe.name, sample, "recipe_error", {"error": f"{type(e).__name__}: {e}"}))
                 progress.rejected += 1
                 return
-            for d in res.docs:
-                if d["id"] in docs:
-                    dup += 1
-                    continue
-                docs[d["id"]] = d
+            for d in res.docs:  # duplicate ids are dropped when the shard is written
+                docs.add(d)
                 progress.completion_tokens += int(d["meta"].get("completion_tokens") or 0)
             for reason, detail in res.rejected:
-                rejected.append(reject_row(sid, recipe.name, sample, reason, detail))
+                reject(reject_row(sid, recipe.name, sample, reason, detail))
             progress.units += 1
             progress.docs += len(res.docs)
             progress.rejected += len(res.rejected)
@@ -184,18 +271,17 @@ async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], 
             failure.cancel()
     if deferred:
         return {"shard": k, "deferred": deferred}
+    table, dup = unique_by_id(docs.table())
     stats = {k2: client.stats.get(k2, 0) - before.get(k2, 0) for k2 in ACCOUNT_KEYS}
     stats["cost"] = round(client.cost - cost0, 6)
-    stats.update(shard=k, seeds=len(rows), units=n_units, docs=len(docs), duplicates=dup,
-                 rejected=len(rejected), wall_s=round(time.time() - t0, 3))
-    stats["rejected_by_reason"] = {}
-    for r in rejected:
-        stats["rejected_by_reason"][r["reason"]] = stats["rejected_by_reason"].get(r["reason"], 0) + 1
+    stats.update(shard=k, seeds=len(rows), units=n_units, docs=table.num_rows, duplicates=dup,
+                 rejected=rejected.n, wall_s=round(time.time() - t0, 3))
+    stats["rejected_by_reason"] = dict(reasons)
     stats.update(where or {})
     name = shard_name(k)
     if stage.done(name):  # finished elsewhere meanwhile: that copy stands, this one is dropped
         return {**stats, "late": True}
-    stage.write_table(f"rejected/{name}", pa.Table.from_pylist(rejected, schema=REJECT_SCHEMA))
+    stage.write_table(f"rejected/{name}", rejected.table())
     stage.write_json(f"stats/shard-{k:05d}.json", stats)
-    stage.write_docs(name, [docs[i] for i in sorted(docs)])
+    stage.write_table(doc_path(name), table)
     return stats

@@ -76,10 +76,10 @@ def _records(data: bytes) -> tuple[list[tuple[str, dict[str, Any], bytes]], int]
     return out, bad
 
 
-def _parse(data: bytes, into: dict[str, dict[str, Any]]) -> int:
-    """Add the records of `data` to `into`; returns the number of torn or bad lines skipped."""
+def _parse(data: bytes, into: dict[str, bytes]) -> int:
+    """Add the records of `data` to `into` (key -> its line); returns the number of torn or bad lines skipped."""
     recs, bad = _records(data)
-    into.update((key, completion) for key, completion, _ in recs)
+    into.update((key, line) for key, _, line in recs)
     return bad
 
 
@@ -105,7 +105,9 @@ class CompletionCache:
         self.local = is_local(self.fs)
         self.seg_dir = self.path[: -len(".jsonl")]
         self.flush_every, self.flush_s = max(1, int(flush_every)), float(flush_s)
-        self._data: dict[str, dict[str, Any]] = {}
+        # key -> its record's JSON line (parsed again on a hit): one bytes object per record, which the garbage
+        # collector never walks, rather than a dict of objects it walks at every full collection
+        self._data: dict[str, bytes] = {}
         self._pending: list[bytes] = []  # spooled lines not yet in a segment (object stores)
         self._lock = threading.Lock()
         self._uploader = ThreadPoolExecutor(1, thread_name_prefix="cache-upload")
@@ -137,9 +139,9 @@ class CompletionCache:
     def _recover(self, data: bytes) -> int:
         """A spool left by a worker killed on this node: its records not in any segment go up now."""
         recs, bad = _records(data)
-        for key, completion, line in recs:
+        for key, _, line in recs:
             if key not in self._data:
-                self._data[key] = completion
+                self._data[key] = line
                 self._pending.append(line + b"\n")
         return bad
 
@@ -151,16 +153,16 @@ class CompletionCache:
         return key in self._data
 
     def get(self, key: str) -> Completion | None:
-        rec = self._data.get(key)
-        if rec is None:
+        line = self._data.get(key)
+        if line is None:
             return None
-        return Completion(**{**rec, "cached": True})
+        return Completion(**{**json.loads(line)["completion"], "cached": True})
 
     def put(self, key: str, completion: Completion, seed: str | None = None) -> None:
         rec = {k: v for k, v in completion.to_dict().items() if k != "cached"}
-        self._data[key] = rec
         line = (json.dumps({"key": key, "completion": rec, **({"seed": seed} if seed else {})}, ensure_ascii=False)
                 + "\n").encode()
+        self._data[key] = line[:-1]
         self._fh.write(line)
         if not self.local:
             with self._lock:
