@@ -142,6 +142,14 @@ def test_relations_the_seed_does_not_make():
     bad, _ = relations(BODY.replace("east of Madagascar", "north of Madagascar"), sup, "Réunion")
     assert any(b.startswith("north (near") for b in bad)  # a direction the seed never gives
     assert relations("Réunion had 859,959 people in 2019.", sup, "Réunion")[0] == []  # the subject is left out
+    seed = ("Sichuan lies in the Sichuan Basin and on the Tibetan Plateau, with the Jinsha River to its west and the "
+            "Daba Mountains to its north. Its capital is Chengdu, a city of many millions. It borders Shaanxi and "
+            "Chongqing to the east.")
+    bad, _ = relations("Between the Jinsha River and the Daba Mountains to the north, it also extends into the "
+                       "Tibetan Plateau to the east.", Support(seed), "Sichuan")
+    assert bad == ["east (near Tibetan Plateau)"]  # the seed gives the east to other provinces
+    assert relations("It lies on the Tibetan Plateau, with the Daba Mountains to the north, and borders Shaanxi to "
+                     "the east.", Support(seed), "Sichuan")[0] == []
 
 
 def test_faithfulness_filter_rejects_wrong_relations_with_them_in_the_row():
