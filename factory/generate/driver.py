@@ -23,6 +23,7 @@ from factory.errors import FactoryError
 from factory.generate.config import GenerateConfig, identity, teacher_config
 from factory.generate.inputs import load_seeds, split
 from factory.generate.shard import ACCOUNT_KEYS, REJECT_SCHEMA, seed_id_of, shard_name
+from factory.generate.workers import Workers, run_on_ray
 from factory.schema import sha
 from factory.stage import StageDir, is_local, licences, write_card
 from factory.teacher.cache import adopt
@@ -54,6 +55,13 @@ def probe(tcfg: TeacherConfig, where: str) -> None:
             await c.close()
 
     asyncio.run(go())
+
+
+def probed(tcfg: TeacherConfig, where: str) -> float:
+    """probe(), timed: its seconds."""
+    t = time.time()
+    probe(tcfg, where)
+    return round(time.time() - t, 3)
 
 
 # run ---------------------------------------------------------------------------------------------
@@ -95,23 +103,29 @@ def _run(cfg: GenerateConfig, where: str, show_progress: bool, tcfg: TeacherConf
     shards = split(seeds, cfg.shards)
     shard_of = {seed_id_of(r): k for k, rows in enumerate(shards) for r in rows}
     cache_dir = f"{cache_root}/layout-{sha([[seed_id_of(r) for r in rows] for rows in shards], n=12)}"
-    adopted = adopt(cache_root, cache_dir, shard_of)
     todo = [k for k in range(cfg.shards) if not stage.done(shard_name(k))]
-    this_run: dict[str, Any] = {"failed_shards": [], "cache_adopted": adopted}
+    this_run: dict[str, Any] = {"failed_shards": []}
     t0 = time.time()
-    if todo:
-        with teacher_endpoints(tcfg) as live:
-            probe(live, where)
-            if live.mode == "batch":
+    with contextlib.ExitStack() as stack:
+        live = tcfg if tcfg.endpoints else None
+        if todo and live is not None:  # given endpoints are probed first: a bad one fails before Ray starts
+            this_run["probe_s"] = probed(live, where)
+        # online: Ray and its workers start next, so their start overlaps the cache adoption (and a local teacher's start)
+        pool = stack.enter_context(Workers(cfg, stage, cache_dir, len(todo))) if todo and tcfg.mode != "batch" else None
+        this_run["cache_adopted"] = adopt(cache_root, cache_dir, shard_of)
+        if todo:
+            if live is None:
+                live = stack.enter_context(teacher_endpoints(tcfg))
+                this_run["probe_s"] = probed(live, where)
+            if pool is None:
                 from factory.generate.batch import run_batch
 
                 this_run.update(run_batch(live, {k: shards[k] for k in todo}, recipes, cfg.samples_per_seed, stage,
                                           cache_dir, cfg.concurrency))
             else:
-                from factory.generate.workers import run_on_ray
-
-                this_run.update(run_on_ray(cfg, live, {k: shards[k] for k in todo}, recipes, stage, cache_dir,
-                                           show_progress=show_progress))
+                this_run.update(run_on_ray(cfg, live, {k: shards[k] for k in todo}, recipes, pool, show_progress=show_progress))
+    if pool is not None:
+        this_run["timeline"]["teardown_s"] = pool.teardown_s  # after wall_s: Ray's stop is not the run's time
     return finish(cfg, stage, len(seeds), bad, this_run, time.time() - t0)
 
 

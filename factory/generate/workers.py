@@ -19,32 +19,85 @@ from factory.teacher.config import TeacherConfig
 
 
 class GenWorker:
-    """A Ray actor (async): one TeacherClient kept across shards, so endpoint health persists."""
+    """A Ray actor (async): one TeacherClient kept across shards, so endpoint health persists. The
+    actor starts before the teacher is known (its start overlaps the teacher's start and probe):
+    the first shard brings the teacher config, the client is made then."""
 
-    def __init__(self, tcfg: TeacherConfig, stage_url: str, identity: dict[str, Any], recipes: list[str],
-                 recipe_sampling: dict[str, Any], samples: int, cache_dir: str, concurrency: int | None,
-                 flush_every: int = 64, flush_s: float = 30.0):
+    def __init__(self, stage_url: str, identity: dict[str, Any], recipes: list[str], recipe_sampling: dict[str, Any],
+                 samples: int, cache_dir: str, concurrency: int | None, flush_every: int = 64, flush_s: float = 30.0):
         from factory.recipes import load_recipe
-        from factory.teacher.client import TeacherClient
         from factory.generate.shard import Progress
+        import factory.teacher.client  # noqa: F401 - imported now, while the driver still probes
 
-        self.tcfg, self.samples, self.cache_dir, self.concurrency = tcfg, samples, cache_dir, concurrency
+        self.samples, self.cache_dir, self.concurrency = samples, cache_dir, concurrency
         self.flush = {"flush_every": flush_every, "flush_s": flush_s}
         self.stage = StageDir(stage_url, "generate", identity)
         self.recipes = [load_recipe(r, **recipe_sampling) for r in recipes]
-        self.client = TeacherClient(tcfg)
+        self.client: Any = None
         self.progress = Progress()
+        self.born = time.time()
 
-    async def process(self, k: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    async def ready(self) -> float:
+        return self.born
+
+    async def process(self, k: int, rows: list[dict[str, Any]], tcfg: TeacherConfig) -> dict[str, Any]:
         from factory.generate.shard import process_shard
+        from factory.teacher.client import TeacherClient
 
+        began = time.time()
+        if self.client is None:
+            self.client = TeacherClient(tcfg)
         await self.client.start(probe=False)
-        return await process_shard(k, rows, self.recipes, self.samples, self.client, self.stage, self.cache_dir,
-                                   self.concurrency, self.progress, where=placement(), **self.flush)
+        st = await process_shard(k, rows, self.recipes, self.samples, self.client, self.stage, self.cache_dir,
+                                 self.concurrency, self.progress, where=placement(), **self.flush)
+        return {**st, "born": self.born, "began": began, "ended": time.time()}  # for the run's timeline
 
     async def poll(self) -> dict[str, Any]:
+        if self.client is None:
+            return {**self.progress.snapshot(), "requests": 0, "retries": 0, "cost": 0.0, "endpoints": []}
         return {**self.progress.snapshot(), "requests": self.client.stats["requests"],
                 "retries": self.client.stats["retries"], "cost": self.client.cost, "endpoints": self.client.windows()}
+
+
+class Workers:
+    """Ray and the generation actors, started as soon as the driver knows there is work, so that
+    their start (Ray worker processes, imports, recipes) overlaps the teacher's start and probe.
+    `close()` kills them and stops a Ray it started: the tear-down, timed apart from the run."""
+
+    def __init__(self, cfg: GenerateConfig, stage: StageDir, cache_dir: str, n_shards: int):
+        import ray
+
+        from factory.cluster import init_ray
+
+        self.started = not ray.is_initialized()
+        init_ray(cfg.ray_address)
+        self.n = max(1, min(cfg.workers, n_shards))
+        self.actor = ray.remote(GenWorker).options(num_cpus=cfg.worker_cpus, max_concurrency=4, max_restarts=2,
+                                                   max_task_retries=2, scheduling_strategy="SPREAD")
+        self.args = (stage.url, stage.config, cfg.recipes, cfg.recipe_sampling, cfg.samples_per_seed, str(cache_dir),
+                     cfg.concurrency, cfg.cache_flush_every, cfg.cache_flush_s)
+        self.created_at = time.time()
+        self.actors = [self.new() for _ in range(self.n)]
+        self.teardown_s: float | None = None
+
+    def new(self) -> Any:
+        return self.actor.remote(*self.args)
+
+    def close(self) -> None:
+        import ray
+
+        t = time.time()
+        for w in self.actors:
+            ray.kill(w)
+        if self.started:
+            ray.shutdown()
+        self.teardown_s = round(time.time() - t, 3)
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def merge_windows(polls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -83,26 +136,33 @@ def placement() -> dict[str, Any]:
             "host": socket.gethostname(), "pid": os.getpid()}
 
 
+def timeline(t0: float, results: dict[int, dict[str, Any]], done_at: float) -> dict[str, Any]:
+    """Where the run's time went outside the shards, per worker process: from the start to its first
+    shard, between its shards (hand-offs), and idle at the end while others still worked."""
+    runs: dict[Any, list[tuple[float, float]]] = {}
+    for r in results.values():
+        if "began" in r:
+            runs.setdefault(r.get("pid"), []).append((r["began"], r["ended"]))
+    out: dict[str, list[float]] = {"to_first_shard_s": [], "between_shards_s": [], "idle_at_end_s": []}
+    for spans in runs.values():
+        spans.sort()
+        out["to_first_shard_s"].append(round(spans[0][0] - t0, 3))
+        out["between_shards_s"].append(round(sum(max(0.0, b - e) for (_, e), (b, _) in zip(spans, spans[1:])), 3))
+        out["idle_at_end_s"].append(round(max(0.0, done_at - max(e for _, e in spans)), 3))
+    return out
+
+
 def run_on_ray(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[dict[str, Any]]], recipes: list[Any],
-               stage: StageDir, cache_dir: str, show_progress: bool = True) -> dict[str, Any]:
-    """Process `shards` ({index: rows}) on Ray; returns this run's accounting and failed shards."""
+               pool: Workers, show_progress: bool = True) -> dict[str, Any]:
+    """Process `shards` ({index: rows}) on the pool's actors; returns this run's accounting, failed
+    shards and its timeline. wall_s runs from the first shard handed out to the last one back."""
     import ray
 
-    from factory.cluster import init_ray
     from factory.ui import progress as make_progress
 
-    started = not ray.is_initialized()
-    init_ray(cfg.ray_address)
-    n_workers = max(1, min(cfg.workers, len(shards)))
-    actor = ray.remote(GenWorker).options(num_cpus=cfg.worker_cpus, max_concurrency=4, max_restarts=2,
-                                          max_task_retries=2, scheduling_strategy="SPREAD")
+    n_workers = pool.n
     share = tcfg.scaled(n_workers)
-
-    def new_worker() -> Any:
-        return actor.remote(share, stage.url, stage.config, cfg.recipes, cfg.recipe_sampling, cfg.samples_per_seed,
-                            str(cache_dir), cfg.concurrency, cfg.cache_flush_every, cfg.cache_flush_s)
-
-    workers = [new_worker() for _ in range(n_workers)]
+    workers = pool.actors
     replaced = 0
     queue = sorted(shards)
     total_units = sum(len(r) for r in shards.values()) * len(recipes) * cfg.samples_per_seed
@@ -112,64 +172,71 @@ def run_on_ray(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
     failed: list[dict[str, Any]] = []
     idle = list(workers)
     polled: dict[Any, dict[str, Any]] = {}
-    t0 = time.time()
+    poll_every = 0.5 if show_progress else 5.0  # hidden progress: the counters are only read for the summary
+    t0 = last_poll = time.time()
     bar = make_progress(disable=not show_progress)
-    try:
-        with bar:
-            task = bar.add_task("generate", total=total_units, unit="units", info="starting")
-            while queue or running:
-                while queue and idle:
-                    k, w = queue.pop(0), idle.pop()
-                    attempts[k] = attempts.get(k, 0) + 1
-                    running[w.process.remote(k, shards[k])] = (k, w)
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-                for ref in ready:
-                    k, w = running.pop(ref)
-                    try:
-                        results[k] = ray.get(ref)
-                        idle.append(w)
-                    except ray.exceptions.RayActorError as e:  # the actor is gone for good (e.g. its node)
-                        workers.remove(w)
-                        polled.pop(w, None)
-                        w = new_worker()
-                        workers.append(w)
-                        idle.append(w)
-                        replaced += 1
-                        if replaced <= 2 * n_workers:  # not the shard's fault: no attempt counted
-                            attempts[k] -= 1
-                        if attempts[k] < 2:
-                            queue.insert(0, k)
-                        else:
-                            failed.append({"shard": k, "error": _first_line(e)})
-                    except Exception as e:  # noqa: BLE001 - retry once, then report
-                        idle.append(w)
-                        if attempts[k] < 2:
-                            queue.append(k)
-                        else:
-                            failed.append({"shard": k, "error": _first_line(e)})
+    with bar:
+        task = bar.add_task("generate", total=total_units, unit="units", info="starting")
+        while queue or running:
+            while queue and idle:
+                k, w = queue.pop(0), idle.pop()
+                attempts[k] = attempts.get(k, 0) + 1
+                running[w.process.remote(k, shards[k], share)] = (k, w)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            for ref in ready:
+                k, w = running.pop(ref)
                 try:
-                    for w, snap in zip(workers, ray.get([w.poll.remote() for w in workers], timeout=5)):
-                        polled[w] = snap
-                except Exception:  # noqa: BLE001 - a restarting actor: keep the last numbers
-                    pass
-                units = sum(s["units"] for s in polled.values())
-                docs = sum(s["docs"] for s in polled.values())
-                toks = sum(s["completion_tokens"] for s in polled.values())
-                dt = max(1e-6, time.time() - t0)
-                cost = sum(s["cost"] for s in polled.values())
-                bar.update(task, completed=min(units, total_units),
-                           info=f"{docs / dt:.2f} docs/s  {toks / dt:.0f} tok/s  ${cost:.4f}  retries {sum(s['retries'] for s in polled.values())}"
-                                + window_info(merge_windows(list(polled.values()))))
-    finally:
-        for w in workers:
-            ray.kill(w)
-        if started:
-            ray.shutdown()
+                    results[k] = ray.get(ref)
+                    idle.append(w)
+                except ray.exceptions.RayActorError as e:  # the actor is gone for good (e.g. its node)
+                    workers.remove(w)
+                    polled.pop(w, None)
+                    w = pool.new()
+                    workers.append(w)
+                    idle.append(w)
+                    replaced += 1
+                    if replaced <= 2 * n_workers:  # not the shard's fault: no attempt counted
+                        attempts[k] -= 1
+                    if attempts[k] < 2:
+                        queue.insert(0, k)
+                    else:
+                        failed.append({"shard": k, "error": _first_line(e)})
+                except Exception as e:  # noqa: BLE001 - retry once, then report
+                    idle.append(w)
+                    if attempts[k] < 2:
+                        queue.append(k)
+                    else:
+                        failed.append({"shard": k, "error": _first_line(e)})
+            if time.time() - last_poll >= poll_every or not (queue or running):
+                last_poll = time.time()
+                poll(workers, polled)
+            units = sum(s["units"] for s in polled.values())
+            docs = sum(s["docs"] for s in polled.values())
+            toks = sum(s["completion_tokens"] for s in polled.values())
+            dt = max(1e-6, time.time() - t0)
+            cost = sum(s["cost"] for s in polled.values())
+            bar.update(task, completed=min(units, total_units),
+                       info=f"{docs / dt:.2f} docs/s  {toks / dt:.0f} tok/s  ${cost:.4f}  retries {sum(s['retries'] for s in polled.values())}"
+                            + window_info(merge_windows(list(polled.values()))))
+    done_at = time.time()  # the work is done: the pool's tear-down follows, not counted in wall_s
     acc = {k: sum(r.get(k, 0) for r in results.values()) for k in ("requests", "retries", "cache_hits", "prompt_tokens",
                                                                    "completion_tokens", "docs", "units")}
     acc["cost"] = round(sum(r.get("cost", 0) for r in results.values()), 6)
-    acc.update(shards_run=sorted(results), failed_shards=failed, wall_s=round(time.time() - t0, 3),
-               completion_tok_per_s=round(acc["completion_tokens"] / max(1e-6, time.time() - t0), 2), workers=n_workers,
+    wall = max(1e-6, done_at - t0)
+    acc.update(shards_run=sorted(results), failed_shards=failed, wall_s=round(wall, 3),
+               completion_tok_per_s=round(acc["completion_tokens"] / wall, 2), workers=n_workers,
                workers_replaced=replaced, late_shards=sorted(k for k, r in results.items() if r.get("late")),
-               endpoints=merge_windows(list(polled.values())))
+               endpoints=merge_windows(list(polled.values())),
+               timeline={"workers_started_before_s": round(t0 - pool.created_at, 3), **timeline(t0, results, done_at)})
     return acc
+
+
+def poll(workers: list[Any], polled: dict[Any, dict[str, Any]]) -> None:
+    """Every worker's live counters into `polled`; a restarting actor keeps its last numbers."""
+    import ray
+
+    try:
+        for w, snap in zip(workers, ray.get([w.poll.remote() for w in workers], timeout=5)):
+            polled[w] = snap
+    except Exception:  # noqa: BLE001
+        pass

@@ -38,6 +38,9 @@ def test_generate_writes_docs_with_provenance_and_resumes(teacher, ray_local, se
     assert m["status"] == "done" and m["counts"]["docs"] == 10 and m["dropped"] == {"malformed_seed": 2}
     acc = m["accounting"]
     assert acc["requests"] == 10 and acc["completion_tokens"] > 0 and acc["cost"] > 0
+    tl = m["this_run"]["timeline"]  # where the time went outside the shards: per worker, and Ray's stop after wall_s
+    assert len(tl["to_first_shard_s"]) == len(tl["idle_at_end_s"]) == 2 and tl["teardown_s"] >= 0
+    assert m["this_run"]["probe_s"] >= 0 and tl["workers_started_before_s"] >= 0
     row = read_docs(str(tmp_path / "out")).to_pylist()[0]
     meta = row["meta"]
     assert meta["recipe"] == "tiny_fact" and meta["seed_id"].startswith("test:") and meta["teacher_model"]
@@ -89,8 +92,12 @@ def test_faults_lose_and_duplicate_nothing(teacher, ray_local, seeds_file, tmp_p
 
 def test_bad_teacher_configs_fail_before_any_work(teacher, seeds_file, tmp_path, monkeypatch):
     seeds = seeds_file(2)
+    import ray
+
+    started = ray.is_initialized()  # (another test's local Ray may be up)
     with pytest.raises(FactoryError, match="cannot reach teacher endpoint"):
         run(gen_cfg(seeds, tmp_path / "a", [f"http://127.0.0.1:{free_port()}/v1"], teacher.model), show_progress=False)
+    assert ray.is_initialized() == started  # given endpoints are probed before Ray and its workers start
     with pytest.raises(FactoryError, match="not served"):
         run(gen_cfg(seeds, tmp_path / "b", teacher.endpoints, "no-such-model"), show_progress=False)
     monkeypatch.delenv("FACTORY_TEST_KEY", raising=False)
