@@ -56,12 +56,14 @@ class _Conn(asyncio.Protocol):
             close = headers.get("connection", "").lower() == "close"
             self.srv.handle(self, method, path, body, close)
 
-    def send(self, status: int, payload: bytes, close: bool) -> None:
+    def send(self, status: int, payload: bytes, close: bool, headers: dict[str, str] | None = None) -> None:
         if self.tr is None or self.tr.is_closing():
             return
-        reason = {200: "OK", 404: "Not Found", 400: "Bad Request"}.get(status, "OK")
+        reason = {200: "OK", 404: "Not Found", 400: "Bad Request", 429: "Too Many Requests",
+                  503: "Service Unavailable"}.get(status, "OK")
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.tr.write(f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(payload)}\r\n"
-                      f"connection: {'close' if close else 'keep-alive'}\r\n\r\n".encode() + payload)
+                      f"{extra}connection: {'close' if close else 'keep-alive'}\r\n\r\n".encode() + payload)
         if close:
             self.tr.close()
 

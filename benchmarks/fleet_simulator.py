@@ -15,6 +15,12 @@ Each simulated replica has its own port and its own engine:
 - `speed` runs simulated time that much faster than the wall clock (a fast token rate).
 Output lengths: `output="max"` gives every request its max_tokens; "mixed" draws a per-request
 length log-uniformly in [16, max_tokens] (deterministic from the prompt, so runs compare).
+HTTP: by default an aiohttp web app per replica; `http="fast"` puts the same engines behind the
+minimal HTTP/1.1 keep-alive server of benchmarks/_stub_server.py (no request and response
+objects, no router: a few times less CPU per request), for runs where the simulator's own CPU
+would take the client's share of a small machine (the million-request benchmark). The engine,
+its timing model, the 429s and the client hanging up mid-request (its sequence is dropped)
+behave the same in both.
 
 Calibration (the defaults): Llama-3.1-8B-Instruct in BF16 on one A100-40GB under vLLM, from a
 published concurrency sweep (johnmusgrave.com, "vLLM throughput-latency sweep on NVIDIA A100",
@@ -49,9 +55,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 try:
-    from benchmarks._stub_server import ChildServer, die_with_parent
+    from benchmarks._stub_server import ChildServer, _Conn, die_with_parent
 except ImportError:  # imported or run from benchmarks/
-    from _stub_server import ChildServer, die_with_parent  # type: ignore[no-redef]
+    from _stub_server import ChildServer, _Conn, die_with_parent  # type: ignore[no-redef]
 
 MODEL = "sim-llama-8b"
 _VOCAB = ("the of a river light stone market winter signal theory garden engine number people field "
@@ -84,6 +90,11 @@ class _Seq:
         self.prompt, self.out, self.fut, self.done_at = prompt, out, fut, 0
 
 
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class Replica:
     """The engine of one simulated replica: a queue, a running batch and a scheduler loop."""
 
@@ -93,7 +104,7 @@ class Replica:
         self.running: list[tuple[int, int, _Seq]] = []  # heap by the decode step the sequence ends at
         self.steps = 0  # decode steps so far
         self.kv_used = 0
-        self.wake = asyncio.Event()
+        self.wake: asyncio.Future | None = None  # set by an arrival while the loop naps
         self.prefixes: set[bytes] = set()
         self.ids = itertools.count()
         self.st = collections.Counter()
@@ -124,7 +135,8 @@ class Replica:
         fut = asyncio.get_running_loop().create_future()
         self.waiting.append(_Seq(cost, out, fut))
         self.st["max_waiting"] = max(self.st["max_waiting"], len(self.waiting))
-        self.wake.set()
+        if self.wake is not None:
+            _wake(self.wake)
         return fut, prompt, out
 
     def _admit(self) -> int:
@@ -148,13 +160,24 @@ class Replica:
         self.st["max_batch"] = max(self.st["max_batch"], len(self.running))
         return prefill
 
+    async def nap(self, timeout: float | None) -> None:
+        """Until an arrival or `timeout` seconds (a future and a timer: cheaper than wait_for on an event)."""
+        loop = asyncio.get_running_loop()
+        self.wake = fut = loop.create_future()
+        timer = loop.call_later(timeout, _wake, fut) if timeout is not None else None
+        try:
+            await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self.wake = None
+
     async def loop(self) -> None:
         m, clock = self.m, asyncio.get_running_loop().time
         while True:
             prefill = self._admit()
             if not self.running:
-                self.wake.clear()
-                await self.wake.wait()
+                await self.nap(None)
                 continue
             step = m.step_s + m.per_seq_s * len(self.running)
             k = self.running[0][0] - self.steps  # steps until the next sequence ends
@@ -164,11 +187,7 @@ class Replica:
             extra = prefill * m.prefill_per_token_s
             t0 = clock()
             if room and k > 1:  # an arrival may join at the next step boundary
-                self.wake.clear()
-                try:
-                    await asyncio.wait_for(self.wake.wait(), (k * step + extra) / m.speed)
-                except asyncio.TimeoutError:
-                    pass
+                await self.nap((k * step + extra) / m.speed)
                 sim = (clock() - t0) * m.speed - extra
                 done = min(k, max(1, math.ceil(sim / step - 1e-9)))
                 rest = (done * step + extra) / m.speed - (clock() - t0)
@@ -200,54 +219,124 @@ def _completion(req: dict[str, Any], prompt: int, out: int, n: int) -> bytes:
         "usage": {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}}).encode()
 
 
+MODELS = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "sim"}]}).encode()
+
+
+def _error(message: str, **extra: str) -> bytes:
+    return json.dumps({"error": {"message": message, **extra}}).encode()
+
+
+def start_chat(replica: Replica, body: bytes) -> tuple[int, bytes, dict[str, str]] | tuple[asyncio.Future, Any]:
+    """A chat request: (status, body, headers) to answer at once (400, 503, 429), or (future, build):
+    answer with build() once the engine has finished the sequence."""
+    try:
+        req = json.loads(body)
+        text = "\n".join(str(m.get("content", "")) for m in req["messages"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return 400, _error(f"bad request: {e}"), {}
+    m = replica.m
+    replica.st["requests"] += 1
+    if m.fail and (replica.st["requests"] % 1000) < m.fail * 1000:
+        replica.st["failed_503"] += 1
+        return 503, _error("simulated replica failure"), {}
+    sub = replica.submit(text, int(req.get("max_tokens") or 256))
+    if sub is None:
+        ra = m.retry_after_s / m.speed
+        return 429, _error("queue full", type="rate_limit"), {"retry-after": str(max(1, math.ceil(ra))),
+                                                              "retry-after-ms": str(int(ra * 1000))}
+    fut, prompt, out = sub
+    return fut, lambda: _completion(req, prompt, out, replica.st["served"])
+
+
+def stats_of(replica: Replica) -> bytes:
+    return json.dumps({**replica.st, "running": len(replica.running), "waiting": len(replica.waiting)}).encode()
+
+
+def configure_with(replica: Replica, upd: dict[str, Any]) -> tuple[int, bytes]:
+    bad = sorted(set(upd) - {f.name for f in fields(ReplicaModel)})
+    if bad:
+        return 400, _error(f"unknown parameters {bad}")
+    for k, v in upd.items():
+        setattr(replica.m, k, v)
+    return 200, json.dumps(asdict(replica.m)).encode()
+
+
+class _FastConn(_Conn):
+    """A connection of the fast server: the sequence it waits for is dropped if the client hangs up."""
+
+    def __init__(self, srv: "_FastReplica"):
+        super().__init__(srv)
+        self.waiting: asyncio.Future | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.cancel()
+
+
+class _FastReplica:
+    """One replica's routes on the minimal HTTP server (`http="fast"`)."""
+
+    def __init__(self, replica: Replica):
+        self.replica = replica
+
+    def handle(self, conn: _FastConn, method: str, path: str, body: bytes, close: bool) -> None:
+        path = path.split("?", 1)[0].rstrip("/")
+        if method == "POST" and path == "/v1/chat/completions":
+            started = start_chat(self.replica, body)
+            if len(started) == 3:
+                return conn.send(*started[:2], close, started[2])
+            fut, build = started
+            conn.waiting = fut
+
+            def done(f: asyncio.Future) -> None:
+                conn.waiting = None
+                if not f.cancelled():
+                    conn.send(200, build(), close)
+
+            fut.add_done_callback(done)
+            return None
+        if method == "GET" and path == "/v1/models":
+            return conn.send(200, MODELS, close)
+        if method == "GET" and path == "/stats":
+            return conn.send(200, stats_of(self.replica), close)
+        if method == "POST" and path == "/configure":
+            try:
+                return conn.send(*configure_with(self.replica, json.loads(body)), close)
+            except (ValueError, TypeError) as e:
+                return conn.send(400, _error(f"bad request: {e}"), close)
+        return conn.send(404, _error("not found"), close)
+
+
 def make_app(replica: Replica):
     from aiohttp import web
-
-    models = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "sim"}]})
 
     async def chat(request: web.Request) -> web.Response:
         try:
             body = await request.read()
         except ConnectionResetError:  # the client went away mid-request
             return web.Response(status=499)
-        try:
-            req = json.loads(body)
-            text = "\n".join(str(m.get("content", "")) for m in req["messages"])
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            return web.json_response({"error": {"message": f"bad request: {e}"}}, status=400)
-        m = replica.m
-        replica.st["requests"] += 1
-        if m.fail and (replica.st["requests"] % 1000) < m.fail * 1000:
-            replica.st["failed_503"] += 1
-            return web.json_response({"error": {"message": "simulated replica failure"}}, status=503)
-        sub = replica.submit(text, int(req.get("max_tokens") or 256))
-        if sub is None:
-            ra = m.retry_after_s / m.speed
-            return web.json_response({"error": {"message": "queue full", "type": "rate_limit"}}, status=429,
-                                     headers={"retry-after": str(max(1, math.ceil(ra))), "retry-after-ms": str(int(ra * 1000))})
-        fut, prompt, out = sub
+        started = start_chat(replica, body)
+        if len(started) == 3:
+            status, payload, headers = started
+            return web.Response(body=payload, status=status, headers=headers, content_type="application/json")
+        fut, build = started
         try:
             await fut
         except asyncio.CancelledError:  # the client went away: the sequence is dropped where it is
             fut.cancel()
             raise
-        return web.Response(body=_completion(req, prompt, out, replica.st["served"]), content_type="application/json")
+        return web.Response(body=build(), content_type="application/json")
 
     async def model_list(request: web.Request) -> web.Response:
-        return web.Response(text=models, content_type="application/json")
+        return web.Response(body=MODELS, content_type="application/json")
 
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response({**replica.st, "running": len(replica.running), "waiting": len(replica.waiting)})
+        return web.Response(body=stats_of(replica), content_type="application/json")
 
     async def configure(request: web.Request) -> web.Response:
-        upd = await request.json()
-        known = {f.name: f.type for f in fields(ReplicaModel)}
-        bad = sorted(set(upd) - set(known))
-        if bad:
-            return web.json_response({"error": {"message": f"unknown parameters {bad}"}}, status=400)
-        for k, v in upd.items():
-            setattr(replica.m, k, v)
-        return web.json_response(asdict(replica.m))
+        status, payload = configure_with(replica, await request.json())
+        return web.Response(body=payload, status=status, content_type="application/json")
 
     app = web.Application(client_max_size=64 * 1024**2)
     app.add_routes([web.post("/v1/chat/completions", chat), web.get("/v1/models", model_list),
@@ -255,7 +344,7 @@ def make_app(replica: Replica):
     return app
 
 
-async def serve(n: int, model: ReplicaModel, host: str = "127.0.0.1", ready=None) -> None:
+async def serve(n: int, model: ReplicaModel, host: str = "127.0.0.1", ready=None, http: str = "aiohttp") -> None:
     from aiohttp import web
 
     import logging
@@ -263,7 +352,14 @@ async def serve(n: int, model: ReplicaModel, host: str = "127.0.0.1", ready=None
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # clients hanging up mid-request are normal here
     runners, ports = [], []
     for _ in range(n):
-        app = make_app(Replica(ReplicaModel(**asdict(model))))
+        replica = Replica(ReplicaModel(**asdict(model)))
+        if http == "fast":
+            fast = _FastReplica(replica)
+            server = await asyncio.get_running_loop().create_server(lambda f=fast: _FastConn(f), host, 0, backlog=4096)
+            runners.append(server)
+            ports.append(server.sockets[0].getsockname()[1])
+            continue
+        app = make_app(replica)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, 0, backlog=4096)
@@ -280,9 +376,9 @@ class FleetSimulator(ChildServer):
 
     ready = "ports"
 
-    def __init__(self, replicas: int = 1, **model: Any):
+    def __init__(self, replicas: int = 1, http: str = "aiohttp", **model: Any):
         self.n, self.model = replicas, ReplicaModel(**model)
-        super().__init__(__file__, ["--replicas", str(self.n), "--model", json.dumps(asdict(self.model))])
+        super().__init__(__file__, ["--replicas", str(self.n), "--model", json.dumps(asdict(self.model)), "--http", http])
 
     @property
     def urls(self) -> list[str]:
@@ -309,6 +405,7 @@ def cli(argv: list[str] | None = None) -> int:  # not `main`: run_all.py runs ev
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--model", default="{}", help="ReplicaModel fields as JSON")
+    ap.add_argument("--http", choices=("aiohttp", "fast"), default="aiohttp")
     for f in fields(ReplicaModel):
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
     a = ap.parse_args(argv)
@@ -317,7 +414,7 @@ def cli(argv: list[str] | None = None) -> int:  # not `main`: run_all.py runs ev
     die_with_parent()
     try:
         asyncio.run(serve(a.replicas, ReplicaModel(**params), a.host,
-                          ready=lambda ps: print("ports " + ",".join(map(str, ps)), flush=True)))
+                          ready=lambda ps: print("ports " + ",".join(map(str, ps)), flush=True), http=a.http))
     except KeyboardInterrupt:
         pass
     return 0

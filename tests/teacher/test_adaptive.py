@@ -124,9 +124,10 @@ def test_window_rises_on_an_idle_fleet():
         assert served(fleet) == 1000
 
 
-def test_window_falls_on_429s_and_nothing_is_lost():
+@pytest.mark.parametrize("http", ["aiohttp", "fast"])  # the simulator's two HTTP layers behave alike
+def test_window_falls_on_429s_and_nothing_is_lost(http):
     # a small replica: a batch of 4 and a queue of 4; the client starts at 64 in flight
-    with FleetSimulator(replicas=1, speed=20, max_batch=4, max_queue=4, retry_after_s=1.0) as fleet:
+    with FleetSimulator(replicas=1, speed=20, max_batch=4, max_queue=4, retry_after_s=1.0, http=http) as fleet:
         cfg = sim_cfg(fleet.urls, max_in_flight=64)
 
         async def go():
@@ -158,8 +159,9 @@ def test_fixed_window_for_paid_apis_and_when_switched_off():
         assert fleet.stats()[0]["max_batch"] <= 3
 
 
-def test_breaker_opens_on_a_failing_replica_and_closes_when_it_heals():
-    with FleetSimulator(replicas=2, speed=20) as fleet:
+@pytest.mark.parametrize("http", ["aiohttp", "fast"])
+def test_breaker_opens_on_a_failing_replica_and_closes_when_it_heals(http):
+    with FleetSimulator(replicas=2, speed=20, http=http) as fleet:
         fleet.configure(1, fail=1.0)
         cfg = sim_cfg(fleet.urls, max_in_flight=4)
 
