@@ -19,6 +19,9 @@ How a sample is chosen (all of it a pure function of the plan, so the loader's s
   `blend_schedule`). Phases follow one another in plan order.
 - Ranks: global sample g = step*world*batch + rank*batch + i, so ranks never share a sample and
   any world size covers the same stream.
+
+`RandomData` is the other source (`data.source: random`): learnable synthetic tokens for checks
+that need no plan.
 """
 
 from __future__ import annotations
@@ -273,3 +276,37 @@ class MixLoader:
                                        f"(more than {tol:.1%} off)")
             report["phases"][name] = {"complete": full, "sources": rows}
         return report
+
+
+class RandomData:
+    """Learnable synthetic tokens: x[t+1] = x[t] + one of 4 fixed offsets (mod V), so the loss floor
+    is ln 4. Sample i of the global stream depends only on (seed, i): the same global batch on any
+    number of ranks."""
+
+    def __init__(self, seed: int, vocab: int, seq_len: int, rank: int, world: int, micro: int, split: str = "train"):
+        self.seed, self.V, self.T = seed, vocab, seq_len
+        self.rank, self.world, self.micro = rank, world, micro
+        g = torch.Generator().manual_seed(seed)
+        self.offsets = torch.randint(1, vocab, (4,), generator=g)
+        self.base = (seed * 1_000_003 + (0 if split == "train" else 10**12))
+        self.cursor = 0  # micro-batches drawn by this rank
+
+    def sample(self, i: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.base + i)
+        x0 = torch.randint(0, self.V, (1,), generator=g)
+        steps = self.offsets[torch.randint(0, 4, (self.T,), generator=g)]
+        return torch.cat([x0, (x0 + steps.cumsum(0)) % self.V])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        first = (self.cursor * self.world + self.rank) * self.micro
+        self.cursor += 1
+        return torch.stack([self.sample(first + j) for j in range(self.micro)])
+
+    def state_dict(self) -> dict:
+        return {"step": self.cursor}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.cursor = int(d["step"])

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from train import checkpoint, config as config_mod, storage
 from train.config import RunConfig
+from train.loader import RandomData
 from train.metrics import MetricsLog, device_name, peak_flops
 from train.model import Transformer, model_args
 from train.progress import clock, eta_s, every_s
@@ -47,40 +48,6 @@ def init_distributed(device_pref: str = "auto") -> torch.device:
 
 
 # --------------------------------------------------------------------------- data
-
-class RandomData:
-    """Learnable synthetic tokens: x[t+1] = x[t] + one of 4 fixed offsets (mod V), so the loss floor
-    is ln 4. Sample i of the global stream depends only on (seed, i): the same global batch on any
-    number of ranks."""
-
-    def __init__(self, seed: int, vocab: int, seq_len: int, rank: int, world: int, micro: int, split: str = "train"):
-        self.seed, self.V, self.T = seed, vocab, seq_len
-        self.rank, self.world, self.micro = rank, world, micro
-        g = torch.Generator().manual_seed(seed)
-        self.offsets = torch.randint(1, vocab, (4,), generator=g)
-        self.base = (seed * 1_000_003 + (0 if split == "train" else 10**12))
-        self.cursor = 0  # micro-batches drawn by this rank
-
-    def sample(self, i: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.base + i)
-        x0 = torch.randint(0, self.V, (1,), generator=g)
-        steps = self.offsets[torch.randint(0, 4, (self.T,), generator=g)]
-        return torch.cat([x0, (x0 + steps.cumsum(0)) % self.V])
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        first = (self.cursor * self.world + self.rank) * self.micro
-        self.cursor += 1
-        return torch.stack([self.sample(first + j) for j in range(self.micro)])
-
-    def state_dict(self) -> dict:
-        return {"step": self.cursor}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.cursor = int(d["step"])
-
 
 def make_data(cfg: RunConfig, rank: int, world: int):
     """(this rank's batch source, info: seq_len, vocab_size, plan, tokenizer)."""
@@ -281,15 +248,17 @@ def settle(out: dict) -> dict:
 
 @torch.no_grad()
 def evaluate(model, data, batches: int, device, single=None) -> float:
+    """Held-out loss, run eagerly: a few batches do not pay for compiling the no-grad graphs."""
     if single is not None:
         single.pull()
         model = single
     model.eval()
     s = n = 0.0
-    for _ in range(batches):
-        b = next(data).to(device)
-        s += float(model(b[:, :-1], b[:, 1:]))
-        n += int((b[:, 1:] != -100).sum())
+    with torch.compiler.set_stance("force_eager"):
+        for _ in range(batches):
+            b = next(data).to(device)
+            s += float(model(b[:, :-1], b[:, 1:]))
+            n += int((b[:, 1:] != -100).sum())
     model.train()
     s, n = all_sum(s, n, device=device)
     return s / max(n, 1.0)
@@ -313,7 +282,13 @@ def train(cfg: RunConfig, on_model=None) -> dict:
     `on_model(model, args)`, if given, is called with the trained model after validation (every
     rank takes part); what it returns is the summary's `on_model` entry."""
     t_start = time.time()
+    marks: dict[str, float] = {}  # where the run's time went outside its steps (summary["phases_s"])
+
+    def mark(name: str) -> None:
+        marks[name] = time.time()
+
     device = init_distributed(cfg.train.device)
+    mark("ranks")
     rank, world = dist.get_rank(), dist.get_world_size()
     use_bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and device.type == "cuda")
     dtype = torch.bfloat16 if use_bf16 else torch.float32
@@ -333,8 +308,10 @@ def train(cfg: RunConfig, on_model=None) -> dict:
                     int(os.environ.get("LOCAL_RANK", 0)) == 0, dist.barrier)
     data, info = make_data(cfg, rank, world)
     seq_len = info["seq_len"]
+    mark("data")
     model, args, single = build_model(cfg, info["vocab_size"], seq_len, device, dtype, world)
     optim = build_optimizer(cfg, model, device)
+    mark("model")
     total = plan_steps(cfg, data, accum)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(cfg, s, total))
 
@@ -370,6 +347,7 @@ def train(cfg: RunConfig, on_model=None) -> dict:
             keep=cfg.checkpoint.keep)
 
     rec, first_local, held = {}, None, None
+    mark("resume_and_logs")
     t_train = last_line = time.time()
     t_last = time.perf_counter()
     every = every_s()
@@ -415,13 +393,16 @@ def train(cfg: RunConfig, on_model=None) -> dict:
         else:
             lagged = (step, out, lr)
     train_s = time.time() - t_train
+    mark("steps")
 
     val_loss = None
     if cfg.eval.batches:
         held = held or HeldOut(cfg, rank, world, accum)
         val_loss = evaluate(model, held(), held.n, device, single)
         log.log({"step": total, "val_loss": val_loss})
+    mark("validation")
     hooked = on_model(model, args) if on_model is not None else None
+    mark("on_model")
     if cfg.checkpoint.final and total > start:
         save_ckpt(total)
     small = model.num_params() < 50_000_000
@@ -450,6 +431,11 @@ def train(cfg: RunConfig, on_model=None) -> dict:
         summary["epochs_seen"] = data.epochs_seen()
         summary["tokens_drawn"] = data.tokens_drawn()
         summary["plan_check"] = data.check_against_plan(total * accum)
+    mark("end")
+    names, last = list(marks), t_start
+    summary["phases_s"] = {}
+    for n in names:
+        summary["phases_s"][n], last = round(marks[n] - last, 3), marks[n]
     if rank == 0:
         storage.write_text(storage.join(run_dir, "run.json"), json.dumps(summary, indent=1, default=str))
     dist.barrier()

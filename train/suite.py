@@ -139,8 +139,14 @@ def _write_atomic(path: str, text: str) -> None:
     tmp.replace(path)
 
 
+def _model_key(config: dict) -> str:
+    return json.dumps([config.get("model"), config.get("train", {}).get("micro_batch")], sort_keys=True, default=str)
+
+
 def run_lane(lane: dict, echo: Callable[[str], None] = print) -> list[dict]:
-    """Train and evaluate a lane's tasks in this process; returns the records written."""
+    """Train and evaluate a lane's tasks in this process; returns the records written. The
+    benchmarks are loaded and tokenized in a background thread from the lane's start (ready by the
+    first run's end), and the device memory cache is kept between runs of one model shape."""
     import torch
     from tokenizers import Tokenizer
 
@@ -154,12 +160,19 @@ def run_lane(lane: dict, echo: Callable[[str], None] = print) -> list[dict]:
     for b in benches:
         if Path(b, "benchmark.yaml").exists():
             move.file(str(Path(b, "benchmark.yaml")))
-    evaluators: dict[str, Any] = {}
+    pool = cf.ThreadPoolExecutor(1)
+    evaluators: dict[str, cf.Future] = {}
+
+    def evaluator(tok_path: str) -> cf.Future:
+        if tok_path not in evaluators:
+            evaluators[tok_path] = pool.submit(lambda: Evaluator(Tokenizer.from_file(tok_path), benches, lane.get("max_items"),
+                                                                 int(lane.get("batch_size", 32))))
+        return evaluators[tok_path]
+
     done, failed = [], []
-    for t in lane["tasks"]:
-        t = move(t)
-        if storage.exists(t["eval_json"]):
-            continue
+    todo = [move(t) for t in lane["tasks"]]
+    todo = [t for t in todo if not storage.exists(t["eval_json"])]
+    for i, t in enumerate(todo):
         t0 = time.time()
         try:
             if not Path(t["config"]["data"]["plan"]).exists() and t.get("plan_url"):  # a node that never saw it
@@ -167,17 +180,17 @@ def run_lane(lane: dict, echo: Callable[[str], None] = print) -> list[dict]:
             move.file(t["config"]["data"]["plan"])
             cfg = prepare(t["config"])
             tok_path = _tokenizer_path(cfg)
+            evaluator(tok_path)  # the first run's: tokenizes while this run trains
             timing: dict[str, float] = {}
 
             def score(model, args):
                 t1 = time.time()
-                if tok_path not in evaluators:  # built at the first score, after the first run trained
-                    evaluators[tok_path] = Evaluator(Tokenizer.from_file(tok_path), benches, lane.get("max_items"),
-                                                     int(lane.get("batch_size", 32)))
+                ev = evaluator(tok_path).result()
+                timing["eval_wait_s"] = time.time() - t1
                 dev = next(model.parameters()).device
                 dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
                 plain = plain_copy(model, args, dev, dtype)
-                out = evaluators[tok_path](plain)
+                out = ev(plain)
                 del plain
                 timing["eval_s"] = time.time() - t1
                 return out
@@ -189,18 +202,27 @@ def run_lane(lane: dict, echo: Callable[[str], None] = print) -> list[dict]:
             continue
         finally:
             gc.collect()
-            if torch.cuda.is_available():
+            same = i + 1 < len(todo) and _model_key(todo[i + 1]["config"]) == _model_key(t["config"])
+            if torch.cuda.is_available() and not same:  # the next run has other shapes: give the memory back
                 torch.cuda.empty_cache()
         wall = time.time() - t0
+        steps_s = float(summary.get("train_s") or 0.0)
         rec = {"cell": t["cell"], "seed": t["seed"], "params": t["params"], "scores": summary["on_model"],
                "run_dir": str(cfg.run_dir), "train_s": round(wall - timing["eval_s"], 2),
                "eval_s": round(timing["eval_s"], 2), "steps": summary["steps"],
                "tokens": summary["steps"] * summary["tokens_per_step"], "final_loss": summary["final_loss"],
-               "device": summary["device"]}
+               "device": summary["device"],
+               # where the run's time went: its optimizer steps, everything else in train (set-up, data,
+               # validation, run.json), waiting for the benchmarks' tokenization, scoring
+               "time": {"steps_s": round(steps_s, 2), "other_s": round(wall - timing["eval_s"] - steps_s, 2),
+                        "eval_wait_s": round(timing.get("eval_wait_s", 0.0), 2),
+                        "score_s": round(timing["eval_s"] - timing.get("eval_wait_s", 0.0), 2),
+                        "phases_s": summary.get("phases_s")}}
         _write_atomic(t["eval_json"], json.dumps(rec, indent=1))
         done.append(rec)
         echo(f"[suite] {t['cell']} seed {t['seed']}: {rec['tokens']:,} tokens, train {rec['train_s']}s, "
              f"eval {rec['eval_s']}s, loss {rec['final_loss']:.3f}")
+    pool.shutdown(wait=False)
     if failed:
         raise SystemExit(f"{len(failed)} of {len(lane['tasks'])} runs failed in this lane")
     return done
