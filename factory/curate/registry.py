@@ -325,7 +325,7 @@ class QualityCfg(FilterCfg):
     enabled: bool = False
     model: str = ""
     # the highest threshold at which 2-fold cross-validation on the dev labels keeps 0.8 of the clean documents,
-    # for either kind of model (seed: defect share 0.50 of the kept set; n-grams: 0.65)
+    # for either kind of model (seed: defect share 0.53 of the kept set; n-grams: 0.67)
     threshold: float = Field(0.4, ge=0, le=1, description="chosen by 2-fold cross-validation on the dev labels")
     seeds: list[str] = Field(default_factory=list, description="seed stage folders for a seed-feature model; "
                              "empty: the folders in dedup.reference")
