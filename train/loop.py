@@ -1,6 +1,6 @@
 """The FSDP2 pretraining loop (one rank: no wrapper, train/single.py): `torchrun --nproc_per_node N -m train.loop --config run.yaml [k=v ...]`.
 
-Read top to bottom: set up ranks -> build and shard the model -> optimizer and schedule -> data ->
+Read top to bottom: set up ranks -> data -> build and shard the model, optimizer (train/build.py) -> schedule ->
 resume -> train steps (accumulate, clip, step, log, checkpoint) -> validate -> final checkpoint,
 HF export and run.json -> clean exit. `train(cfg)` is the same body that Ray Train workers run.
 run_dir may be an fsspec URL: see train/storage.py for what goes there and what stays local.
@@ -22,9 +22,9 @@ import torch.distributed as dist
 
 from train import checkpoint, config as config_mod, storage
 from train.config import RunConfig
+from train.build import attention_kernel, build_model, build_optimizer
 from train.loader import RandomData
 from train.metrics import MetricsLog, device_name, peak_flops
-from train.model import Transformer, model_args
 from train.progress import clock, eta_s, every_s
 
 
@@ -105,69 +105,6 @@ class HeldOut:
 
 
 # --------------------------------------------------------------------------- model, optimizer, schedule
-
-def attention_kernel(cfg: RunConfig, device: torch.device) -> str:
-    """The SDPA kernel used: train.sdpa, where `auto` means cudnn on Hopper (on an H100 as fast as
-    flash and faster than torch's own pick: benchmarks/train_mfu.py) and torch's choice elsewhere."""
-    if cfg.train.sdpa == "auto" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9:
-        return "cudnn"
-    return cfg.train.sdpa if device.type == "cuda" else "auto"
-
-
-def _compile(model) -> None:
-    for blk in model.layers:
-        blk.forward = torch.compile(blk.forward)
-    model.head_loss = torch.compile(model.head_loss)
-
-
-def build_model(cfg: RunConfig, vocab: int, seq_len: int, device: torch.device, dtype: torch.dtype,
-                world: int | None = None):
-    """(model, args, single): the model the optimizer steps, and on one rank (train.shard auto) its
-    MasterWeights (train/single.py: FSDP2's arithmetic without the wrapper), else None."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    from train.single import MasterWeights
-
-    m = cfg.model
-    over = {k: getattr(m, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta",
-                                       "norm_eps", "tie_embeddings", "init_std")}
-    args = model_args(m.preset, vocab_size=m.vocab_size or vocab, max_seq_len=max(seq_len, 2048), **over)
-    sdpa = attention_kernel(cfg, device)
-    if device.type == "cuda" and sdpa != "auto":  # only the chosen kernel (math as fallback)
-        b = torch.backends.cuda
-        b.enable_flash_sdp(sdpa == "flash")
-        b.enable_cudnn_sdp(sdpa == "cudnn")
-        b.enable_mem_efficient_sdp(sdpa == "efficient")
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank, whatever the world size
-    model = Transformer(args).to(device)
-    if (world or dist.get_world_size()) == 1 and cfg.train.shard == "auto":
-        single = MasterWeights(model, dtype)
-        if cfg.train.compile:
-            _compile(single.compute)
-        return model, args, single
-    if cfg.train.compile:
-        _compile(model)
-    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype != torch.float32 else None
-    kw = {"mp_policy": mp} if mp else {}
-    for i, blk in enumerate(model.layers):
-        fully_shard(blk, reshard_after_forward=i < len(model.layers) - 1, **kw)
-    fully_shard(model, **kw)
-    return model, args, None
-
-
-def build_optimizer(cfg: RunConfig, model, device: torch.device):
-    o = cfg.optim
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kw = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
-    if device.type == "cuda":
-        try:
-            return torch.optim.AdamW(groups, fused=True, **kw)
-        except (RuntimeError, TypeError):
-            pass
-    return torch.optim.AdamW(groups, foreach=True, **kw)
-
 
 def lr_factor(cfg: RunConfig, step: int, total: int) -> float:
     """Multiplier of optim.lr after `step` completed steps: linear warmup, then cosine/WSD/constant."""
@@ -277,10 +214,12 @@ def params_sha(model) -> str:
 
 # --------------------------------------------------------------------------- the run
 
-def train(cfg: RunConfig, on_model=None) -> dict:
+def train(cfg: RunConfig, on_model=None, initial=None, on_built=None) -> dict:
     """Train per cfg on the ranks of the current process group; returns the run summary (run.json).
     `on_model(model, args)`, if given, is called with the trained model after validation (every
-    rank takes part); what it returns is the summary's `on_model` entry."""
+    rank takes part); what it returns is the summary's `on_model` entry. `initial`: this run's
+    initial weights made ahead (initial_model); `on_built()` is called once the model and optimizer
+    exist, before the first step."""
     t_start = time.time()
     marks: dict[str, float] = {}  # where the run's time went outside its steps (summary["phases_s"])
 
@@ -309,9 +248,11 @@ def train(cfg: RunConfig, on_model=None) -> dict:
     data, info = make_data(cfg, rank, world)
     seq_len = info["seq_len"]
     mark("data")
-    model, args, single = build_model(cfg, info["vocab_size"], seq_len, device, dtype, world)
+    model, args, single = build_model(cfg, info["vocab_size"], seq_len, device, dtype, world, initial)
     optim = build_optimizer(cfg, model, device)
     mark("model")
+    if on_built is not None:
+        on_built()
     total = plan_steps(cfg, data, accum)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(cfg, s, total))
 

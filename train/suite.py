@@ -144,15 +144,19 @@ def _model_key(config: dict) -> str:
 
 
 def run_lane(lane: dict, echo: Callable[[str], None] = print) -> list[dict]:
-    """Train and evaluate a lane's tasks in this process; returns the records written. The
-    benchmarks are loaded and tokenized in a background thread from the lane's start (ready by the
-    first run's end), and the device memory cache is kept between runs of one model shape."""
+    """Train and evaluate a lane's tasks in this process; returns the records written. In a
+    background thread, while a run trains: the benchmarks are loaded and tokenized (from the lane's
+    start, ready by the first run's end) and the next run's initial weights are drawn (the same
+    weights and random state as drawing them at its start). The device memory cache is kept
+    between runs of one model shape."""
     import torch
     from tokenizers import Tokenizer
 
     from train import storage
     from train.eval import Evaluator
     from train.launch import prepare
+    from train.config import load as load_config
+    from train.build import data_shape, initial_model
     from train.loop import train
 
     move = Mover(lane.get("root"))
@@ -168,6 +172,22 @@ def run_lane(lane: dict, echo: Callable[[str], None] = print) -> list[dict]:
             evaluators[tok_path] = pool.submit(lambda: Evaluator(Tokenizer.from_file(tok_path), benches, lane.get("max_items"),
                                                                  int(lane.get("batch_size", 32))))
         return evaluators[tok_path]
+
+    ahead: dict[int, cf.Future] = {}  # run index -> its initial weights, drawn while the one before trains
+
+    def draw_ahead(j: int) -> None:
+        if j >= len(todo) or not Path(todo[j]["config"]["data"].get("plan") or ".").exists():
+            return  # nothing next, or a plan this node fetches first: drawn at the run's start as usual
+        def job():
+            c = load_config(todo[j]["config"])
+            return initial_model(c, *data_shape(c))
+        ahead[j] = pool.submit(job)
+
+    def wait_ahead(j: int):
+        try:
+            return ahead[j].result() if j in ahead else None
+        except Exception:  # noqa: BLE001 - drawn again at the run's start
+            return None
 
     done, failed = [], []
     todo = [move(t) for t in lane["tasks"]]
@@ -185,6 +205,7 @@ def run_lane(lane: dict, echo: Callable[[str], None] = print) -> list[dict]:
 
             def score(model, args):
                 t1 = time.time()
+                wait_ahead(i + 1)  # scoring draws random numbers too (a CPU model's init): not while the thread does
                 ev = evaluator(tok_path).result()
                 timing["eval_wait_s"] = time.time() - t1
                 dev = next(model.parameters()).device
@@ -195,7 +216,7 @@ def run_lane(lane: dict, echo: Callable[[str], None] = print) -> list[dict]:
                 timing["eval_s"] = time.time() - t1
                 return out
 
-            summary = train(cfg, on_model=score)
+            summary = train(cfg, on_model=score, initial=wait_ahead(i), on_built=lambda: draw_ahead(i + 1))
         except Exception:  # noqa: BLE001 - one failed run does not stop the lane
             failed.append(t)
             echo(f"[suite] FAILED {t['cell']} seed {t['seed']}:\n{traceback.format_exc()}")

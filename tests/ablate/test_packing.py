@@ -36,15 +36,17 @@ def _scores(r: dict) -> dict:
 
 
 def test_lanes_on_ray_give_the_scores_of_one_run_at_a_time(tmp_path, tokens):
-    grid = _grid(tmp_path, tokens, export=True, lanes=2, parallel="ray")  # one at a time scores the export
+    # two lanes, each a real Ray task training two runs (the second's initial weights drawn while the
+    # first trains); one at a time scores the export
+    grid = _grid(tmp_path, tokens, export=True, lanes=2, parallel="ray", seeds=[0, 1])
     one = ablate.run(grid, tmp_path / "one", show=False, train_fn=_default_train(1), eval_fn=ablate.default_eval)
-    packed = ablate.run(grid, tmp_path / "packed", show=False)  # two lanes, each a real Ray task
-    assert packed["ran"] == 2 and len(list((tmp_path / "packed/tasks/lanes").glob("lane*.json"))) == 2
+    packed = ablate.run(grid, tmp_path / "packed", show=False)
+    assert packed["ran"] == 4 and len(list((tmp_path / "packed/tasks/lanes").glob("lane*.json"))) == 2
     a, b = _scores(one), _scores(packed)
     assert a.keys() == b.keys() and {"wiki_mc", "wiki_mc_bpb", "loss_web", "loss_synthetic"} <= set(next(iter(b.values())))
     for k in a:
         assert b[k] == pytest.approx(a[k], abs=1e-5)
-    assert ablate.run(grid, tmp_path / "packed", show=False)["skipped"] == 2  # done runs are not redone
+    assert ablate.run(grid, tmp_path / "packed", show=False)["skipped"] == 4  # done runs are not redone
 
 
 def test_a_task_list_trains_after_its_folder_moved_and_a_failed_run_is_redone(tmp_path, tokens, monkeypatch):

@@ -30,3 +30,29 @@ def test_one_rank_without_the_wrapper_equals_fsdp2(tmp_path, dtype):
 def test_a_bad_shard_value_names_the_field():
     with pytest.raises(config_mod.ConfigError, match="train.shard.*use auto or fsdp"):
         config_mod.load({"train": {"shard": "ddp"}})
+
+
+def test_initial_weights_drawn_ahead_in_a_thread_are_those_drawn_at_the_start(tmp_path):
+    """A lane draws the next run's initial weights in a thread while a run trains: the same weights
+    and the same random state afterwards as drawing them at the run's start, and the caller's
+    generator is left as it was."""
+    import concurrent.futures as cf
+
+    import torch
+
+    from train.build import build_model, data_shape, initial_model
+
+    cfg = config_mod.load(tiny_config(tmp_path, seed=7))
+    vocab, seq = data_shape(cfg)
+    cpu = torch.device("cpu")
+    model_a, _, _ = build_model(cfg, vocab, seq, cpu, torch.float32, world=1)
+    after_a = torch.get_rng_state()
+    torch.manual_seed(123)
+    mine = torch.get_rng_state()
+    with cf.ThreadPoolExecutor(1) as ex:
+        made = ex.submit(initial_model, cfg, vocab, seq).result()
+    assert torch.equal(torch.get_rng_state(), mine)
+    model_b, _, _ = build_model(cfg, vocab, seq, cpu, torch.float32, world=1, initial=made)
+    assert torch.equal(torch.get_rng_state(), after_a)
+    sa, sb = model_a.state_dict(), model_b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
