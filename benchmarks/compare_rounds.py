@@ -54,6 +54,10 @@ def summary(runs: dict[str, list[Run]]) -> dict[str, Any]:
            "spread": {"ours": [round(min(o), 2), round(max(o), 2)], "anchor": [round(min(an), 2), round(max(an), 2)],
                       "ratio_per_round": [round(min(per_round), 3), round(max(per_round), 3)]},
            "identical_outputs": [f"{same_outputs(r['texts'], ref['texts'])}/{len(ref['texts'])}" for r in ours + anchor[1:]]}
+    ws = [r["completion_tokens"] / r["workers_start_s"] for r in ours if r.get("timed") == "first_request"]
+    if ws:  # ours timed from its Ray workers' creation too (their process start counted)
+        out["ours_with_worker_start_tok_s"] = round(statistics.median(ws), 2)
+        out["ratio_with_worker_start"] = round(statistics.median(ws) / med_a, 3)
     if e2e:  # ours timed over the whole generate.run call too (Ray start and stop, probe, manifest)
         out["ours_end_to_end_tok_s"] = round(statistics.median(e2e), 2)
         out["ratio_end_to_end"] = round(statistics.median(e2e) / med_a, 3)

@@ -10,8 +10,9 @@ per replica (its `url` is a single endpoint), their datasets unioned into one ex
 processor's stage sends the rows of a batch one after another, so its concurrency is the number
 of batches in flight: `batch_size=1` (also the best balance over actors), a fixed pool of
 `--in-flight` actors per replica, and Ray Data's async-UDF concurrency per actor set to 1:
-exactly `--in-flight` requests per replica, as ours. Both are timed from their actors' start,
-Ray itself being up. `--rounds K` rounds alternate the anchor and ours (ABAB...); the JSON holds
+exactly `--in-flight` requests per replica, as ours (a fixed window; `--adaptive`: ours adaptive).
+Both are timed from their actors' start, Ray itself being up, to the last output; neither pays
+Ray's stop. `--rounds K` rounds alternate the anchor and ours (ABAB...); the JSON holds
 the medians, their spread and ratio = median(ours) / median(anchor) (compare_rounds.py); target >= 1.0.
 
 If Ray Data LLM cannot run here, the script says why and writes the JSON with ratio null.
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         with LocalTeacher(replicas=a.replicas, threads=a.threads) as t, removed(tmp):
             w = workload(a, tmp, t.endpoints, t.model)
             warm_up(t.endpoints, t.model, w["payloads"][0])
-            runs = alternate(a.rounds, lambda k: run_raydata(a, w, t.endpoints, t.model), lambda k: run_ours(a, w, tmp / f"ours{k}"))
+            runs = alternate(a.rounds, lambda k: run_raydata(a, w, t.endpoints, t.model),
+                             lambda k: run_ours(a, w, tmp / f"ours{k}", timed="workers_start"))
     finally:
         ray.shutdown()
     report("Ray Data LLM", machine(a), a.out, runs, anchor_name=f"Ray {ray.__version__} ray.data.llm HttpRequestProcessorConfig + "
