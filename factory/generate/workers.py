@@ -44,13 +44,14 @@ class GenWorker:
         from factory.generate.shard import process_shard
         from factory.teacher.client import TeacherClient
 
-        began = time.time()
+        began, cpu0 = time.time(), time.process_time()
         if self.client is None:
             self.client = TeacherClient(tcfg)
         await self.client.start(probe=False)
         st = await process_shard(k, rows, self.recipes, self.samples, self.client, self.stage, self.cache_dir,
                                  self.concurrency, self.progress, where=placement(), **self.flush)
-        return {**st, "born": self.born, "began": began, "ended": time.time()}  # for the run's timeline
+        # for the run's timeline: when, and the worker process's CPU seconds meanwhile (all its threads, Ray's too)
+        return {**st, "born": self.born, "began": began, "ended": time.time(), "cpu_s": time.process_time() - cpu0}
 
     async def poll(self) -> dict[str, Any]:
         if self.client is None:
@@ -144,6 +145,10 @@ def timeline(t0: float, results: dict[int, dict[str, Any]], done_at: float) -> d
         if "began" in r:
             runs.setdefault(r.get("pid"), []).append((r["began"], r["ended"]))
     out: dict[str, list[float]] = {"to_first_shard_s": [], "between_shards_s": [], "idle_at_end_s": []}
+    cpu = [r["cpu_s"] for r in results.values() if "cpu_s" in r]
+    if cpu:  # the workers' CPU per request inside the shards
+        out["worker_cpu_ms_per_request"] = round(1000 * sum(cpu) / max(1, sum(r.get("requests", 0) for r in results.values()
+                                                                                 if "cpu_s" in r)), 2)
     for spans in runs.values():
         spans.sort()
         out["to_first_shard_s"].append(round(spans[0][0] - t0, 3))
