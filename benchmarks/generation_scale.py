@@ -1,5 +1,6 @@
 """Orchestration cost at scale: the generate stage against 32 simulated replicas (the fleet
-simulator at a fast token rate, so the teacher costs next to nothing), several Ray workers.
+simulator at a fast token rate behind its fast HTTP layer, so the teacher costs next to
+nothing), several Ray workers.
 
 The stage runs in a child process; this one samples, every few seconds, the RSS and CPU of the
 driver and of each Ray worker running GenWorker, and the requests the fleet has served. At half
@@ -12,15 +13,29 @@ ratio = ours' requests per CPU-second (driver + workers) once requests flow / th
 (target >= 1.0): the CPU before the first request (Ray, imports, the endpoint probes) is a
 start-up cost, paid once however many requests follow; `whole_run_*` keys count it too. The
 marginal cost per request is read from the CPU samples between 10% of a run and its end.
+Both sides keep the same requests in flight: the anchor's `--concurrency`, split over the
+workers as the stage's `concurrency` (`--uncapped` leaves the stage's adaptive windows alone).
 
-    python benchmarks/generation_scale.py --requests 200000 --workers 3
+`over_the_run` gives the CPU-s per request and the peak RSS over five equal spans of each run.
+`--no-kill` runs the stage once, uninterrupted (a point of the flatness curve: CPU-s per
+request and peak RSS at that size); `--sizes FILE...` puts such runs' figures into this run's
+JSON under `per_size` (`--merge-sizes` adds them to an existing JSON). `--lock FILE` takes an
+exclusive flock on FILE for each part (anchors and the first run; the resume; the anchors
+again), not across the pauses between them, so a long run never holds a shared machine's
+benchmark lock for long.
+
+    python benchmarks/generation_scale.py --requests 1000000 --lock /tmp/bench.lock --sizes results/generation_scale_30k.json
+    python benchmarks/generation_scale.py --requests 30000 --no-kill --out results/generation_scale_30k.json
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
+import fcntl
+import math
 import json
 import os
 import platform
@@ -94,7 +109,7 @@ def kill_tree(proc: subprocess.Popen) -> None:
 
 def run_stage(cfg_path: Path, fleet: FleetSimulator, kill_at: int | None, every_s: float) -> dict[str, Any]:
     """Run the stage in a child; kill it (and its Ray) once the fleet has served `kill_at` more requests."""
-    base = served(fleet)
+    base, sim_cpu0 = served(fleet), cpu_s(fleet.proc.pid)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, "--child", str(cfg_path)], stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -127,6 +142,7 @@ def run_stage(cfg_path: Path, fleet: FleetSimulator, kill_at: int | None, every_
             result = json.loads(line[7:])
     wall = time.perf_counter() - t0
     n = served(fleet) - base
+    sim_cpu = cpu_s(fleet.proc.pid) - sim_cpu0
     cpu = (samples[-1]["driver_cpu_s"] if samples else 0.0) + sum(last_cpu.values())
     busy = [x for x in samples if x["requests"] > 0]  # start-up (Ray, imports, probes) left out: the cost per request
     start_cpu = busy[0]["cpu_s"] if busy else cpu
@@ -138,6 +154,9 @@ def run_stage(cfg_path: Path, fleet: FleetSimulator, kill_at: int | None, every_
             "cpu_s_per_request": round(cpu / n, 6) if n else None,
             "steady_cpu_s_per_request": round(steady, 6) if steady else None,
             "cpu_s_before_first_request": round(start_cpu, 2), "req_per_cpu_s": round(n / cpu, 1) if cpu else None,
+            "driver_cpu_s": round(samples[-1]["driver_cpu_s"], 2) if samples else 0.0,
+            "simulator_cpu_s_per_request": round(sim_cpu / n, 6) if n else None,
+            "driver_cpu_s_per_request": round(samples[-1]["driver_cpu_s"] / n, 6) if samples and n else None,
             "req_per_s": round(n / wall, 1), "result": result,
             "rss_over_time": [{"t_s": round(s["t"] - t0, 1), "requests": s["requests"], "driver_mib": round(s["driver_rss_mib"], 1),
                                "workers_mib": [round(r, 1) for r, _ in s["workers"].values()], "cpu_s": round(s["cpu_s"], 2)}
@@ -177,6 +196,56 @@ async def anchor(urls: list[str], n: int, concurrency: int, max_tokens: int, aio
             "req_per_s": round(n / wall, 1)}
 
 
+@contextlib.contextmanager
+def locked(path: str | None):
+    """An exclusive flock on `path` (the flock(1) command's kind) while the block runs."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as fh:
+        t0 = time.perf_counter()
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        print(f"lock {path} after {time.perf_counter() - t0:.0f} s", flush=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def size_point(path: str) -> dict[str, Any]:
+    """The flatness figures of one uninterrupted run's JSON."""
+    d = json.loads(Path(path).read_text())
+    run = d["runs"]["run"]
+    peak = [max(r["workers_mib"] or [0]) for r in run["rss_over_time"]]
+    return {"requests": d["requests"], "shards": d["shards"], "workers": d["workers"],
+            "steady_cpu_s_per_request": run["steady_cpu_s_per_request"], "cpu_s_per_request": run["cpu_s_per_request"],
+            "driver_cpu_s_per_request": run.get("driver_cpu_s_per_request"), "ratio": d["ratio"],
+            "worker_rss_peak_mib": max(peak or [0]), "driver_rss_peak_mib": max(r["driver_mib"] for r in run["rss_over_time"]),
+            "worker_rss_growth_mib_per_100k_requests": d["worker_rss_max_of_workers"].get("growth_mib_per_100k_requests"),
+            "cache_bytes_per_request": round(d["cache_bytes"] / d["requests"], 1), "file": Path(path).name}
+
+
+def segments(run: dict[str, Any], parts: int = 5) -> list[dict[str, Any]]:
+    """CPU-s per request (driver + workers) and peak worker RSS over `parts` equal spans of a run's
+    requests once they flow: flat means the cost does not grow as the run goes on."""
+    rows = [r for r in run["rss_over_time"] if r["requests"] > 0]
+    if len(rows) < 2:
+        return []
+    n0, n1 = rows[0]["requests"], rows[-1]["requests"]
+    out, start = [], rows[0]
+    for i in range(1, parts + 1):
+        goal = n0 + (n1 - n0) * i / parts
+        end = next(r for r in rows if r["requests"] >= goal)
+        if end["requests"] > start["requests"]:
+            span = [r for r in rows if start["requests"] <= r["requests"] <= end["requests"]]
+            out.append({"requests_from": start["requests"], "requests_to": end["requests"],
+                        "cpu_s_per_request": round((end["cpu_s"] - start["cpu_s"]) / (end["requests"] - start["requests"]), 6),
+                        "worker_rss_max_mib": max(max(r["workers_mib"] or [0]) for r in span),
+                        "driver_rss_max_mib": max(r["driver_mib"] for r in span)})
+        start = end
+    return out
+
+
 def flat(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
     vals = [(r["requests"], r[key]) for r in rows if r[key]]
     vals = vals[len(vals) // 10:]  # after the warm-up
@@ -191,17 +260,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--child")
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--replicas", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=3)
-    ap.add_argument("--shard-size", type=int, default=5000)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--shard-size", type=int, default=10000)
     ap.add_argument("--concurrency", type=int, default=64, help="the anchor's requests in flight")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--speed", type=float, default=200.0)
-    ap.add_argument("--anchor-requests", type=int, default=20_000)
+    ap.add_argument("--http", choices=("fast", "aiohttp"), default="fast", help="the simulator's HTTP layer")
+    ap.add_argument("--anchor-requests", type=int, default=10_000)
     ap.add_argument("--every-s", type=float, default=5.0)
+    ap.add_argument("--uncapped", action="store_true", help="no `concurrency` cap: the adaptive windows alone")
+    ap.add_argument("--no-kill", action="store_true", help="one uninterrupted run (a point of the flatness curve)")
+    ap.add_argument("--sizes", nargs="*", default=[], help="JSONs of --no-kill runs, kept under per_size")
+    ap.add_argument("--lock", help="flock this file around each part of the run")
+    ap.add_argument("--merge-sizes", action="store_true", help="only put --sizes into the existing --out JSON")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "generation_scale.json"))
     a = ap.parse_args(argv)
     if a.child:
         raise SystemExit(child(a.child))
+    if a.merge_sizes:  # size points measured after the large run
+        done = json.loads(Path(a.out).read_text())
+        done["per_size"] = sorted([size_point(p) for p in a.sizes], key=lambda x: x["requests"])
+        Path(a.out).write_text(json.dumps(done, indent=2) + "\n")
+        return done
     from factory.generate import GenerateConfig
     from factory.schema import make_doc
     from factory.teacher.config import local_config
@@ -213,32 +293,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f.write(json.dumps(make_doc(f"Item {i} is a topic with a short description, number {i} of the set.", "web",
                                         "bench", seed_id=f"bench:{i}", extra={"title": f"Topic {i}"})) + "\n")
     runs: dict[str, Any] = {}
-    with FleetSimulator(replicas=a.replicas, speed=a.speed) as fleet:
+    with FleetSimulator(replicas=a.replicas, speed=a.speed, http=a.http) as fleet:
         tcfg = local_config(fleet.urls, MODEL, sampling={"temperature": 0.0}, seed=None)
         cfg = GenerateConfig(seeds=str(tmp / "seeds.jsonl"), recipes=[str(tmp / "bench_stub.yaml")], out=str(tmp / "out"),
-                             teacher=tcfg, workers=a.workers,  # items in flight follow the adaptive windows
-                             shards=max(1, a.requests // a.shard_size))
+                             teacher=tcfg, workers=a.workers, shards=max(1, a.requests // a.shard_size),
+                             concurrency=None if a.uncapped else math.ceil(a.concurrency / a.workers))
         cfg_path = tmp / "cfg.json"
         cfg_path.write_text(cfg.model_dump_json())
-        runs["anchor_before"] = asyncio.run(anchor(fleet.urls, a.anchor_requests, a.concurrency, a.max_tokens))
-        runs["anchor_aiohttp_before"] = asyncio.run(anchor(fleet.urls, a.anchor_requests, a.concurrency, a.max_tokens, True))
-        print("anchor", runs["anchor_before"], runs["anchor_aiohttp_before"], flush=True)
-        runs["first_run_killed_at_half"] = run_stage(cfg_path, fleet, a.requests // 2, a.every_s)
-        print("killed", {k: v for k, v in runs["first_run_killed_at_half"].items() if k != "rss_over_time"}, flush=True)
-        runs["resume"] = run_stage(cfg_path, fleet, None, a.every_s)
-        print("resumed", {k: v for k, v in runs["resume"].items() if k != "rss_over_time"}, flush=True)
-        runs["anchor_after"] = asyncio.run(anchor(fleet.urls, a.anchor_requests, a.concurrency, a.max_tokens))
-        runs["anchor_aiohttp_after"] = asyncio.run(anchor(fleet.urls, a.anchor_requests, a.concurrency, a.max_tokens, True))
+        with locked(a.lock):
+            runs["anchor_before"] = asyncio.run(anchor(fleet.urls, a.anchor_requests, a.concurrency, a.max_tokens))
+            runs["anchor_aiohttp_before"] = asyncio.run(anchor(fleet.urls, a.anchor_requests, a.concurrency, a.max_tokens, True))
+            print("anchor", runs["anchor_before"], runs["anchor_aiohttp_before"], flush=True)
+            first_key = "run" if a.no_kill else "first_run_killed_at_half"
+            runs[first_key] = run_stage(cfg_path, fleet, None if a.no_kill else a.requests // 2, a.every_s)
+            print("first", {k: v for k, v in runs[first_key].items() if k not in ("rss_over_time", "result")}, flush=True)
+            if a.no_kill:
+                runs["anchor_after"] = asyncio.run(anchor(fleet.urls, a.anchor_requests, a.concurrency, a.max_tokens))
+                runs["anchor_aiohttp_after"] = asyncio.run(anchor(fleet.urls, a.anchor_requests, a.concurrency, a.max_tokens, True))
+        if not a.no_kill:
+            with locked(a.lock):
+                runs["resume"] = run_stage(cfg_path, fleet, None, a.every_s)
+                print("resumed", {k: v for k, v in runs["resume"].items() if k not in ("rss_over_time", "result")}, flush=True)
+            with locked(a.lock):
+                runs["anchor_after"] = asyncio.run(anchor(fleet.urls, a.anchor_requests, a.concurrency, a.max_tokens))
+                runs["anchor_aiohttp_after"] = asyncio.run(anchor(fleet.urls, a.anchor_requests, a.concurrency, a.max_tokens, True))
         print("anchor", runs["anchor_after"], runs["anchor_aiohttp_after"], flush=True)
         total_served = served(fleet) - 4 * a.anchor_requests
-    first, resume = runs["first_run_killed_at_half"], runs["resume"]
-    docs = (resume["result"] or {}).get("counts", {}).get("docs")
-    cpu = first["cpu_s_driver_plus_workers"] + resume["cpu_s_driver_plus_workers"]
-    marginal = [r["steady_cpu_s_per_request"] for r in (first, resume) if r["steady_cpu_s_per_request"]]
+    first, resume = (runs["run"], None) if a.no_kill else (runs["first_run_killed_at_half"], runs["resume"])
+    stage_runs = [r for r in (first, resume) if r]
+    docs = (stage_runs[-1]["result"] or {}).get("counts", {}).get("docs")
+    cpu = sum(r["cpu_s_driver_plus_workers"] for r in stage_runs)
+    driver_cpu = sum(r["driver_cpu_s"] for r in stage_runs)
+    marginal = [r["steady_cpu_s_per_request"] for r in stage_runs if r["steady_cpu_s_per_request"]]
     ours_rate = round(len(marginal) / sum(marginal), 1) if marginal else 0.0  # requests per CPU-s once running
     anchor_rate = round((runs["anchor_before"]["req_per_cpu_s"] + runs["anchor_after"]["req_per_cpu_s"]) / 2, 1)
     aio_rate = round((runs["anchor_aiohttp_before"]["req_per_cpu_s"] + runs["anchor_aiohttp_after"]["req_per_cpu_s"]) / 2, 1)
-    rows = first["rss_over_time"] + [{**r, "requests": r["requests"] + first["requests_served"]} for r in resume["rss_over_time"]]
+    rows = first["rss_over_time"] + ([{**r, "requests": r["requests"] + first["requests_served"]}
+                                      for r in resume["rss_over_time"]] if resume else [])
     worker_rows = [{"requests": r["requests"], "w": max(r["workers_mib"] or [0])} for r in rows]
     result = {
         "ours": ours_rate, "anchor": anchor_rate, "ratio": round(ours_rate / anchor_rate, 3) if anchor_rate else None,
@@ -249,15 +340,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "whole_run_req_per_cpu_s": round(total_served / cpu, 1) if cpu else None,
         "whole_run_ratio": round(total_served / cpu / anchor_rate, 3) if cpu and anchor_rate else None,
         "cpu_s_per_request_all_in": round(cpu / total_served, 6) if total_served else None,
-        "cpu_s_start_up": [first["cpu_s_before_first_request"], resume["cpu_s_before_first_request"]],
-        "cpu_s_per_request_first_run": first["cpu_s_per_request"], "cpu_s_per_request_resume": resume["cpu_s_per_request"],
+        "driver_req_per_cpu_s": round(total_served / driver_cpu, 1) if driver_cpu else None,
+        "cpu_s_start_up": [r["cpu_s_before_first_request"] for r in stage_runs],
+        "cpu_s_per_request_first_run": first["cpu_s_per_request"],
+        "cpu_s_per_request_resume": resume["cpu_s_per_request"] if resume else None,
+        "concurrency": {"anchor": a.concurrency, "ours_per_worker": cfg.concurrency,
+                        "ours_total": cfg.concurrency * a.workers if cfg.concurrency else "adaptive windows"},
         "requests": a.requests, "requests_served": total_served, "documents": docs,
         "paid_twice": total_served - a.requests, "replicas": a.replicas, "workers": a.workers, "shards": cfg.shards,
         "cache_bytes": du(tmp / "out" / "cache"), "manifest_bytes": (tmp / "out" / "manifest.json").stat().st_size
         if (tmp / "out" / "manifest.json").exists() else None, "output_bytes": du(tmp / "out"),
         "driver_rss": flat(rows, "driver_mib"), "worker_rss_max_of_workers": flat(worker_rows, "w"),
-        "resume_s_to_first_request": resume["first_request_s"], "resume_wall_s": resume["wall_s"],
-        "runs": runs, "machine": f"{platform.machine()} {os.cpu_count()} cores, {cpu_model()}; simulator in its own process",
+        "wall_s": [r["wall_s"] for r in stage_runs],
+        "resume_s_to_first_request": resume["first_request_s"] if resume else None,
+        "resume_wall_s": resume["wall_s"] if resume else None,
+        "per_size": [size_point(p) for p in a.sizes],
+        "over_the_run": {name: segments(r) for name, r in (("first", first), ("resume", resume)) if r}, "runs": runs,
+        "simulator": {"replicas": a.replicas, "speed": a.speed, "http": a.http, "max_tokens": a.max_tokens}, "machine": f"{platform.machine()} {os.cpu_count()} cores, {cpu_model()}; simulator in its own process",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
