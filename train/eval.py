@@ -180,18 +180,17 @@ def _max_len(model) -> int:
 # --------------------------------------------------------------------------- scoring primitives
 
 @torch.inference_mode()
-def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_size: int = 32,
-                   max_len: int | None = None) -> list[float]:
-    """Sum of log p(continuation | context) for each (context ids, continuation ids) pair: one
-    length-sorted batched pass, log-probabilities gathered on the model's device."""
-    max_len = max_len or _max_len(model)
-    dev = _device(model)
-    out = [0.0] * len(requests)
+def ll_batches(requests: list[tuple[list[int], list[int]]], batch_size: int, max_len: int) -> list[tuple]:
+    """The padded batches of a loglikelihoods pass, made once (an Evaluator keeps them for every model
+    it scores): length-sorted, each (request indices, inputs, targets, continuation mask), on the
+    host (pinned where a GPU will read them)."""
     seqs = []
     for i, (ctx, cont) in enumerate(requests):
         full = (ctx + cont)[-(max_len + 1):]
         seqs.append((i, full, min(len(cont), len(full) - 1)))
     seqs.sort(key=lambda s: -len(s[1]))
+    pin = torch.cuda.is_available()
+    out = []
     for b in range(0, len(seqs), batch_size):
         chunk = seqs[b: b + batch_size]
         T = len(chunk[0][1]) - 1
@@ -203,11 +202,29 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_siz
             inp[r, :L] = torch.tensor(full[:-1])
             tgt[r, :L] = torch.tensor(full[1:])
             mask[r, L - nc: L] = True
-        lp = F.log_softmax(model(inp.to(dev)).float(), dim=-1)
-        got = lp.gather(-1, tgt.to(dev)[..., None])[..., 0]
-        sums = torch.where(mask.to(dev), got, torch.zeros((), device=dev)).sum(-1).cpu().tolist()
-        for (i, _, _), v in zip(chunk, sums):
-            out[i] = float(v)
+        if pin:
+            inp, tgt, mask = inp.pin_memory(), tgt.pin_memory(), mask.pin_memory()
+        out.append(([c[0] for c in chunk], inp, tgt, mask))
+    return out
+
+
+@torch.inference_mode()
+def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_size: int = 32,
+                   max_len: int | None = None, batches: list[tuple] | None = None) -> list[float]:
+    """Sum of log p(continuation | context) for each (context ids, continuation ids) pair: one
+    length-sorted batched pass (`batches`: ll_batches of these requests, made ahead), log-probabilities
+    gathered on the model's device and read back once at the end."""
+    dev = _device(model)
+    batches = batches if batches is not None else ll_batches(requests, batch_size, max_len or _max_len(model))
+    sums, order = [], []
+    for idx, inp, tgt, mask in batches:
+        lp = F.log_softmax(model(inp.to(dev, non_blocking=True)).float(), dim=-1)
+        got = lp.gather(-1, tgt.to(dev, non_blocking=True)[..., None])[..., 0]
+        sums.append(torch.where(mask.to(dev, non_blocking=True), got, torch.zeros((), device=dev)).sum(-1))
+        order += idx
+    out = [0.0] * len(requests)
+    for i, v in zip(order, torch.cat(sums).cpu().tolist() if sums else []):
+        out[i] = float(v)
     return out
 
 
@@ -394,6 +411,8 @@ class Evaluator:
             else:
                 reqs = None
             self.benches.append((spec, items, reqs))
+        flat = [r for _, _, reqs in self.benches if reqs is not None for r in reqs]
+        self.flat, self.batches = flat, ll_batches(flat, batch_size, max_len) if flat else []
 
     def __call__(self, model) -> dict[str, dict]:
         was_training = getattr(model, "training", False)
@@ -407,9 +426,9 @@ class Evaluator:
 
     def _score(self, model) -> dict[str, dict]:
         results: dict[str, dict] = {}
-        flat = [r for _, _, reqs in self.benches if reqs is not None for r in reqs]
+        flat = self.flat
         t0 = time.perf_counter()
-        ll = loglikelihoods(model, flat, self.batch_size) if flat else []
+        ll = loglikelihoods(model, flat, batches=self.batches) if flat else []
         pass_s = time.perf_counter() - t0
         k = 0
         for spec, items, reqs in self.benches:

@@ -47,14 +47,15 @@ def pack(tasks: list[dict], lanes: int) -> list[list[dict]]:
 
 
 def per_gpu_auto(tokens_per_step: int, params: int, free_bytes: float | None = None) -> int:
-    """Lanes per GPU. On one H200 one lane of a ~90M model at 32 x 512 tokens a step already keeps the
-    card busy (0.88 of a 256-sequence run; two, three and seven lanes side by side 0.84-0.85 together,
-    benchmarks/ablation_packing.py probe), so lanes beyond the first mostly cover another's start-up
-    and scoring: 3 at that size of step (6 x params x tokens ~ 9e12 FLOPs), more for smaller steps
-    (whose launches the CPU cannot keep ahead of alone), at least 2 and at most 8, and no more than
-    60% of free memory allows (weights, gradients and AdamW state: ~16 bytes a parameter, activations
-    on top)."""
-    n = max(2, min(8, math.ceil(3 * 8e12 / max(1.0, 6.0 * params * tokens_per_step))))
+    """Lanes per GPU. A lane draws the next run's initial weights while the current one trains, so
+    what a second lane can hide is mostly scoring and the first run's start-up, and side by side
+    the GPU time-slices the lanes (two lanes of a ~90M model at 64 x 512 tokens a step reached 0.90
+    of one lane's step rate on an H200, benchmarks/ablation_packing.py). So: one lane once a step is
+    large (6 x params x tokens of ~2.4e13 FLOPs or more: a ~90M model at 64k tokens a step), more
+    for smaller steps (whose launches the CPU cannot keep ahead of alone; 3 for a ~90M model at
+    16k tokens), at most 8, and no more than 60% of free memory allows (weights, gradients and
+    AdamW state: ~16 bytes a parameter, activations on top)."""
+    n = max(1, min(8, math.ceil(3 * 8e12 / max(1.0, 6.0 * params * tokens_per_step))))
     if free_bytes:
         per_lane = 16 * params + 48 * tokens_per_step * 1024  # states + a generous activation allowance
         n = max(1, min(n, int(0.6 * free_bytes // per_lane)))
@@ -62,6 +63,19 @@ def per_gpu_auto(tokens_per_step: int, params: int, free_bytes: float | None = N
 
 
 def gpus() -> int:
+    """GPUs the lanes can use. Counted with `nvidia-smi -L` where CUDA_VISIBLE_DEVICES is unset and no
+    MIG device is listed (the driver only starts lanes, and importing torch here would delay their
+    start by its import time), else by torch; 0 without a usable CUDA."""
+    import shutil
+
+    if "CUDA_VISIBLE_DEVICES" not in os.environ and shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+            lines = out.stdout.splitlines()
+            if out.returncode == 0 and not any("MIG" in x for x in lines):
+                return sum(x.startswith("GPU ") for x in lines)
+        except (OSError, subprocess.SubprocessError):
+            pass
     try:
         import torch
 
@@ -192,6 +206,9 @@ def run_lane(lane: dict, echo: Callable[[str], None] = print) -> list[dict]:
     done, failed = [], []
     todo = [move(t) for t in lane["tasks"]]
     todo = [t for t in todo if not storage.exists(t["eval_json"])]
+    draw_ahead(0)  # the first run's weights too, while this thread starts CUDA
+    if todo and todo[0]["config"].get("train", {}).get("device") != "cpu" and torch.cuda.is_available():
+        torch.cuda.init()
     for i, t in enumerate(todo):
         t0 = time.time()
         try:
