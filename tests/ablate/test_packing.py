@@ -87,3 +87,23 @@ def test_pack_balances_lanes_by_cost():
     assert per_gpu_auto(32 * 512, 90_000_000) == 3 and per_gpu_auto(128 * 512, 90_000_000) == 1 and per_gpu_auto(64 * 512, 90_000_000) == 2
     assert per_gpu_auto(32 * 512, 23_000_000) == 8  # small steps: more lanes
     assert per_gpu_auto(32 * 512, 90_000_000, free_bytes=4e9) == 1  # memory bounds the count
+
+
+def test_suite_driver_counts_gpus_without_torch(tmp_path):
+    """The driver only starts lanes: where nvidia-smi lists the GPUs it does not import torch (its
+    import would delay every lane's start); a MIG listing or CUDA_VISIBLE_DEVICES goes to torch."""
+    import os
+    import subprocess
+    import sys
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-a)'\necho 'GPU 1: NVIDIA H200 (UUID: GPU-b)'\n")
+    smi.chmod(0o755)
+    code = "import sys, train.suite as s; print(s.gpus(), 'torch' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["PATH"] = f"{tmp_path}:{env['PATH']}"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["2", "False"]
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[1] == "True"  # counted by torch (here: no usable CUDA device)
