@@ -45,12 +45,12 @@ class Recorder:
         if hit is not None:
             if key in self.fresh:  # paid in this run's batches: account it as a request once
                 self.fresh.discard(key)
-                c.stats["requests"] += 1
-                c.stats["prompt_tokens"] += hit.prompt_tokens
-                c.stats["completion_tokens"] += hit.completion_tokens
-                c.cost += c.cfg.price.cost(hit.prompt_tokens, hit.completion_tokens)
+                c.count("requests")
+                c.count("prompt_tokens", hit.prompt_tokens)
+                c.count("completion_tokens", hit.completion_tokens)
+                c.count("cost", c.cfg.price.cost(hit.prompt_tokens, hit.completion_tokens))
                 return Completion(**{**hit.to_dict(), "cached": False})
-            c.stats["cache_hits"] += 1
+            c.count("cache_hits")
             return hit
         if key in self.failed:
             reason, detail = self.failed[key]

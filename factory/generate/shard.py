@@ -38,6 +38,7 @@ from factory.errors import FactoryError
 from factory.schema import DOC_SCHEMA
 from factory.stage import StageDir, doc_path
 from factory.teacher.cache import CompletionCache, shard_file
+from factory.teacher import client as client_mod
 from factory.teacher.client import TeacherClient
 from factory.teacher.types import Deferred, TeacherError
 
@@ -61,29 +62,50 @@ def seed_id_of(row: dict[str, Any]) -> str:
 
 
 class Gate:
-    """A semaphore whose size follows `limit()` (the adaptive windows); one waiter. The size is read
-    again when the gate is full and every `every` entries (reading it sums over the endpoints: not
-    once per request); a size given as a number is exact, a followed one may lag by that many."""
+    """A semaphore whose size follows `limit()` (the adaptive windows), shared by the shards a worker
+    runs at once. The size is read again when the gate is full and every `every` entries (reading
+    it sums over the endpoints: not once per request); a size given as a number is exact, a
+    followed one may lag by that many."""
 
     def __init__(self, limit: Callable[[], int], every: int = 32):
         self.limit, self.n, self.every = limit, 0, every
         self._size, self._entries = limit(), 0
-        self._waiter: asyncio.Future | None = None
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
 
     async def acquire(self) -> None:
         self._entries += 1
         if self.n >= self._size or self._entries % self.every == 0:
             self._size = self.limit()
         while self.n >= self._size:
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._wake()  # woken, then cancelled: the wake goes to the next waiter
+                raise
             self._size = self.limit()
         self.n += 1
 
     def release(self) -> None:
         self.n -= 1
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                return
+
+
+def make_gate(client: TeacherClient, concurrency: int | None) -> Gate:
+    """Items in flight: `concurrency` when given; else with adaptive windows twice what they take, so a
+    window always has work to grow into (a killed worker repays at most these); 16 with fixed ones."""
+    if concurrency:
+        return Gate(lambda: concurrency)
+    return Gate(lambda: max(16, 2 * client.window_total()) if client.cfg.adaptive_on else 16)
 
 
 class Spool:
@@ -159,23 +181,29 @@ class Progress:
 async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], samples: int, client: TeacherClient,
                         stage: StageDir, cache_dir: str, concurrency: int | None,
                         progress: Progress | None = None, complete_factory: Callable | None = None,
-                        flush_every: int = 64, flush_s: float = 30.0, where: dict[str, Any] | None = None) -> dict[str, Any]:
+                        flush_every: int = 64, flush_s: float = 30.0, where: dict[str, Any] | None = None,
+                        gate: Gate | None = None) -> dict[str, Any]:
     """Run shard `k` and write its outputs; returns its stats (with `where` it ran, e.g. the Ray
     node). Raises TeacherError(retryable) to leave the shard unfinished (a later attempt or run
-    redoes it, served from the cache)."""
+    redoes it, served from the cache). Several shards may run at once on one client: `gate` (the
+    worker's, make_gate) bounds their items in flight together, and each shard's accounting is its
+    own (client.TALLY)."""
     t0 = time.time()
-    with tempfile.TemporaryDirectory(prefix=f"factory-shard-{k:05d}-") as tmp, quiet_gc():
-        return await _process_shard(k, rows, recipes, samples, client, stage, cache_dir, concurrency, progress,
-                                    complete_factory, flush_every, flush_s, where, tmp, t0)
+    tally = client_mod.TALLY.set(collections.Counter())
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"factory-shard-{k:05d}-") as tmp, quiet_gc():
+            return await _process_shard(k, rows, recipes, samples, client, stage, cache_dir, gate or make_gate(client, concurrency),
+                                        progress, complete_factory, flush_every, flush_s, where, tmp, t0)
+    finally:
+        client_mod.TALLY.reset(tally)
 
 
 async def _process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], samples: int, client: TeacherClient,
-                         stage: StageDir, cache_dir: str, concurrency: int | None, progress: Progress | None,
+                         stage: StageDir, cache_dir: str, gate: Gate, progress: Progress | None,
                          complete_factory: Callable | None, flush_every: int, flush_s: float,
                          where: dict[str, Any] | None, tmp: str, t0: float) -> dict[str, Any]:
     progress = progress or Progress()
-    before = dict(client.stats)
-    cost0 = client.cost
+    tally = client_mod.TALLY.get()
     docs, rejected = Spool(DOC_SCHEMA, tmp), Spool(REJECT_SCHEMA, tmp)
     reasons: collections.Counter[str] = collections.Counter()
     deferred = 0
@@ -184,12 +212,6 @@ async def _process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any],
         rejected.add(row)
         reasons[row["reason"]] += 1
 
-    # items in flight: `concurrency` when given; else with adaptive windows twice what they take, so a window always has
-    # work to grow into (a killed worker repays at most these)
-    if concurrency:
-        gate = Gate(lambda: concurrency)
-    else:
-        gate = Gate(lambda: max(16, 2 * client.window_total()) if client.cfg.adaptive_on else 16)
     n_units = 0
     with CompletionCache(shard_file(cache_dir, k), flush_every, flush_s) as cache:
         make = complete_factory or (lambda c: functools.partial(client.complete, cache=c))
@@ -272,8 +294,8 @@ async def _process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any],
     if deferred:
         return {"shard": k, "deferred": deferred}
     table, dup = unique_by_id(docs.table())
-    stats = {k2: client.stats.get(k2, 0) - before.get(k2, 0) for k2 in ACCOUNT_KEYS}
-    stats["cost"] = round(client.cost - cost0, 6)
+    stats = {k2: int(tally[k2]) for k2 in ACCOUNT_KEYS}
+    stats["cost"] = round(tally["cost"], 6)
     stats.update(shard=k, seeds=len(rows), units=n_units, docs=table.num_rows, duplicates=dup,
                  rejected=rejected.n, wall_s=round(time.time() - t0, 3))
     stats["rejected_by_reason"] = dict(reasons)

@@ -1,6 +1,8 @@
 """Generation on Ray: async actors, each with one TeacherClient, take shards from the driver.
 
-The driver hands a shard to an idle actor, polls all actors for live counters (docs/s, tok/s,
+The driver keeps `SHARDS_PER_WORKER` shards on each actor, so that while one shard's last items
+finish another's first ones fill the window (one gate per actor bounds their items in flight
+together); it polls all actors for live counters (docs/s, tok/s,
 ETA in the progress bar) and collects per-shard stats, which name the node that ran each shard.
 Actors are spread over the nodes; they restart and re-run their shard if their process dies
 (Ray's max_restarts / max_task_retries). An actor lost for good (its node gone) is replaced and
@@ -16,6 +18,8 @@ from typing import Any
 from factory.generate.config import GenerateConfig
 from factory.stage import StageDir
 from factory.teacher.config import TeacherConfig
+
+SHARDS_PER_WORKER = 2  # shards an actor runs at once: the next one starts while one drains
 
 
 class GenWorker:
@@ -34,6 +38,7 @@ class GenWorker:
         self.stage = StageDir(stage_url, "generate", identity)
         self.recipes = [load_recipe(r, **recipe_sampling) for r in recipes]
         self.client: Any = None
+        self.gate: Any = None  # the actor's items in flight, over the shards it runs at once
         self.progress = Progress()
         self.born = time.time()
 
@@ -41,17 +46,25 @@ class GenWorker:
         return self.born
 
     async def process(self, k: int, rows: list[dict[str, Any]], tcfg: TeacherConfig) -> dict[str, Any]:
-        from factory.generate.shard import process_shard
+        from factory.generate.shard import make_gate, process_shard
         from factory.teacher.client import TeacherClient
 
         began, cpu0 = time.time(), time.process_time()
         if self.client is None:
             self.client = TeacherClient(tcfg)
+            self.gate = make_gate(self.client, self.concurrency)
+        else:  # the share this shard brings (the driver may have given this worker a tail's larger one)
+            await self.client.reshare(tcfg)
         await self.client.start(probe=False)
         st = await process_shard(k, rows, self.recipes, self.samples, self.client, self.stage, self.cache_dir,
-                                 self.concurrency, self.progress, where=placement(), **self.flush)
-        # for the run's timeline: when, and the worker process's CPU seconds meanwhile (all its threads, Ray's too)
-        return {**st, "born": self.born, "began": began, "ended": time.time(), "cpu_s": time.process_time() - cpu0}
+                                 self.concurrency, self.progress, where=placement(), gate=self.gate, **self.flush)
+        # for the run's timeline: when, and the worker process's CPU clock at both ends (all its threads, Ray's too)
+        return {**st, "born": self.born, "began": began, "ended": time.time(), "cpu": [cpu0, time.process_time()]}
+
+    async def reshare(self, tcfg: TeacherConfig) -> None:
+        """Take another share of the teacher's limits (the driver's call when fewer workers are busy)."""
+        if self.client is not None:
+            await self.client.reshare(tcfg)
 
     async def poll(self) -> dict[str, Any]:
         if self.client is None:
@@ -145,14 +158,21 @@ def timeline(t0: float, results: dict[int, dict[str, Any]], done_at: float) -> d
         if "began" in r:
             runs.setdefault(r.get("pid"), []).append((r["began"], r["ended"]))
     out: dict[str, list[float]] = {"to_first_shard_s": [], "between_shards_s": [], "idle_at_end_s": []}
-    cpu = [r["cpu_s"] for r in results.values() if "cpu_s" in r]
-    if cpu:  # the workers' CPU per request inside the shards
-        out["worker_cpu_ms_per_request"] = round(1000 * sum(cpu) / max(1, sum(r.get("requests", 0) for r in results.values()
-                                                                                 if "cpu_s" in r)), 2)
+    clocks: dict[Any, list[list[float]]] = {}
+    for r in results.values():
+        if "cpu" in r:
+            clocks.setdefault(r.get("pid"), []).append(r["cpu"])
+    if clocks:  # the workers' CPU per request while they had shards (shards that overlap counted once)
+        cpu = sum(max(b for _, b in c) - min(a for a, _ in c) for c in clocks.values())
+        n = sum(r.get("requests", 0) for r in results.values() if "cpu" in r)
+        out["worker_cpu_ms_per_request"] = round(1000 * cpu / max(1, n), 2)
     for spans in runs.values():
         spans.sort()
         out["to_first_shard_s"].append(round(spans[0][0] - t0, 3))
-        out["between_shards_s"].append(round(sum(max(0.0, b - e) for (_, e), (b, _) in zip(spans, spans[1:])), 3))
+        gaps, reach = 0.0, spans[0][1]  # time with no shard at all on this worker (shards overlap)
+        for b, e in spans[1:]:
+            gaps, reach = gaps + max(0.0, b - reach), max(reach, e)
+        out["between_shards_s"].append(round(gaps, 3))
         out["idle_at_end_s"].append(round(max(0.0, done_at - max(e for _, e in spans)), 3))
     return out
 
@@ -175,7 +195,8 @@ def run_on_ray(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
     attempts: dict[int, int] = {}
     results: dict[int, dict[str, Any]] = {}
     failed: list[dict[str, Any]] = []
-    idle = list(workers)
+    sharing = n_workers  # the workers the teacher's limits are split over now
+    idle = [w for _ in range(SHARDS_PER_WORKER) for w in workers]  # one entry per free shard place, workers interleaved
     polled: dict[Any, dict[str, Any]] = {}
     poll_every = 0.5 if show_progress else 5.0  # hidden progress: the counters are only read for the summary
     t0 = last_poll = time.time()
@@ -183,6 +204,8 @@ def run_on_ray(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
     with bar:
         task = bar.add_task("generate", total=total_units, unit="units", info="starting")
         while queue or running:
+            if queue and idle and sharing != len(workers):  # work again after a tail's reshare: the even split
+                sharing = reshare(running, share, len(workers))
             while queue and idle:
                 k, w = queue.pop(0), idle.pop()
                 attempts[k] = attempts.get(k, 0) + 1
@@ -194,12 +217,14 @@ def run_on_ray(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
                     results[k] = ray.get(ref)
                     idle.append(w)
                 except ray.exceptions.RayActorError as e:  # the actor is gone for good (e.g. its node)
-                    workers.remove(w)
-                    polled.pop(w, None)
-                    w = pool.new()
-                    workers.append(w)
-                    idle.append(w)
-                    replaced += 1
+                    if w in workers:  # its first lost shard: replace it (its other shards fail here too)
+                        workers.remove(w)
+                        polled.pop(w, None)
+                        idle = [x for x in idle if x is not w]
+                        nw = pool.new()
+                        workers.append(nw)
+                        idle += [nw] * SHARDS_PER_WORKER
+                        replaced += 1
                     if replaced <= 2 * n_workers:  # not the shard's fault: no attempt counted
                         attempts[k] -= 1
                     if attempts[k] < 2:
@@ -212,6 +237,9 @@ def run_on_ray(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
                         queue.append(k)
                     else:
                         failed.append({"shard": k, "error": _first_line(e)})
+            busy = len({id(w) for _, w in running.values()})
+            if not queue and 0 < busy < sharing:  # the tail: the workers still busy take the idle ones' share
+                sharing = reshare(running, tcfg.scaled(busy), busy)
             if time.time() - last_poll >= poll_every or not (queue or running):
                 last_poll = time.time()
                 poll(workers, polled)
@@ -234,6 +262,16 @@ def run_on_ray(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
                endpoints=merge_windows(list(polled.values())),
                timeline={"workers_started_before_s": round(t0 - pool.created_at, 3), **timeline(t0, results, done_at)})
     return acc
+
+
+def reshare(running: dict[Any, tuple[int, Any]], share: TeacherConfig, n: int) -> int:
+    """Give the workers running shards `share` of the teacher's limits (split over `n`); returns n."""
+    seen: set[int] = set()
+    for _, w in running.values():
+        if id(w) not in seen:
+            seen.add(id(w))
+            w.reshare.remote(share)
+    return n
 
 
 def poll(workers: list[Any], polled: dict[Any, dict[str, Any]]) -> None:

@@ -58,6 +58,11 @@ class AdaptiveWindow:
         self.lat = 0.0
         self.gen += 1  # a new cohort: what was sent before says nothing about this epoch
 
+    def bound(self, hi: int, sharers: int) -> None:
+        """New upper bound and sharer count (the client's share of the endpoint changed)."""
+        self.hi, self.sharers = max(1, hi), max(1, sharers)
+        self._set(self.w)
+
     def _set(self, w: float) -> None:
         w = min(float(self.hi), max(float(self.lo), w))
         if int(w) != int(self.w):

@@ -19,6 +19,7 @@ The openai client serves the rest: the endpoint probes, listing models, the Batc
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import importlib
 import json
@@ -102,6 +103,11 @@ def _refused(exc: BaseException) -> bool:
     return False
 
 
+TALLY: contextvars.ContextVar[Counter | None] = contextvars.ContextVar("teacher_tally", default=None)
+"""A Counter that the client's accounting also goes to, for the asyncio task that set it and the tasks
+it starts (e.g. one shard of several running at once on one client); `cost` is counted under "cost"."""
+
+
 class TeacherClient:
     """`async with TeacherClient(cfg) as t: c = await t.complete(messages, sampling, sample)`."""
 
@@ -128,11 +134,12 @@ class TeacherClient:
             return self
         r = self.cfg.retry
         pool = self.cfg.adaptive.max_window if self.cfg.adaptive_on else None
+        share = self.cfg.adaptive.sharers  # clients splitting each endpoint: a pool for all their windows (reshare)
         self._clients = [openai.AsyncOpenAI(base_url=e.base_url, api_key=k, max_retries=0, timeout=self.cfg.timeout_s,
                                             http_client=http_client(self.cfg.timeout_s,
                                                                     pool or e.max_in_flight or self.cfg.max_in_flight))
                          for e, k in zip(self.cfg.endpoints, self.keys)]
-        self._sessions = [self._session(c, pool or e.max_in_flight or self.cfg.max_in_flight) for c, e in
+        self._sessions = [self._session(c, share * (pool or e.max_in_flight or self.cfg.max_in_flight)) for c, e in
                           zip(self._clients, self.cfg.endpoints)]
         states = [EndpointState(i, e.max_in_flight or self.cfg.max_in_flight, r.eject_after, r.probe_after_s,
                                 self._window(e.max_in_flight or self.cfg.max_in_flight))
@@ -144,6 +151,19 @@ class TeacherClient:
         if probe:
             await asyncio.gather(*(self._probe(i) for i in range(len(self._clients))))
         return self
+
+    async def reshare(self, share: TeacherConfig) -> None:
+        """Take another share of the limits (TeacherConfig.scaled, e.g. for fewer workers still busy at the
+        end of a run): fixed windows, the adaptive windows' bound and sharers, RPM and TPM."""
+        if self._started:
+            for st, e in zip(self.endpoints, share.endpoints):
+                st.fixed = e.max_in_flight or share.max_in_flight
+                if st.window:
+                    st.window.bound(share.adaptive.max_window, share.adaptive.sharers)
+            self.limiter.interval, self.limiter.tpm = (60.0 / share.rpm if share.rpm else 0.0), share.tpm
+        self.cfg = share
+        if self._started:
+            await self.balancer.wake()
 
     def _session(self, c: openai.AsyncOpenAI, connections: int) -> tuple[aiohttp.ClientSession, str]:
         """The session that sends completions to the endpoint of openai client `c` (with its headers), and the URL."""
@@ -238,6 +258,16 @@ class TeacherClient:
         """A per-request seed derived from the config's seed and the request key (reproducible)."""
         return None if self.cfg.seed is None else int(sha(self.cfg.seed, key, n=8), 16) & 0x7FFFFFFF
 
+    def count(self, key: str, n: float = 1) -> None:
+        """Add to the client's accounting (and to the current task's TALLY, if one is set)."""
+        if key == "cost":
+            self.cost += n
+        else:
+            self.stats[key] += n
+        tally = TALLY.get()
+        if tally is not None:
+            tally[key] += n
+
     async def complete(self, messages: list[dict[str, Any]], sampling: dict[str, Any] | None = None, sample: int = 0,
                        *, cache: CompletionCache | None | str = "default") -> Completion:
         """One completion: from the cache if it was ever paid for, else from the teacher.
@@ -252,10 +282,10 @@ class TeacherClient:
         samp = self.sampling_for(sampling)
         key = request_key(self.model_id, messages, samp, sample, self.cfg.seed)
         if cache is not None and (hit := cache.get(key)) is not None:
-            self.stats["cache_hits"] += 1
+            self.count("cache_hits")
             return hit
         if key in self._inflight:  # the same request already on its way: share its answer
-            self.stats["coalesced"] += 1
+            self.count("coalesced")
             return await asyncio.shield(self._inflight[key])
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
@@ -284,7 +314,7 @@ class TeacherClient:
             tag: int | None = None
             try:
                 slot = await self.limiter.acquire(est)
-                self.stats["requests"] += 1
+                self.count("requests")
                 kw = dict(sampling)
                 if seed is not None:
                     kw.setdefault("seed", seed)
@@ -300,10 +330,10 @@ class TeacherClient:
                 state.ok()
                 if state.window:
                     state.window.done(tag, time.monotonic() - sent, ct)
-                self.stats["prompt_tokens"] += pt
-                self.stats["completion_tokens"] += ct
-                self.stats["ok"] += 1
-                self.cost += self.cfg.price.cost(pt, ct)
+                self.count("prompt_tokens", pt)
+                self.count("completion_tokens", ct)
+                self.count("ok")
+                self.count("cost", self.cfg.price.cost(pt, ct))
                 return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop", prompt_tokens=pt,
                                   completion_tokens=ct, model=resp.get("model") or ep.model)
             except asyncio.CancelledError:
@@ -311,7 +341,7 @@ class TeacherClient:
             except Exception as e:  # noqa: BLE001 - classified below
                 reason, retryable, wait, status = classify(e)
                 last = f"{reason}: {str(e)[:200]}"
-                self.stats[f"error_{reason}"] += 1
+                self.count(f"error_{reason}")
                 if not retryable:
                     raise TeacherError(reason, str(e)[:500], retryable=False, status=status) from None
                 if state.window:  # 429, 5xx, timeouts: the server has too much
@@ -320,11 +350,11 @@ class TeacherClient:
                     if wait:
                         state.pause(wait)
                 elif self.balancer.failed(state):
-                    self.stats["ejections"] += 1
+                    self.count("ejections")
             finally:
                 await self.balancer.release(state)
             if attempt < r.max_attempts:
-                self.stats["retries"] += 1
+                self.count("retries")
                 await asyncio.sleep(max(self._backoff(attempt), wait or 0.0))
         raise TeacherError("retries_exhausted", f"{r.max_attempts} attempts, last: {last}", retryable=True)
 

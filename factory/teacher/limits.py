@@ -151,6 +151,11 @@ class Balancer:
                 except asyncio.TimeoutError:
                     pass
 
+    async def wake(self) -> None:
+        """Every waiter looks again (the windows changed)."""
+        async with self._cond:
+            self._cond.notify_all()
+
     def failed(self, state: EndpointState) -> bool:
         return state.failed(others_healthy=any(not s.ejected for s in self.states if s is not state))
 

@@ -53,3 +53,52 @@ def test_default_items_in_flight_follow_the_windows(tmp_path):
         asyncio.run(go())
         seen = stub.stats()
     assert seen["served"] == 64 and seen["max_active"] == 4  # the fixed window bounds what is sent
+
+
+def test_shards_at_once_share_the_gate_and_keep_their_own_accounting(tmp_path):
+    """A worker runs two shards at once (the next fills the window while one drains): one gate bounds
+    their items together, and each shard's stats count its own requests and tokens only."""
+    from factory.generate.shard import make_gate
+
+    rows = seed_rows(30)
+    with StubServer(completion_tokens=3, delay_s=0.03) as stub:
+        cfg = TeacherConfig(endpoints=[Endpoint(base_url=stub.url, model="stub")], max_in_flight=8,
+                            adaptive=AdaptiveOptions(enabled=False), sampling={"temperature": 0.0})
+
+        async def go() -> list[dict]:
+            async with TeacherClient(cfg) as client:
+                gate = make_gate(client, 2)
+                stage = StageDir(str(tmp_path / "out"), "generate", {"t": 1})
+                rec = load_recipe(recipe("tiny_word"))
+                return await asyncio.gather(*(process_shard(k, part, [rec], 1, client, stage, str(tmp_path / "cache"), 2, gate=gate)
+                                              for k, part in enumerate([rows[:10], rows[10:]])))
+
+        a, b = asyncio.run(go())
+        seen = stub.stats()
+    assert seen["max_active"] == 2  # the two shards together, not 2 each
+    assert (a["requests"], b["requests"]) == (10, 20) and seen["served"] == 30
+    assert b["completion_tokens"] == 2 * a["completion_tokens"] > 0  # each its own: 10 and 20 alike requests
+
+
+def test_reshare_widens_a_fixed_window(tmp_path):
+    """At a run's tail the driver gives the workers still busy the idle ones' share: a client's fixed
+    window per endpoint grows to the new share, and what waits is let through."""
+    rows = seed_rows(16)
+    with StubServer(completion_tokens=2, delay_s=0.05) as stub:
+        full = TeacherConfig(endpoints=[Endpoint(base_url=stub.url, model="stub")], max_in_flight=4,
+                             adaptive=AdaptiveOptions(enabled=False), sampling={"temperature": 0.0})
+
+        async def go() -> int:
+            async with TeacherClient(full.scaled(4)) as client:  # one of 4 workers: 1 in flight
+                task = asyncio.create_task(process_shard(0, rows, [load_recipe(recipe("tiny_word"))], 1, client,
+                                                         StageDir(str(tmp_path / "out"), "generate", {"t": 1}),
+                                                         str(tmp_path / "cache"), 16))
+                await asyncio.sleep(0.2)
+                before = stub.stats()["max_active"]
+                await client.reshare(full.scaled(1))  # the others are done: the whole window
+                await task
+                return before
+
+        before = asyncio.run(go())
+        seen = stub.stats()
+    assert before == 1 and seen["max_active"] == 4 and seen["served"] == 16
