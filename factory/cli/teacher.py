@@ -20,20 +20,18 @@ def serve(replicas: int = typer.Option(1, "--replicas", help="llama.cpp server p
     """Start N local OpenAI-compatible teacher servers; print their endpoints; stop on Ctrl-C."""
     from factory.teacher.server import LocalTeacher
 
-    stop = threading.Event()
+    stop = threading.Event()  # Ctrl-C and SIGTERM only ask to stop: the replicas are stopped in one place, whenever it comes
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     with LocalTeacher(replicas=replicas, model_path=model_path, n_ctx=n_ctx, threads=threads) as t:
         console.print(table(f"teacher: {t.model}", ["replica", "base_url", "pid"],
                             [[i, u, p] for i, (u, p) in enumerate(zip(t.endpoints, t.pids))]))
         print("endpoints:", " ".join(t.endpoints), flush=True)
         console.print("[dim]Point a teacher config at these (model: %s). Ctrl-C stops them.[/dim]" % t.model)
-        try:
-            while not stop.wait(0.5):
-                if any(p.poll() is not None for p in t.procs):
-                    console.print("[red]a replica exited; stopping[/red]")
-                    break
-        except KeyboardInterrupt:
-            pass
+        while not stop.wait(0.5):
+            if any(p.poll() is not None for p in t.procs):
+                console.print("[red]a replica exited; stopping[/red]")
+                break
     console.print("teacher stopped")
 
 

@@ -32,6 +32,27 @@ def test_teacher_serve_prints_endpoints_and_stops_on_ctrl_c():
         httpx.get(url + "/models", timeout=2)
 
 
+def test_teacher_serve_ctrl_c_while_starting_stops_cleanly():
+    """Ctrl-C before the replicas are up: serve finishes starting them, then stops them, exit 0."""
+    import time
+
+    p = subprocess.Popen([*CLI, "teacher", "serve", "--replicas", "1"], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(3)  # past the imports, into the replicas' start (or just past it)
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=60) == 0
+        out = p.stdout.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert "teacher stopped" in out and "Traceback" not in out
+    urls = [w for line in out.splitlines() if line.startswith("endpoints:") for w in line.split()[1:]]
+    for url in urls:
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url + "/models", timeout=2)
+
+
 def test_generate_bad_config_is_one_clear_line(tmp_path):
     cfg = tmp_path / "g.yaml"
     cfg.write_text("seeds: s.jsonl\nrecipes: [textbook]\nout: o\nteacher: {local_replicas: 1}\nworkerz: 3\n")
