@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -39,7 +40,11 @@ def test_teacher_serve_ctrl_c_while_starting_stops_cleanly():
     p = subprocess.Popen([*CLI, "teacher", "serve", "--replicas", "1"], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(3)  # past the imports, into the replicas' start (or just past it)
+        kids = Path(f"/proc/{p.pid}/task/{p.pid}/children")
+        deadline = time.time() + 120
+        while not kids.read_text().strip():  # a replica process exists: serve runs, its replicas are starting
+            assert p.poll() is None and time.time() < deadline, "serve did not start a replica"
+            time.sleep(0.05)
         p.send_signal(signal.SIGINT)
         assert p.wait(timeout=60) == 0
         out = p.stdout.read()
