@@ -93,8 +93,9 @@ def test_reshare_widens_a_fixed_window(tmp_path):
                 task = asyncio.create_task(process_shard(0, rows, [load_recipe(recipe("tiny_word"))], 1, client,
                                                          StageDir(str(tmp_path / "out"), "generate", {"t": 1}),
                                                          str(tmp_path / "cache"), 16))
-                await asyncio.sleep(0.2)
-                before = stub.stats()["max_active"]
+                while (await asyncio.to_thread(stub.stats))["served"] < 2:  # a few requests through at the small share
+                    await asyncio.sleep(0.01)
+                before = (await asyncio.to_thread(stub.stats))["max_active"]
                 await client.reshare(full.scaled(1))  # the others are done: the whole window
                 await task
                 return before
