@@ -254,13 +254,11 @@ def time_split(summary: dict, folder: Path, auto_lanes: int = 1) -> dict:
     recs = [json.loads(x) for x in (folder / "large_results.jsonl").read_text().splitlines() if x.strip()]
     timed = [r for r in recs if r.get("time")]
     wall, anchor_tps = summary["ours"]["wall_s"], summary["anchor"]["tokens_per_s"]
-    out = {"lanes_per_gpu": summary["ours"].get("per_gpu"), "suite_wall_s": wall}
-    if not str(out["lanes_per_gpu"]).isdigit():
-        out["lanes_per_gpu"] = f"auto ({auto_lanes})"
-    if not timed:
-        return out
     per_gpu = str(summary["ours"].get("per_gpu") or 1)
     lanes = int(per_gpu) if per_gpu.isdigit() else auto_lanes
+    out = {"lanes_per_gpu": per_gpu if per_gpu.isdigit() else f"auto ({auto_lanes})", "suite_wall_s": wall}
+    if not timed:
+        return out
     steps = [r["time"]["steps_s"] for r in timed]
     later = timed[1:] if lanes == 1 else timed[lanes:]
     med = lambda xs: round(statistics.median(xs), 2) if xs else None  # noqa: E731
@@ -295,6 +293,7 @@ def report(outs: list[Path], prep: Path, also: list[Path] | None = None) -> None
         for r in rounds:
             r["ratio"] = r["ours"]["tokens_per_s"] / r["anchor"]["tokens_per_s"]
         mid = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]  # the median round
+        auto_lanes = int(json.loads((prep / "large" / "tasks.json").read_text()).get("per_gpu_auto") or 1)
         o, a = mid["ours"]["tokens_per_s"], mid["anchor"]["tokens_per_s"]
         ratios = [round(r["ratio"], 3) for r in rounds]
         res = {"ours": round(o, 1), "anchor": round(a, 1), "ratio": round(o / a, 3), "unit": "training tokens/s",
@@ -304,8 +303,7 @@ def report(outs: list[Path], prep: Path, also: list[Path] | None = None) -> None
                            "anchor": r["anchor"]["tokens_per_s"], "ratio": round(r["ratio"], 3),
                            "suite_wall_s": r["ours"]["wall_s"], "runs": r["ours"]["runs"],
                            "complete": r["ours"]["runs"] == r["ours"]["planned_runs"]} for r in rounds],
-               "where_the_time_goes": [time_split(r, d, int(json.loads((prep / "large" / "tasks.json").read_text()).get("per_gpu_auto") or 1))
-                                       for r, d in zip(rounds, [outs[0], *(also or [])])],
+               "where_the_time_goes": [time_split(r, d, auto_lanes) for r, d in zip(rounds, [outs[0], *(also or [])])],
                "what": "ours: the large-scale task list of mixes/ablations/decision_gpu.yaml through train.suite "
                        "(lanes_per_gpu lanes on the GPU), all finished runs' training tokens over the suite's wall time "
                        "(start-up, compile, data, evaluation included); anchor: one run of the same model on the same "

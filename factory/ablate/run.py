@@ -81,12 +81,9 @@ def _use_ray(g: GridConfig, address: str | None = None) -> bool:
         return False
     if address:
         return True
-    try:
-        import torch
+    from train.suite import gpus as count_gpus
 
-        gpus = torch.cuda.device_count()
-    except Exception:
-        gpus = 0
+    gpus = count_gpus()
     if g.parallel == "ray" or gpus > 0:
         try:
             import ray  # noqa: F401
