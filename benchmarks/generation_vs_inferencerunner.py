@@ -157,8 +157,31 @@ def save(result: dict[str, Any], out: str) -> None:
 
 
 def machine(a: argparse.Namespace) -> str:
+    pinned = f", replicas pinned to cores {a.teacher_cores}, clients to the rest" if a.teacher_cores else ""
     return (f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}, CPU llama.cpp SmolLM2-135M Q4_1, "
-            f"{a.replicas} replicas x {a.threads} thread")
+            f"{a.replicas} replicas x {a.threads} thread{pinned}")
+
+
+@contextlib.contextmanager
+def teacher(a: argparse.Namespace) -> Iterator[Any]:
+    """The local replicas; with --teacher-cores they run on those cores and this process (both clients,
+    Ray and its workers, which inherit it) on the others, as a fleet on its own machines would: the
+    clients' CPU then no longer slows the teacher, and only how they keep it busy is measured."""
+    from factory.teacher.server import LocalTeacher
+
+    every = os.sched_getaffinity(0)
+    cores = {int(c) for c in a.teacher_cores.split(",")} if a.teacher_cores else set()
+    if cores and not (cores < every):
+        raise SystemExit(f"--teacher-cores {a.teacher_cores}: name some, not all, of the cores {sorted(every)}")
+    if cores:
+        os.sched_setaffinity(0, cores)  # the replicas' processes inherit it
+    try:
+        with LocalTeacher(replicas=a.replicas, threads=a.threads) as t:
+            if cores:
+                os.sched_setaffinity(0, every - cores)
+            yield t
+    finally:
+        os.sched_setaffinity(0, every)
 
 
 def common_args(ap: argparse.ArgumentParser) -> None:
@@ -172,6 +195,8 @@ def common_args(ap: argparse.ArgumentParser) -> None:
                     "worker that starts late or draws slower items takes fewer)")
     ap.add_argument("--in-flight", type=int, default=2, help="requests in flight per replica, both sides")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of anchor then ours (ABAB...)")
+    ap.add_argument("--teacher-cores", default="", help="comma-separated cores for the replicas alone (the clients get the "
+                    "others), e.g. 0: a fleet apart from the clients")
     ap.add_argument("--adaptive", action="store_true", help="ours with its adaptive window starting at --in-flight "
                     "(default: fixed at --in-flight per replica, exactly the anchor's concurrency)")
 
@@ -179,7 +204,7 @@ def common_args(ap: argparse.ArgumentParser) -> None:
 def settings(a: argparse.Namespace) -> dict[str, Any]:
     """The workload and concurrency both comparisons record."""
     return {"seeds": a.seeds, "max_tokens": a.max_tokens, "in_flight_per_replica": a.in_flight, "workers": a.workers, "shards": a.shards,
-            "concurrency": a.concurrency,
+            "concurrency": a.concurrency, "teacher_cores": a.teacher_cores or "shared with the clients",
             "ours_window": f"adaptive from {a.in_flight} per replica" if a.adaptive else f"fixed {a.in_flight} per replica (adaptive off)"}
 
 
@@ -189,11 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "generation_vs_inferencerunner.json"))
     a = ap.parse_args(argv)
 
-    from factory.teacher.server import LocalTeacher
-
     tmp = Path(tempfile.mkdtemp(prefix="bench-dt-"))
     load0 = os.getloadavg()
-    with LocalTeacher(replicas=a.replicas, threads=a.threads) as t, removed(tmp):
+    with teacher(a) as t, removed(tmp):
         w = workload(a, tmp, t.endpoints, t.model)
         warm_up(t.endpoints, t.model, w["payloads"][0])
         runs = alternate(a.rounds, lambda k: run_datatrove(a, w, t.endpoints, t.model, tmp / f"dt{k}"),
