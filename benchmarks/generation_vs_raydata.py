@@ -41,7 +41,7 @@ os.environ.setdefault("RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare_rounds import alternate, report  # noqa: E402
-from generation_vs_inferencerunner import common_args, machine, removed, run_ours, save, settings, warm_up, workload  # noqa: E402
+from generation_vs_inferencerunner import common_args, machine, removed, run_ours, save, settings, teacher, warm_up, workload  # noqa: E402
 
 
 def raydata_available() -> str | None:
@@ -112,18 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from factory.cluster import init_ray
-    from factory.teacher.server import LocalTeacher
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-raydata-"))
-    init_ray(None, num_cpus=os.cpu_count() or 2, object_store_memory=200 * 1024**2)  # as generate.run starts it
-    try:
-        with LocalTeacher(replicas=a.replicas, threads=a.threads) as t, removed(tmp):
+    with teacher(a) as t, removed(tmp):  # the teacher first: with --teacher-cores, Ray starts on the clients' cores
+        init_ray(None, num_cpus=os.cpu_count() or 2, object_store_memory=200 * 1024**2)  # as generate.run starts it
+        try:
             w = workload(a, tmp, t.endpoints, t.model)
             warm_up(t.endpoints, t.model, w["payloads"][0])
             runs = alternate(a.rounds, lambda k: run_raydata(a, w, t.endpoints, t.model),
                              lambda k: run_ours(a, w, tmp / f"ours{k}", timed="workers_start"))
-    finally:
-        ray.shutdown()
+        finally:
+            ray.shutdown()
     report("Ray Data LLM", machine(a), a.out, runs, anchor_name=f"Ray {ray.__version__} ray.data.llm HttpRequestProcessorConfig + "
            "build_processor, one processor per replica, unioned", **settings(a), actor_cpus=a.actor_cpus, batch_size=a.batch_size,
            loadavg_before=[round(x, 2) for x in load0])
