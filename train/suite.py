@@ -50,12 +50,13 @@ def per_gpu_auto(tokens_per_step: int, params: int, free_bytes: float | None = N
     """Lanes per GPU. A lane draws the next run's initial weights while the current one trains, so
     what a second lane can hide is mostly scoring and the first run's start-up, and side by side
     the GPU time-slices the lanes (two lanes of a ~90M model at 64 x 512 tokens a step reached 0.90
-    of one lane's step rate on an H200, benchmarks/ablation_packing.py). So: one lane once a step is
-    large (6 x params x tokens of ~2.4e13 FLOPs or more: a ~90M model at 64k tokens a step), more
-    for smaller steps (whose launches the CPU cannot keep ahead of alone; 3 for a ~90M model at
-    16k tokens), at most 8, and no more than 60% of free memory allows (weights, gradients and
-    AdamW state: ~16 bytes a parameter, activations on top)."""
-    n = max(1, min(8, math.ceil(3 * 8e12 / max(1.0, 6.0 * params * tokens_per_step))))
+    of one lane's step rate on an H200, and one lane ran that suite at 0.82 of a 256-sequence run,
+    benchmarks/ablation_packing.py). So: one lane once a step is large (6 x params x tokens of
+    ~1.6e13 FLOPs or more: a ~90M model at 32k tokens a step), more for smaller steps (whose
+    launches the CPU cannot keep ahead of alone; 2 for a ~90M model at 16k tokens), at most 8, and
+    no more than 60% of free memory allows (weights, gradients and AdamW state: ~16 bytes a
+    parameter, activations on top)."""
+    n = max(1, min(8, math.ceil(1.6e13 / max(1.0, 6.0 * params * tokens_per_step))))
     if free_bytes:
         per_lane = 16 * params + 48 * tokens_per_step * 1024  # states + a generous activation allowance
         n = max(1, min(n, int(0.6 * free_bytes // per_lane)))
