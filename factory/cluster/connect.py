@@ -29,6 +29,11 @@ from urllib.parse import urlparse
 from factory.errors import FactoryError
 
 LOCAL_OBJECT_STORE_BYTES = 300 * 1024**2
+# A local Ray started here has no dashboard, so nobody reads its task events or metrics: it stops
+# reporting them, which is most of what Ray's processes burn while idle, CPU the teacher may share
+# (`RAY_<name>` variables and a caller's own `_system_config` still win).
+QUIET_LOCAL = {"task_events_report_interval_ms": 0, "enable_metrics_collection": False,
+               "metrics_report_interval_ms": 600_000, "event_stats": False}
 AUTH_ENV, TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 _CONNECT_TIMEOUT_S = 5.0
 # ray.init arguments that only shape a new local Ray; Ray rejects them when connecting, we drop them.
@@ -144,8 +149,10 @@ def init_ray(address: str | None = None, **kw) -> dict:
     kw.setdefault("logging_level", logging.WARNING)
     kw.setdefault("log_to_driver", True)
     if local:
+        quiet = {} if kw.get("include_dashboard") else {k: v for k, v in QUIET_LOCAL.items()
+                                                         if f"RAY_{k}" not in os.environ}
         defaults = {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
-                    "object_store_memory": LOCAL_OBJECT_STORE_BYTES}
+                    "object_store_memory": LOCAL_OBJECT_STORE_BYTES, "_system_config": quiet}
         kw.update({k: v for k, v in defaults.items() if kw.get(k) is None})
         target = "local"
     else:

@@ -81,3 +81,22 @@ def test_a_client_without_the_token_gets_the_fix(ray_head, tmp_path):
                         "--address", ray_head.dashboard], capture_output=True, text=True, timeout=60,
                        env=dict(ray_head.env, RAY_AUTH_TOKEN_PATH=str(wrong)))
     assert r.returncode == 2 and "Authentication failed" in r.stderr and "auth_token" in r.stderr
+
+
+QUIET = """
+import json, ray
+from factory.cluster import init_ray
+init_ray(num_cpus=1, object_store_memory=10**8)
+print(json.dumps(ray._private.worker._global_node._config))
+"""
+
+
+@pytest.mark.slow
+def test_a_local_ray_does_not_report_what_no_dashboard_reads(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("RAY_event")}
+    env["RAY_task_events_report_interval_ms"] = "1000"  # a user's RAY_<name> wins over the quiet default
+    r = run_py(QUIET, env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = json.loads(r.stdout.strip().splitlines()[-1])
+    assert cfg["enable_metrics_collection"] is False and cfg["event_stats"] is False
+    assert "task_events_report_interval_ms" not in cfg  # left to the environment variable
