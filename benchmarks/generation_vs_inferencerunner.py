@@ -27,6 +27,7 @@ median(anchor) (compare_rounds.py); target >= 1.0.
     python benchmarks/generation_vs_inferencerunner.py --replicas 2 --seeds 24 --max-tokens 32
     python benchmarks/generation_vs_inferencerunner.py --seeds 96 --out benchmarks/results/generation_vs_inferencerunner_large.json
     python benchmarks/generation_vs_inferencerunner.py --teacher-cores 0 --out benchmarks/results/generation_vs_inferencerunner_pinned.json
+    python benchmarks/generation_vs_inferencerunner.py --workers 1 --seeds 96 --out benchmarks/results/generation_vs_inferencerunner_large_one_worker.json
 """
 
 from __future__ import annotations
