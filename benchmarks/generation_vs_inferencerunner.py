@@ -191,7 +191,8 @@ def common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seeds", type=int, default=24)
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=2, help="factory Ray workers")
+    ap.add_argument("--workers", type=int, default=-1, help="factory workers (default -1, the stage's: on one machine with a "
+                    "few replicas, the driver's event loop without Ray; N: N Ray actors)")
     ap.add_argument("--concurrency", type=int, default=8, help="factory items in flight per worker")
     ap.add_argument("--shards", type=int, default=8, help="factory shards (the stage's default: more than workers, so a "
                     "worker that starts late or draws slower items takes fewer)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from factory.config import load_config
 from factory.teacher.config import TeacherConfig
@@ -27,10 +27,19 @@ class GenerateConfig(BaseModel):
                                    "segment every N of them (a lost node repays at most N per shard in flight)")
     cache_flush_s: float = Field(30.0, gt=0, description="on object storage: ... and at least every T seconds")
     ray_address: str | None = None
-    workers: int = Field(2, ge=1, description="Ray actors sending requests")
+    workers: int = Field(-1, ge=-1, description="Ray actors sending requests; -1: one per node of a Ray cluster (and one "
+                         "per 16 endpoints); on this machine alone, with at most 16 endpoints, the driver's own event loop "
+                         "without Ray")
     concurrency: int | None = Field(None, ge=1, description="items in flight per worker, a cap (default: twice the "
                                     "adaptive windows, at least 16; 16 with fixed windows)")
     worker_cpus: float = Field(0.25, ge=0)
+
+    @field_validator("workers")
+    @classmethod
+    def _no_zero_workers(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("0 workers would send nothing: give a number of Ray actors, or -1 to let the stage choose")
+        return v
 
 
 def teacher_config(cfg: GenerateConfig, where: str = "generate config") -> TeacherConfig:

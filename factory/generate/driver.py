@@ -1,7 +1,8 @@
 """The generate stage's driver: probe the teacher, hand shards to workers (or batch mode), write the manifest.
 
 Seeds are split into shards; Ray actors (async, one TeacherClient each, the teacher limits split
-between them) take shards from the driver and run each shard's items concurrently. A shard is
+between them) take shards from the driver and run each shard's items concurrently; on one machine
+with a few endpoints, the default runs the same worker in the driver's event loop, without Ray. A shard is
 written atomically when complete (see factory.generate.shard); a rerun skips finished shards and
 answers every request already paid for from the per-shard request cache. Inside a Ray job the
 cluster is picked up from RAY_ADDRESS; without one a small local Ray starts.
@@ -23,7 +24,7 @@ from factory.errors import FactoryError
 from factory.generate.config import GenerateConfig, identity, teacher_config
 from factory.generate.inputs import load_seeds, split
 from factory.generate.shard import ACCOUNT_KEYS, REJECT_SCHEMA, seed_id_of, shard_name
-from factory.generate.workers import Workers, run_on_ray
+from factory.generate.workers import Workers, in_process, run_on_ray
 from factory.schema import sha
 from factory.stage import StageDir, is_local, licences, write_card
 from factory.teacher.cache import adopt
@@ -110,18 +111,25 @@ def _run(cfg: GenerateConfig, where: str, show_progress: bool, tcfg: TeacherConf
         live = tcfg if tcfg.endpoints else None
         if todo and live is not None:  # given endpoints are probed first: a bad one fails before Ray starts
             this_run["probe_s"] = probed(live, where)
-        # online: Ray and its workers start next, so their start overlaps the cache adoption (and a local teacher's start)
-        pool = stack.enter_context(Workers(cfg, stage, cache_dir, len(todo))) if todo and tcfg.mode != "batch" else None
+        n_endpoints = len(tcfg.endpoints) or tcfg.local_replicas
+        local = tcfg.mode == "batch" or in_process(cfg, n_endpoints)
+        # on Ray: Ray and its workers start next, so their start overlaps the cache adoption (and a local teacher's start)
+        pool = stack.enter_context(Workers(cfg, stage, cache_dir, len(todo), n_endpoints)) if todo and not local else None
         this_run["cache_adopted"] = adopt(cache_root, cache_dir, shard_of)
         if todo:
             if live is None:
                 live = stack.enter_context(teacher_endpoints(tcfg))
                 this_run["probe_s"] = probed(live, where)
-            if pool is None:
+            if tcfg.mode == "batch":
                 from factory.generate.batch import run_batch
 
                 this_run.update(run_batch(live, {k: shards[k] for k in todo}, recipes, cfg.samples_per_seed, stage,
                                           cache_dir, cfg.concurrency))
+            elif pool is None:
+                from factory.generate.inprocess import run_in_process
+
+                this_run.update(run_in_process(cfg, live, {k: shards[k] for k in todo}, recipes, stage, cache_dir,
+                                               show_progress=show_progress))
             else:
                 this_run.update(run_on_ray(cfg, live, {k: shards[k] for k in todo}, recipes, pool, show_progress=show_progress))
     if pool is not None:

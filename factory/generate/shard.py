@@ -213,7 +213,10 @@ async def _process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any],
         reasons[row["reason"]] += 1
 
     n_units = 0
-    with CompletionCache(shard_file(cache_dir, k), flush_every, flush_s) as cache:
+    # the cache's load and close, and the shard's writes, run in a thread: the worker's other shard
+    # keeps its requests flowing meanwhile (on object storage these take round trips)
+    cache = await asyncio.to_thread(CompletionCache, shard_file(cache_dir, k), flush_every, flush_s)
+    try:
         make = complete_factory or (lambda c: functools.partial(client.complete, cache=c))
 
         async def unit(row: dict[str, Any], recipe: Any, sample: int) -> None:
@@ -291,8 +294,17 @@ async def _process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any],
             if failure.done() and not failure.cancelled():
                 failure.exception()  # mark retrieved
             failure.cancel()
+    finally:
+        await asyncio.to_thread(cache.close)
     if deferred:
         return {"shard": k, "deferred": deferred}
+    return await asyncio.to_thread(write_shard, k, rows, n_units, tally, docs, rejected, reasons, where, stage, t0)
+
+
+def write_shard(k: int, rows: list[dict[str, Any]], n_units: int, tally: collections.Counter, docs: Spool,
+                rejected: Spool, reasons: collections.Counter, where: dict[str, Any] | None, stage: StageDir,
+                t0: float) -> dict[str, Any]:
+    """The finished shard's outputs, its docs parquet last (the completion marker); returns its stats."""
     table, dup = unique_by_id(docs.table())
     stats = {k2: int(tally[k2]) for k2 in ACCOUNT_KEYS}
     stats["cost"] = round(tally["cost"], 6)

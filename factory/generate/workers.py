@@ -20,6 +20,40 @@ from factory.stage import StageDir
 from factory.teacher.config import TeacherConfig
 
 SHARDS_PER_WORKER = 2  # shards an actor runs at once: the next one starts while one drains
+ENDPOINTS_PER_WORKER = 16  # endpoints one async worker drives by default: at ~1 ms of CPU a request (measured over a
+# million requests) a worker sends ~1,000 requests/s, 60 a second to each of 16 continuous-batching replicas
+
+
+def ray_address(cfg: GenerateConfig) -> str | None:
+    """The cluster the stage would join: the config's, else RAY_ADDRESS; None for a local Ray."""
+    import os
+
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+    return None if address == "local" else address
+
+
+def in_process(cfg: GenerateConfig, n_endpoints: int) -> bool:
+    """`workers: -1` on this machine alone (no cluster given, no Ray started in this process) with
+    a fleet one worker drives: the shards run in the driver's own event loop and Ray is not
+    started, so that neither its start nor its processes' CPU (several % of a core) is paid."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    return (cfg.workers == -1 and ray_address(cfg) is None and not (ray is not None and ray.is_initialized())
+            and n_endpoints <= ENDPOINTS_PER_WORKER)
+
+
+def worker_count(cfg: GenerateConfig, n_endpoints: int, n_shards: int) -> int:
+    """Ray actors: the config's number, or for -1 one per alive node and one per 16 endpoints;
+    never more than the shards to run."""
+    if cfg.workers > 0:
+        n = cfg.workers
+    else:
+        import ray
+
+        nodes = sum(1 for nd in ray.nodes() if nd.get("Alive"))
+        n = max(nodes, -(-n_endpoints // ENDPOINTS_PER_WORKER))
+    return max(1, min(n, n_shards))
 
 
 class GenWorker:
@@ -78,14 +112,14 @@ class Workers:
     their start (Ray worker processes, imports, recipes) overlaps the teacher's start and probe.
     `close()` kills them and stops a Ray it started: the tear-down, timed apart from the run."""
 
-    def __init__(self, cfg: GenerateConfig, stage: StageDir, cache_dir: str, n_shards: int):
+    def __init__(self, cfg: GenerateConfig, stage: StageDir, cache_dir: str, n_shards: int, n_endpoints: int):
         import ray
 
         from factory.cluster import init_ray
 
         self.started = not ray.is_initialized()
         init_ray(cfg.ray_address)
-        self.n = max(1, min(cfg.workers, n_shards))
+        self.n = worker_count(cfg, n_endpoints, n_shards)
         self.actor = ray.remote(GenWorker).options(num_cpus=cfg.worker_cpus, max_concurrency=4, max_restarts=2,
                                                    max_task_retries=2, scheduling_strategy="SPREAD")
         self.args = (stage.url, stage.config, cfg.recipes, cfg.recipe_sampling, cfg.samples_per_seed, str(cache_dir),
@@ -140,14 +174,15 @@ def _first_line(e: BaseException) -> str:
 
 
 def placement() -> dict[str, Any]:
-    """Where this process runs: Ray node id and address, host, pid (kept in each shard's stats)."""
+    """Where this process runs: Ray node id and address (on Ray), host, pid (kept in each shard's stats)."""
     import os
     import socket
+    import sys
 
-    import ray
-
-    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
-            "host": socket.gethostname(), "pid": os.getpid()}
+    ray = sys.modules.get("ray")
+    node = ({"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+            if ray is not None and ray.is_initialized() else {})
+    return {**node, "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def timeline(t0: float, results: dict[int, dict[str, Any]], done_at: float) -> dict[str, Any]:
@@ -243,24 +278,35 @@ def run_on_ray(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
             if time.time() - last_poll >= poll_every or not (queue or running):
                 last_poll = time.time()
                 poll(workers, polled)
-            units = sum(s["units"] for s in polled.values())
-            docs = sum(s["docs"] for s in polled.values())
-            toks = sum(s["completion_tokens"] for s in polled.values())
-            dt = max(1e-6, time.time() - t0)
-            cost = sum(s["cost"] for s in polled.values())
-            bar.update(task, completed=min(units, total_units),
-                       info=f"{docs / dt:.2f} docs/s  {toks / dt:.0f} tok/s  ${cost:.4f}  retries {sum(s['retries'] for s in polled.values())}"
-                            + window_info(merge_windows(list(polled.values()))))
+            show(bar, task, list(polled.values()), t0, total_units)
     done_at = time.time()  # the work is done: the pool's tear-down follows, not counted in wall_s
-    acc = {k: sum(r.get(k, 0) for r in results.values()) for k in ("requests", "retries", "cache_hits", "prompt_tokens",
-                                                                   "completion_tokens", "docs", "units")}
+    return accounting(results, failed, list(polled.values()), t0, done_at, pool.created_at, executor="ray",
+                      workers=n_workers, workers_replaced=replaced)
+
+
+def show(bar: Any, task: Any, polls: list[dict[str, Any]], t0: float, total_units: int) -> None:
+    """The progress line from the workers' live counters."""
+    units = sum(s["units"] for s in polls)
+    docs = sum(s["docs"] for s in polls)
+    toks = sum(s["completion_tokens"] for s in polls)
+    dt = max(1e-6, time.time() - t0)
+    cost = sum(s["cost"] for s in polls)
+    bar.update(task, completed=min(units, total_units),
+               info=f"{docs / dt:.2f} docs/s  {toks / dt:.0f} tok/s  ${cost:.4f}  retries {sum(s['retries'] for s in polls)}"
+                    + window_info(merge_windows(polls)))
+
+
+def accounting(results: dict[int, dict[str, Any]], failed: list[dict[str, Any]], polls: list[dict[str, Any]], t0: float,
+               done_at: float, created_at: float, **extra: Any) -> dict[str, Any]:
+    """This run's accounting from its shards' stats: totals, failed and late shards, rates, timeline."""
+    acc: dict[str, Any] = {k: sum(r.get(k, 0) for r in results.values())
+                           for k in ("requests", "retries", "cache_hits", "prompt_tokens", "completion_tokens", "docs", "units")}
     acc["cost"] = round(sum(r.get("cost", 0) for r in results.values()), 6)
     wall = max(1e-6, done_at - t0)
     acc.update(shards_run=sorted(results), failed_shards=failed, wall_s=round(wall, 3),
-               completion_tok_per_s=round(acc["completion_tokens"] / wall, 2), workers=n_workers,
-               workers_replaced=replaced, late_shards=sorted(k for k, r in results.items() if r.get("late")),
-               endpoints=merge_windows(list(polled.values())),
-               timeline={"workers_started_before_s": round(t0 - pool.created_at, 3), **timeline(t0, results, done_at)})
+               completion_tok_per_s=round(acc["completion_tokens"] / wall, 2), **extra,
+               late_shards=sorted(k for k, r in results.items() if r.get("late")), endpoints=merge_windows(polls),
+               timeline={"workers_started_before_s": round(t0 - created_at, 3), **timeline(t0, results, done_at)})
     return acc
 
 
