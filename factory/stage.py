@@ -9,6 +9,7 @@ different config in the same folder is refused rather than silently mixed with o
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import platform
@@ -37,14 +38,20 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
 
 
-def versions() -> dict[str, str]:
+@functools.cache
+def _versions() -> tuple[tuple[str, str], ...]:
+    """Read once a process (each package's metadata is parsed: ~4 ms a package)."""
     out = {"python": platform.python_version()}
     for name in _VERSIONED:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
-    return out
+    return tuple(out.items())
+
+
+def versions() -> dict[str, str]:
+    return dict(_versions())
 
 
 class StageDir:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import email.utils
+import functools
 import importlib
 import json
 import random
@@ -46,14 +47,21 @@ _httpx = importlib.import_module(openai.DefaultAsyncHttpxClient.__mro__[1].__mod
 _Response = _httpx.Response
 
 
+@functools.cache
+def tls_context() -> Any:
+    """The process's TLS context for the openai clients, made once: each client would otherwise load
+    the CA bundle again (~50 ms of CPU a client, more than a hundred requests cost)."""
+    return _httpx.create_ssl_context()
+
+
 def http_client(timeout_s: float, connections: int) -> Any:
     """openai's aiohttp-backed client with a pool of `connections` (httpx's when aiohttp is missing).
     A pool smaller than the window closes a connection after each request beyond it."""
     limits = _httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     try:
-        return openai.DefaultAioHttpClient(timeout=timeout_s, limits=limits)
+        return openai.DefaultAioHttpClient(timeout=timeout_s, limits=limits, verify=tls_context())
     except (AttributeError, RuntimeError):  # an openai without it, or aiohttp not installed
-        return openai.DefaultAsyncHttpxClient(timeout=timeout_s, limits=limits)
+        return openai.DefaultAsyncHttpxClient(timeout=timeout_s, limits=limits, verify=tls_context())
 
 
 def retry_after_s(headers: Any) -> float | None:

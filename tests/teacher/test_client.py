@@ -206,3 +206,38 @@ def test_probe_of_a_closed_port_fails_at_once_with_the_fix():
     with pytest.raises(FactoryError, match="nothing listens there: start the server"):
         asyncio.run(_run(cfg, 1))
     assert time.monotonic() - t0 < 5  # refused is not retried: no backoff slept
+
+
+def test_clients_share_one_verifying_tls_context(monkeypatch):
+    """Loading the CA bundle costs ~50 ms of CPU: it is done once a process, not once an endpoint
+    client, and the shared context still verifies certificates and host names."""
+    import ssl
+
+    import factory.teacher.client as client_mod
+
+    made = []
+    real = client_mod._httpx.create_ssl_context
+
+    def counting(verify=True, *a, **kw):
+        if verify is True:
+            made.append(1)
+        return real(verify, *a, **kw)
+
+    monkeypatch.setattr(client_mod._httpx, "create_ssl_context", counting)
+    client_mod.tls_context.cache_clear()
+    monkeypatch.setattr(client_mod, "tls_context", client_mod.tls_context)  # cleared again below, whatever happens
+
+    async def start_three() -> None:
+        urls = ["http://127.0.0.1:9/v1", "https://example.invalid/v1"]
+        for _ in range(3):
+            c = TeacherClient(cfg_for(urls, "m"))
+            await c.start(probe=False)
+            await c.close()
+
+    try:
+        asyncio.run(start_three())
+        ctx = client_mod.tls_context()
+    finally:
+        client_mod.tls_context.cache_clear()
+    assert len(made) == 1, len(made)  # six endpoint clients, one CA bundle load
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
