@@ -61,6 +61,10 @@ def summary(runs: dict[str, list[Run]]) -> dict[str, Any]:
     if e2e:  # ours timed over the whole generate.run call too (Ray start and stop, probe, manifest)
         out["ours_end_to_end_tok_s"] = round(statistics.median(e2e), 2)
         out["ratio_end_to_end"] = round(statistics.median(e2e) / med_a, 3)
+    cpu = {side: [r["cpu_ms_per_request"] for r in rs if "cpu_ms_per_request" in r] for side, rs in runs.items()}
+    if all(cpu.values()):  # this process's CPU over each run, per request: the client's own cost
+        out["cpu_ms_per_request"] = {side: round(statistics.median(v), 2) for side, v in cpu.items()}
+        out["cpu_ms_per_request_spread"] = {side: [round(min(v), 2), round(max(v), 2)] for side, v in cpu.items()}
     out["runs"] = {side: [{k: v for k, v in r.items() if k != "texts"} for r in rs] for side, rs in runs.items()}
     return out
 

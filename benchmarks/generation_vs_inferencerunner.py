@@ -28,6 +28,10 @@ median(anchor) (compare_rounds.py); target >= 1.0.
     python benchmarks/generation_vs_inferencerunner.py --seeds 96 --out benchmarks/results/generation_vs_inferencerunner_large.json
     python benchmarks/generation_vs_inferencerunner.py --teacher-cores 0 --out benchmarks/results/generation_vs_inferencerunner_pinned.json
     python benchmarks/generation_vs_inferencerunner.py --workers 1 --seeds 96 --out benchmarks/results/generation_vs_inferencerunner_large_one_worker.json
+    python benchmarks/generation_vs_inferencerunner.py --stub-delay 0.2 --rounds 5 --out benchmarks/results/generation_vs_inferencerunner_cpu.json
+
+Each run also records this process's CPU per request (`cpu_ms_per_request`, medians in the
+details): the clients' own cost, which on a machine whose CPU is also the teacher slows it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -81,6 +86,12 @@ def removed(tmp: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def cpu_s() -> float:
+    """This process's CPU seconds so far, all its threads (the replicas, child processes, are not in it)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def warm_up(endpoints: list[str], model: str, payload: dict[str, Any]) -> None:
     import httpx
 
@@ -98,9 +109,9 @@ def run_ours(a: argparse.Namespace, w: dict[str, Any], out: Path, timed: str = "
 
     cfg = GenerateConfig(seeds=w["seeds"], recipes=[w["recipe"]], shards=a.shards, teacher=w["tcfg"], out=str(out),
                          workers=a.workers, concurrency=a.concurrency)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_s()
     m = run(cfg, show_progress=False)
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, cpu_s() - c0
     tr = m["this_run"]
     tl = tr["timeline"]
     windows = {"first_request": tr["probe_s"] + tr["wall_s"] - min(tl["to_first_shard_s"]),
@@ -112,7 +123,8 @@ def run_ours(a: argparse.Namespace, w: dict[str, Any], out: Path, timed: str = "
         busy[st["pid"]] = busy.get(st["pid"], 0.0) + st["wall_s"]
     return {"tok_s": tr["completion_tokens"] / windows[timed], "completion_tokens": tr["completion_tokens"],
             "wall_s": round(windows[timed], 3), "timed": timed, **{f"{k}_s": round(v, 3) for k, v in windows.items()},
-            "end_to_end_s": round(total, 3), "requests": tr["requests"], "workers_in_shards_s": sorted(round(b, 2) for b in busy.values()),
+            "end_to_end_s": round(total, 3), "requests": tr["requests"],
+            "cpu_ms_per_request": round(1000 * cpu / max(1, tr["requests"]), 2), "workers_in_shards_s": sorted(round(b, 2) for b in busy.values()),
             "probe_s": tr["probe_s"], "timeline": tl, "endpoints": tr.get("endpoints"), "texts": texts}
 
 
@@ -143,13 +155,13 @@ def run_datatrove(a: argparse.Namespace, w: dict[str, Any], endpoints: list[str]
     async def all_ranks() -> None:
         await asyncio.gather(*(r.run_async(d, rank=k) for k, (r, d) in enumerate(zip(runners, docs))))
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_s()
     asyncio.run(all_ranks())
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, cpu_s() - c0
     toks = sum(r["completion_tokens"] for r in results.values())
     per_rank = [sum(results[d.id]["completion_tokens"] for d in ds if d.id in results) for ds in docs]
     return {"tok_s": toks / wall, "completion_tokens": toks, "wall_s": round(wall, 3), "requests": len(results),
-            "completion_tokens_per_rank": per_rank,
+            "cpu_ms_per_request": round(1000 * cpu / max(1, len(results)), 2), "completion_tokens_per_rank": per_rank,
             "texts": {k: v["text"] for k, v in results.items()}}
 
 
@@ -159,6 +171,8 @@ def save(result: dict[str, Any], out: str) -> None:
 
 
 def machine(a: argparse.Namespace) -> str:
+    if a.stub_delay is not None:
+        return f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}, {a.replicas} stub replicas answering in {a.stub_delay} s"
     pinned = f", replicas pinned to cores {a.teacher_cores}, clients to the rest" if a.teacher_cores else ""
     return (f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}, CPU llama.cpp SmolLM2-135M Q4_1, "
             f"{a.replicas} replicas x {a.threads} thread{pinned}")
@@ -168,9 +182,19 @@ def machine(a: argparse.Namespace) -> str:
 def teacher(a: argparse.Namespace) -> Iterator[Any]:
     """The local replicas; with --teacher-cores they run on those cores and this process (both clients,
     Ray and its workers, which inherit it) on the others, as a fleet on its own machines would: the
-    clients' CPU then no longer slows the teacher, and only how they keep it busy is measured."""
+    clients' CPU then no longer slows the teacher, and only how they keep it busy is measured.
+    With --stub-delay, stub replicas that answer after that many seconds instead (the clients' own
+    CPU a request is then the measure)."""
     from factory.teacher.server import LocalTeacher
 
+    if a.stub_delay is not None:
+        from _stub_server import MODEL, StubServer
+
+        with contextlib.ExitStack() as stack:
+            stubs = [stack.enter_context(StubServer(completion_tokens=a.max_tokens, delay_s=a.stub_delay))
+                     for _ in range(a.replicas)]
+            yield argparse.Namespace(endpoints=[st.url for st in stubs], model=MODEL)
+        return
     every = os.sched_getaffinity(0)
     cores = {int(c) for c in a.teacher_cores.split(",")} if a.teacher_cores else set()
     if cores and not (cores < every):
@@ -200,6 +224,8 @@ def common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds of anchor then ours (ABAB...)")
     ap.add_argument("--teacher-cores", default="", help="comma-separated cores for the replicas alone (the clients get the "
                     "others), e.g. 0: a fleet apart from the clients")
+    ap.add_argument("--stub-delay", type=float, default=None, help="seconds: stub replicas answering after that long "
+                    "instead of llama.cpp: the clients' own CPU a request is the measure (here the headline: the anchor's over ours)")
     ap.add_argument("--adaptive", action="store_true", help="ours with its adaptive window starting at --in-flight "
                     "(default: fixed at --in-flight per replica, exactly the anchor's concurrency)")
 
@@ -208,6 +234,7 @@ def settings(a: argparse.Namespace) -> dict[str, Any]:
     """The workload and concurrency both comparisons record."""
     return {"seeds": a.seeds, "max_tokens": a.max_tokens, "in_flight_per_replica": a.in_flight, "workers": a.workers, "shards": a.shards,
             "concurrency": a.concurrency, "teacher_cores": a.teacher_cores or "shared with the clients",
+            **({"stub_delay_s": a.stub_delay} if a.stub_delay is not None else {}),
             "ours_window": f"adaptive from {a.in_flight} per replica" if a.adaptive else f"fixed {a.in_flight} per replica (adaptive off)"}
 
 
@@ -224,8 +251,15 @@ def main(argv: list[str] | None = None) -> int:
         warm_up(t.endpoints, t.model, w["payloads"][0])
         runs = alternate(a.rounds, lambda k: run_datatrove(a, w, t.endpoints, t.model, tmp / f"dt{k}"),
                          lambda k: run_ours(a, w, tmp / f"ours{k}"))
-    report("InferenceRunner", machine(a), a.out, runs, anchor_name="datatrove 0.10.1 InferenceRunner (server_type=endpoint, "
-           "one rank per replica)", **settings(a), loadavg_before=[round(x, 2) for x in load0])
+    result = report("InferenceRunner", machine(a), a.out, runs, anchor_name="datatrove 0.10.1 InferenceRunner (server_type=endpoint, "
+                    "one rank per replica)", **settings(a), loadavg_before=[round(x, 2) for x in load0])
+    if a.stub_delay is not None:  # the headline is the clients' CPU a request; tokens/s stay in the details
+        cpu = result["details"]["cpu_ms_per_request"]
+        result["details"]["tok_s"] = {k: result.pop(k) for k in ("ours", "anchor", "ratio", "unit")}
+        result = {"ours": cpu["ours"], "anchor": cpu["anchor"], "ratio": round(cpu["anchor"] / cpu["ours"], 3),
+                  "unit": "client CPU ms a request (this process, whole call; ratio: the anchor's over ours)", **result}
+        save(result, a.out)
+        print(f"client CPU a request: ours {cpu['ours']} ms / anchor {cpu['anchor']} ms -> ratio {result['ratio']}")
     return 0
 
 
