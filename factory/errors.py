@@ -18,3 +18,36 @@ class FactoryError(Exception):
         if fix:
             msg += f" (fix: {fix})"
         super().__init__(msg)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (a job stop, a drained node, `kill`): raised in the main thread, so a command ends as
+    on Ctrl-C: its stage's manifest says `failed`, its request cache is closed (spooled completions
+    uploaded), the teacher replicas, Ray actors or torchrun it started are stopped."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+_stops: list[Stopped] = []
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises Stopped in the main thread; a second SIGTERM kills at once."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        _stops.append(Stopped(signum))
+        raise _stops[-1]
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def stopped() -> Stopped | None:
+    """The stop this process received, if any (a library on the way, Ray's, may re-raise it as a
+    plain KeyboardInterrupt)."""
+    return _stops[0] if _stops else None

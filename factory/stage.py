@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from factory.config import config_hash
-from factory.errors import FactoryError
+from factory.errors import FactoryError, stopped
 from factory.schema import DOC_SCHEMA, to_table
 
 MANIFEST = "manifest.json"
@@ -105,6 +105,8 @@ class StageDir:
         """A run that raises leaves its manifest `failed` with the error, unless the folder is already
         `done` or this run wrote its own final status."""
         if err is not None and self.status not in ("done", "incomplete"):
+            if isinstance(err, KeyboardInterrupt) and stopped() is not None:
+                err = stopped()  # "stopped by SIGTERM", also where a library re-raised it as a KeyboardInterrupt
             self.extra["error"] = str(err).splitlines()[0][:500] if str(err) else type(err).__name__
             try:
                 self._write_manifest(status="failed")

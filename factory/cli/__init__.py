@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from factory.errors import FactoryError
+from factory.errors import FactoryError, stop_on_sigterm, stopped
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Synthetic pretraining data factory.")
 
@@ -26,8 +26,15 @@ _register()
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    stop_on_sigterm()  # SIGTERM ends a command as Ctrl-C does: every stage's clean-up runs
     try:
         app()
     except FactoryError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)
+    except (SystemExit, KeyboardInterrupt):
+        stop = stopped()
+        if stop is None:
+            raise
+        typer.secho(f"{stop} (what a stage finished is kept: rerun the command to resume)", fg="yellow", err=True)
+        sys.exit(128 + stop.signum)

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -159,13 +161,16 @@ def init_ray(address: str | None = None, **kw) -> dict:
         check_reachable(address)
         target = address
         kw = {k: v for k, v in kw.items() if k not in LOCAL_ONLY}
+    own = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
-        ray.init(address=target, **kw)
+        ray.init(address=target, **kw)  # sets a SIGTERM handler of its own (sys.exit(15)) in the main thread
     except FactoryError:
         raise
     except Exception as e:  # Ray raises ConnectionError, RuntimeError, AuthenticationError, ValueError
         raise FactoryError(f"Ray could not {'start' if local else 'connect to ' + address}: {_first_line(e)}",
                            where="--address / RAY_ADDRESS", fix=_auth_fix(e, mode)) from None
+    if callable(own):  # the caller's own handler (the CLI's: a stage ends as on Ctrl-C) stays in force
+        signal.signal(signal.SIGTERM, own)
     return dict(ray.cluster_resources())
 
 

@@ -12,14 +12,16 @@ the next run (served from the request cache).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from factory.generate.config import GenerateConfig
 from factory.stage import StageDir
 from factory.teacher.config import TeacherConfig
 
 SHARDS_PER_WORKER = 2  # shards an actor runs at once: the next one starts while one drains
+STOP_GRACE_S = 10.0  # a stopped driver waits this long for its cancelled shards to close their caches
 ENDPOINTS_PER_WORKER = 16  # endpoints one async worker drives by default: at ~1 ms of CPU a request (measured over a
 # million requests) a worker sends ~1,000 requests/s, 60 a second to each of 16 continuous-batching replicas
 
@@ -236,7 +238,7 @@ def run_on_ray(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
     poll_every = 0.5 if show_progress else 5.0  # hidden progress: the counters are only read for the summary
     t0 = last_poll = time.time()
     bar = make_progress(disable=not show_progress)
-    with bar:
+    with bar, stopping_shards(running):
         task = bar.add_task("generate", total=total_units, unit="units", info="starting")
         while queue or running:
             if queue and idle and sharing != len(workers):  # work again after a tail's reshare: the even split
@@ -282,6 +284,24 @@ def run_on_ray(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
     done_at = time.time()  # the work is done: the pool's tear-down follows, not counted in wall_s
     return accounting(results, failed, list(polled.values()), t0, done_at, pool.created_at, executor="ray",
                       workers=n_workers, workers_replaced=replaced)
+
+
+@contextlib.contextmanager
+def stopping_shards(running: dict[Any, tuple[int, Any]]) -> Iterator[None]:
+    """When the driver stops (SIGTERM, Ctrl-C, an error of its own), the shards still running are
+    cancelled before the actors are killed: each closes its request cache, so the completions it
+    spooled reach the store (waited for up to STOP_GRACE_S)."""
+    try:
+        yield
+    except BaseException:
+        import ray
+
+        refs = list(running)
+        for ref in refs:
+            ray.cancel(ref)
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=STOP_GRACE_S)
+        raise
 
 
 def show(bar: Any, task: Any, polls: list[dict[str, Any]], t0: float, total_units: int) -> None:

@@ -83,8 +83,8 @@ def test_shards_at_once_share_the_gate_and_keep_their_own_accounting(tmp_path):
 def test_reshare_widens_a_fixed_window(tmp_path):
     """At a run's tail the driver gives the workers still busy the idle ones' share: a client's fixed
     window per endpoint grows to the new share, and what waits is let through."""
-    rows = seed_rows(16)
-    with StubServer(completion_tokens=2, delay_s=0.05) as stub:
+    rows = seed_rows(24)
+    with StubServer(completion_tokens=2, delay_s=0.2) as stub:
         full = TeacherConfig(endpoints=[Endpoint(base_url=stub.url, model="stub")], max_in_flight=4,
                              adaptive=AdaptiveOptions(enabled=False), sampling={"temperature": 0.0})
 
@@ -102,4 +102,4 @@ def test_reshare_widens_a_fixed_window(tmp_path):
 
         before = asyncio.run(go())
         seen = stub.stats()
-    assert before == 1 and seen["max_active"] == 4 and seen["served"] == 16
+    assert before == 1 and seen["max_active"] == 4 and seen["served"] == 24
