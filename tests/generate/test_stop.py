@@ -25,7 +25,7 @@ CLI = [sys.executable, "-c", "from factory.cli import main; main()"]
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [-1, 2], ids=["driver", "ray"])
 def test_sigterm_ends_generate_as_ctrl_c_does_and_uploads_the_cache(workers, teacher, seeds_file, tmp_path, s3_bucket,
-                                                                   monkeypatch):
+                                                                   monkeypatch, request):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # -1: the driver's event loop; 2: a local Ray of its own
     n, in_flight = 24, 2
     out = f"{s3_bucket}/gen"
@@ -38,6 +38,7 @@ def test_sigterm_ends_generate_as_ctrl_c_does_and_uploads_the_cache(workers, tea
             "teacher": {"endpoints": [{"base_url": px.base_url, "model": teacher.model}], "timeout_s": 30,
                         "sampling": {"temperature": 0.0}}}))
         p = subprocess.Popen([*CLI, "generate", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        request.addfinalizer(lambda: p.poll() is None and p.kill())  # a failed assertion leaves no run behind
         deadline = time.monotonic() + 240
         while px.teacher_calls < n // 3 and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)

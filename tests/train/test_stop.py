@@ -3,6 +3,7 @@ of its own, so without the CLI's clean-up it and its ranks would train on, orpha
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -44,18 +45,26 @@ def test_sigterm_stops_the_torchrun_it_started(tmp_path):
     cfg.write_text(yaml.safe_dump(tiny_config(tmp_path / "run", **{"checkpoint.every": 0})))
     p = subprocess.Popen([sys.executable, "-c", "from factory.cli import main; main()", "train", str(cfg), "--nproc", "2",
                           "--set", "train.steps=100000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
     group: set[int] = set()
-    while len(group) < 3 and p.poll() is None and time.monotonic() < deadline:  # torchrun and its 2 ranks
-        time.sleep(0.2)
-        group = torchrun_group(p.pid)
-    assert len(group) >= 3 and p.poll() is None, (group, p.poll())
-    time.sleep(2)
-    p.send_signal(signal.SIGTERM)
-    err = p.communicate(timeout=60)[1]
-    assert p.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert "stopped by SIGTERM" in err and "Traceback" not in err, err[-2000:]
-    deadline = time.monotonic() + 30
-    while any(stat(q) for q in group) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [q for q in group if stat(q)], "torchrun or a rank outlived the stopped command"
+    try:
+        deadline = time.monotonic() + 120
+        while len(group) < 3 and p.poll() is None and time.monotonic() < deadline:  # torchrun and its 2 ranks
+            time.sleep(0.2)
+            group = torchrun_group(p.pid)
+        assert len(group) >= 3 and p.poll() is None, (group, p.poll())
+        time.sleep(2)
+        p.send_signal(signal.SIGTERM)
+        err = p.communicate(timeout=60)[1]
+        assert p.returncode == 128 + signal.SIGTERM, err[-2000:]
+        assert "stopped by SIGTERM" in err and "Traceback" not in err, err[-2000:]
+        deadline = time.monotonic() + 30
+        while any(stat(q) for q in group) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [q for q in group if stat(q)], "torchrun or a rank outlived the stopped command"
+    finally:  # whatever failed, nothing of this test trains on
+        if p.poll() is None:
+            group |= torchrun_group(p.pid)
+            p.kill()
+        for q in group:
+            if stat(q):
+                os.kill(q, signal.SIGKILL)
