@@ -225,7 +225,6 @@ def test_clients_share_one_verifying_tls_context(monkeypatch):
 
     monkeypatch.setattr(client_mod._httpx, "create_ssl_context", counting)
     client_mod.tls_context.cache_clear()
-    monkeypatch.setattr(client_mod, "tls_context", client_mod.tls_context)  # cleared again below, whatever happens
 
     async def start_three() -> None:
         urls = ["http://127.0.0.1:9/v1", "https://example.invalid/v1"]
