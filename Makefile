@@ -10,6 +10,12 @@ export RAY_USAGE_STATS_ENABLED := 0
 # kernels crash there on the first prompt of more than one token; on x86-64 the teacher is built for
 # AVX2 instead (every x86-64 server CPU of the last decade has it). Set LLAMA_CMAKE_ARGS to override.
 LLAMA_CMAKE_ARGS ?= $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
+LLAMA_VERSION := 0.3.36
+# The teacher's native build (5-13 min on 2 cores) is cached once per machine, keyed by its version, the
+# build flags, the CPU architecture and the Python: pip's own wheel cache ignores CMAKE_ARGS.
+WHEEL_CACHE ?= $(HOME)/.cache/synth-factory/wheels
+LLAMA_KEY := $(shell printf '%s|%s|%s|%s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' "$$(uname -m)" "$$($(PY) -c 'import sys; print(sys.implementation.cache_tag)')" | sha256sum | cut -c1-16)
+LLAMA_WHEELS := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_KEY)
 
 .PHONY: demo test test-fast bench install clean
 
@@ -18,7 +24,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build of torch first, so the `torch>=2.11` requirement takes it (not a CUDA build)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q --no-cache-dir 'llama-cpp-python[server]==0.3.36'
+	ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || { mkdir -p $(LLAMA_WHEELS).tmp && \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel -q --no-deps --no-cache-dir -w $(LLAMA_WHEELS).tmp 'llama-cpp-python==$(LLAMA_VERSION)' && \
+	  rm -rf $(LLAMA_WHEELS) && mv $(LLAMA_WHEELS).tmp $(LLAMA_WHEELS); }
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/pip install -q --find-links $(LLAMA_WHEELS) --only-binary llama-cpp-python 'llama-cpp-python[server]==$(LLAMA_VERSION)'
 	$(BIN)/pip install -q -e '.[teacher,corpus,s3,test]'
 	touch $(STAMP)
 

@@ -86,7 +86,6 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     from factory.evaluate import score_run
     from factory.ui import plan_table
     from factory.mixspec import load_mix
-    from factory.teacher.config import local_config
     from factory.teacher.server import LocalTeacher
     from train.launch import run as train_run
 
@@ -106,7 +105,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         with LocalTeacher(replicas=cfg.replicas) as teacher:
             gcfg = generate.GenerateConfig(
                 seeds=str(out / "seeds"), recipes=cfg.recipes, samples_per_seed=cfg.samples_per_seed,
-                shards=4, teacher=local_config(teacher.endpoints, teacher.model),
+                shards=4, teacher=teacher.config(),
                 recipe_sampling={"max_tokens": cfg.max_tokens}, out=str(out / "generated"),
                 workers=cfg.replicas, concurrency=2,
             )

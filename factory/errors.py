@@ -19,6 +19,13 @@ class FactoryError(Exception):
             msg += f" (fix: {fix})"
         super().__init__(msg)
 
+    def __reduce__(self):  # crosses processes (Ray) whole: its fields, its class
+        return _rebuild, (type(self), self.what, self.where, self.field, self.fix)
+
+
+def _rebuild(cls: type, what: str, where: str | None, field: str | None, fix: str | None) -> FactoryError:
+    return cls(what, where=where, field=field, fix=fix)
+
 
 class Stopped(KeyboardInterrupt):
     """SIGTERM (a job stop, a drained node, `kill`): raised in the main thread, so a command ends as

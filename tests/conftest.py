@@ -13,6 +13,10 @@ sys.path.insert(0, str(Path(__file__).parent / "generate"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The local teacher checks an API key, as real endpoints do. It is exported before any test runs, so every
+# Ray worker, torchrun or subprocess started during the session holds it too (configs name it in api_key_env).
+os.environ.setdefault("FACTORY_TEACHER_KEY", "test-" + os.urandom(12).hex())
+TEACHER_KEY_ENV = "FACTORY_TEACHER_KEY"
 
 import pytest  # noqa: E402
 
@@ -53,7 +57,5 @@ def teacher():
 @pytest.fixture(scope="session")
 def teacher_config(teacher):
     """A TeacherConfig for the session teacher with short outputs (tests stay fast)."""
-    from factory.teacher.config import local_config
-
-    return local_config(teacher.endpoints, teacher.model, timeout_s=60,
+    return teacher.config(timeout_s=60,
                         sampling={"temperature": 0.0, "max_tokens": 32})

@@ -1,6 +1,6 @@
 """A fault and latency injector: an HTTP proxy on loopback in front of the real teacher in tests.
 
-Chat-completion requests are answered, at the given rates, with 429 (+Retry-After) or 500,
+Chat-completion requests (but the client's start-up check, passed through untouched) are answered, at the given rates, with 429 (+Retry-After) or 500,
 held past the client's timeout, or cut short (truncated JSON); the rest wait `delay_s` (so a job
 is reliably still running when a test stops it) and pass through to the upstream server. Every
 request is logged and every completion the teacher computed is counted per request body, so
@@ -10,6 +10,7 @@ tests can count teacher calls and repeats after a resume.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import socket
 import struct
@@ -19,6 +20,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+
+from factory.teacher.client import PROBE_MESSAGES
 
 
 class FaultProxy:
@@ -66,7 +69,7 @@ class FaultProxy:
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.close_connection = True
                     return None
-                r = proxy._http.get(proxy.upstream + self.path)
+                r = proxy._http.get(proxy.upstream + self.path, headers=proxy.passed(self.headers))
                 self._send(r.status_code, r.content)
 
             def do_POST(self):
@@ -78,8 +81,11 @@ class FaultProxy:
             def _post(self):
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 if not self.path.endswith("/chat/completions"):
-                    r = proxy._http.post(proxy.upstream + self.path, content=body, headers={"content-type": "application/json"})
+                    r = proxy._http.post(proxy.upstream + self.path, content=body, headers=proxy.passed(self.headers))
                     return self._send(r.status_code, r.content)
+                if json.loads(body).get("messages") == PROBE_MESSAGES:  # the client's start-up check: passed
+                    r = proxy._http.post(proxy.upstream + self.path, content=body, headers=proxy.passed(self.headers))
+                    return self._send(r.status_code, r.content)  # through, neither faulted nor counted
                 key = hashlib.sha256(body).hexdigest()[:16]
                 fault = proxy._draw()
                 proxy._record(key, fault or "ok")
@@ -95,7 +101,7 @@ class FaultProxy:
                     return None
                 if proxy.delay_s:
                     time.sleep(proxy.delay_s)
-                r = proxy._http.post(proxy.upstream + self.path, content=body, headers={"content-type": "application/json"})
+                r = proxy._http.post(proxy.upstream + self.path, content=body, headers=proxy.passed(self.headers))
                 if r.status_code == 200:
                     with proxy._lock:
                         proxy.forwarded[key] += 1
@@ -106,6 +112,14 @@ class FaultProxy:
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @staticmethod
+    def passed(headers) -> dict[str, str]:
+        """What goes upstream: the body's type and the client's credentials (the teacher checks them)."""
+        out = {"content-type": "application/json"}
+        if headers.get("authorization"):
+            out["authorization"] = headers["authorization"]
+        return out
 
     def _draw(self) -> str | None:
         with self._lock:

@@ -67,11 +67,11 @@ def _seed(recipe, index: int | None):
     return rows[index]
 
 
-async def _try(recipe, seed, samples: int, base_urls: list[str], model: str) -> list:
+async def _try(recipe, seed, samples: int, base_urls: list[str], model: str, api_key_env: str | None) -> list:
     from factory.teacher.client import TeacherClient
     from factory.teacher.config import local_config
 
-    cfg = local_config(base_urls, model, timeout_s=120)
+    cfg = local_config(base_urls, model, api_key_env=api_key_env, timeout_s=120)
     async with TeacherClient(cfg) as client:
         return [await recipe.run(seed, s, client.complete) for s in range(samples)]
 
@@ -81,6 +81,8 @@ def try_(name: str, seed_index: int = typer.Option(0, "--seed-index", "-i", help
          samples: int = typer.Option(1, "--samples", help="samples (different sampled variables)"),
          base_url: Optional[str] = typer.Option(None, help="an OpenAI-compatible base URL (with /v1); default: start a local teacher"),
          model: Optional[str] = typer.Option(None, help="model name at --base-url (default: the first it serves)"),
+         api_key_env: Optional[str] = typer.Option(None, "--api-key-env",
+                                                   help="the environment variable holding --base-url's API key"),
          max_tokens: Optional[int] = typer.Option(None, help="cap max_tokens in every step"),
          dirs: Optional[list[str]] = DIRS) -> None:
     """Run one recipe on one seed against a teacher and print the documents or rejections."""
@@ -93,13 +95,16 @@ def try_(name: str, seed_index: int = typer.Option(0, "--seed-index", "-i", help
         if not model:
             import openai
 
-            model = next(iter(m.id for m in openai.OpenAI(base_url=base_url, api_key="none").models.list()))
-        results = asyncio.run(_try(r, seed, samples, [base_url], model))
+            from factory.teacher.config import Endpoint
+
+            key = Endpoint(base_url=base_url, model="?", api_key_env=api_key_env).api_key("--api-key-env")
+            model = next(iter(m.id for m in openai.OpenAI(base_url=base_url, api_key=key or "none").models.list()))
+        results = asyncio.run(_try(r, seed, samples, [base_url], model, api_key_env))
     else:
         from factory.teacher.server import LocalTeacher
 
         with LocalTeacher(replicas=1) as t:
-            results = asyncio.run(_try(r, seed, samples, t.endpoints, t.model))
+            results = asyncio.run(_try(r, seed, samples, t.endpoints, t.model, t.api_key_env))
     for s, res in enumerate(results):
         for d in res.docs:
             m = d["meta"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
 import threading
 
@@ -23,11 +25,18 @@ def serve(replicas: int = typer.Option(1, "--replicas", help="llama.cpp server p
     stop = threading.Event()  # Ctrl-C and SIGTERM only ask to stop: the replicas are stopped in one place, whenever it comes
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    from factory.teacher.server import KEY_ENV
+
+    chosen = bool(os.environ.get(KEY_ENV))
     with LocalTeacher(replicas=replicas, model_path=model_path, n_ctx=n_ctx, threads=threads) as t:
         console.print(table(f"teacher: {t.model}", ["replica", "base_url", "pid"],
                             [[i, u, p] for i, (u, p) in enumerate(zip(t.endpoints, t.pids))]))
         print("endpoints:", " ".join(t.endpoints), flush=True)
-        console.print("[dim]Point a teacher config at these (model: %s). Ctrl-C stops them.[/dim]" % t.model)
+        console.print(f"[dim]Point a teacher config at these (model: {t.model}, api_key_env: {KEY_ENV}). "
+                      "Ctrl-C stops them.[/dim]")
+        if not chosen:  # a key made for this run: the user needs it to reach the servers (like a notebook token)
+            console.print(f"[dim]They check an API key; in the shell that runs the factory: "
+                          f"export {KEY_ENV}={os.environ[KEY_ENV]}  (set it before `serve` to choose it)[/dim]")
         while not stop.wait(0.5):
             if any(p.poll() is not None for p in t.procs):
                 console.print("[red]a replica exited; stopping[/red]")
@@ -37,14 +46,29 @@ def serve(replicas: int = typer.Option(1, "--replicas", help="llama.cpp server p
 
 @sub.command("check")
 def check(config: str = typer.Argument(..., help="teacher config YAML")) -> None:
-    """Probe every endpoint of a teacher config (reachable, key accepted, model served)."""
+    """Check every endpoint of a teacher config as a run will use it: the model listed, one real chat
+    completion with the configured key; prints auth, latency and the rate-limit headers it saw."""
     from factory.config import load_config
-    from factory.generate import probe
+    from factory.teacher.client import TeacherClient
     from factory.teacher.config import TeacherConfig
 
     cfg = load_config(TeacherConfig, config)
-    probe(cfg, config)
-    console.print(table("teacher endpoints", ["base_url", "model", "status"], [[e.base_url, e.model, "ok"] for e in cfg.endpoints]))
+    if not cfg.endpoints:
+        console.print("local_replicas only: `factory generate` starts and checks them itself")
+        return
+
+    async def go() -> list[dict]:
+        c = TeacherClient(cfg, where=config)
+        try:
+            await c.start(probe=False)
+            return list(await asyncio.gather(*(c.check(i) for i in range(len(cfg.endpoints)))))
+        finally:
+            await c.close()
+
+    seen = asyncio.run(go())
+    console.print(table("teacher endpoints", ["base_url", "model", "auth", "models s", "chat s", "limits"],
+                        [[r["base_url"], r["model"], r["auth"], r["models_s"], r["chat_s"],
+                          " ".join(f"{k}={v}" for k, v in r["limits"].items()) or "none sent"] for r in seen]))
 
 
 def register(app: typer.Typer) -> None:

@@ -76,7 +76,11 @@ def _completion(body: dict[str, Any], model: str) -> Completion:
 def run_batch(tcfg: TeacherConfig, shards: dict[int, list[dict]], recipes: list[Any], samples: int, stage: StageDir,
               cache_dir: str, concurrency: int | None) -> dict[str, Any]:
     ep = tcfg.endpoints[0]
-    api = openai.OpenAI(base_url=ep.base_url, api_key=ep.api_key(), max_retries=5, timeout=tcfg.timeout_s)
+    from factory.teacher.http import credentials
+
+    key = ep.api_key()  # the endpoint's own credentials header (Bearer or e.g. api-key), its headers and query
+    api = openai.OpenAI(base_url=ep.base_url, api_key=key or "none", max_retries=5, timeout=tcfg.timeout_s,
+                        default_headers={**ep.headers, **credentials(ep, key)}, default_query=ep.query or None)
     client = TeacherClient(tcfg)
     failed: dict[str, tuple[str, str]] = {}
     fresh: set[str] = set()

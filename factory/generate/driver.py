@@ -41,7 +41,8 @@ def teacher_endpoints(tcfg: TeacherConfig) -> Iterator[TeacherConfig]:
     from factory.teacher.server import LocalTeacher
 
     with LocalTeacher(replicas=tcfg.local_replicas) as lt:
-        yield local_config(lt.endpoints, lt.model, **tcfg.model_dump(exclude={"endpoints", "local_replicas"}))
+        yield local_config(lt.endpoints, lt.model, api_key_env=lt.api_key_env,
+                           **tcfg.model_dump(exclude={"endpoints", "local_replicas"}))
 
 
 def probe(tcfg: TeacherConfig, where: str) -> None:
@@ -111,6 +112,10 @@ def _run(cfg: GenerateConfig, where: str, show_progress: bool, tcfg: TeacherConf
         live = tcfg if tcfg.endpoints else None
         if todo and live is not None:  # given endpoints are probed first: a bad one fails before Ray starts
             this_run["probe_s"] = probed(live, where)
+        if live is None:  # the local teacher's key, exported before a local Ray starts, so its workers send it
+            from factory.teacher.server import local_key
+
+            local_key()
         n_endpoints = len(tcfg.endpoints) or tcfg.local_replicas
         local = tcfg.mode == "batch" or in_process(cfg, n_endpoints)
         # on Ray: Ray and its workers start next, so their start overlaps the cache adoption (and a local teacher's start)
@@ -162,6 +167,12 @@ def finish(cfg: GenerateConfig, stage: StageDir, n_seeds: int, bad: list[dict], 
     stage.dropped.update(reasons)
     stage.timings["wall_s"] = round(wall, 3)
     failed = this_run.get("failed_shards") or []
+    if done == cfg.shards and totals["units"] and not totals["docs"]:  # sent requests, made nothing: never `done`
+        stage.extra.update(accounting=totals, this_run=this_run, nodes=nodes)
+        top = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])[:3])
+        raise FactoryError(f"{totals['units']} items and no document made (rejected: {top or 'none recorded'})",
+                           where=cfg.out, fix="read the reasons in rejected/*.parquet beside their seeds; fix the "
+                           "recipes, the sampling or the teacher, and run again to a new folder")
     if done == cfg.shards:
         write_card(stage, "Synthetic documents", {"documents": totals["docs"], "seeds": n_seeds,
                    "recipes": ", ".join(cfg.recipes), "samples per seed": cfg.samples_per_seed,

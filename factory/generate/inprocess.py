@@ -13,6 +13,7 @@ import asyncio
 import time
 from typing import Any
 
+from factory.errors import FactoryError
 from factory.generate.config import GenerateConfig
 from factory.generate.workers import SHARDS_PER_WORKER, GenWorker, _first_line, accounting, show
 from factory.stage import StageDir
@@ -44,6 +45,8 @@ async def _run(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
                 try:
                     results[k] = await worker.process(k, shards[k], tcfg)
                     break
+                except FactoryError:  # the endpoint refuses everything, the error budget is spent: the run stops
+                    raise
                 except Exception as e:  # noqa: BLE001 - run once more, then report
                     if attempt == 2:
                         failed.append({"shard": k, "error": _first_line(e)})
@@ -56,12 +59,18 @@ async def _run(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
             task = bar.add_task("generate", total=total_units, unit="units", info="starting")
             lanes = [asyncio.create_task(lane()) for _ in range(min(SHARDS_PER_WORKER, len(queue)))]
             pending = set(lanes)
-            while pending:
-                _, pending = await asyncio.wait(pending, timeout=0.5)
-                if show_progress or not pending:
-                    show(bar, task, [await worker.poll()], t0, total_units)
-            for t in lanes:
-                t.result()  # an error outside the shards' own (a bug) is raised, not lost
+            try:
+                while pending:
+                    done, pending = await asyncio.wait(pending, timeout=0.5)
+                    if show_progress or not pending:
+                        show(bar, task, [await worker.poll()], t0, total_units)
+                    for t in done:
+                        t.result()  # a stop (or a bug outside the shards' own errors) ends the run at once
+            except BaseException:
+                for t in lanes:
+                    t.cancel()
+                await asyncio.gather(*lanes, return_exceptions=True)
+                raise
         done_at = time.time()
         polls = [await worker.poll()]
     finally:

@@ -16,6 +16,7 @@ import contextlib
 import time
 from typing import Any, Iterator
 
+from factory.errors import FactoryError
 from factory.generate.config import GenerateConfig
 from factory.stage import StageDir
 from factory.teacher.config import TeacherConfig
@@ -269,6 +270,9 @@ def run_on_ray(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
                     else:
                         failed.append({"shard": k, "error": _first_line(e)})
                 except Exception as e:  # noqa: BLE001 - retry once, then report
+                    cause = getattr(e, "cause", e)
+                    if isinstance(cause, FactoryError):  # the endpoint refuses everything, or the error budget is
+                        raise cause from None  # spent: the run stops (the other shards are cancelled on the way out)
                     idle.append(w)
                     if attempts[k] < 2:
                         queue.append(k)

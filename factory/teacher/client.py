@@ -1,28 +1,25 @@
 """TeacherClient: chat completions against one or more OpenAI-compatible endpoints.
 
 It balances requests over endpoints by in-flight load, keeps to RPM/TPM limits, retries what
-can succeed later (429 honouring Retry-After, 5xx, timeouts, connection resets, malformed
-bodies) with exponential backoff and jitter, never retries other 4xx, takes out endpoints that
-keep failing (and probes them back), and reads/writes the request cache so nothing is paid twice.
-The openai client's own retries are off (max_retries=0): this policy replaces them.
+can succeed later (429 honouring the provider's wait headers, 5xx, timeouts, connection resets,
+malformed bodies) with exponential backoff and jitter, quarantines a bad request (400, 413, ...),
+stops the run on what nothing can cure (a refused key, an unknown model, a spent quota: one
+`EndpointFatal` naming the endpoint, the status and the fix) or when too many recent requests fail
+(the error budget), takes out endpoints that keep failing (and probes them back), and reads/writes
+the request cache so nothing is paid twice. `factory.teacher.http` says what each answer means.
 
-Per request it costs little CPU, as a client of a fleet must: a completion goes out as one
-aiohttp POST per endpoint session (a connection pool as large as the endpoint's window, so
-connections are kept, not reopened), with the headers the openai client would send (its auth,
-user agent and platform headers, read from `AsyncOpenAI.default_headers`), and the answer is read
-as plain JSON. A non-2xx answer becomes the openai client's own error for that status, so the
-retry policy sees what openai would raise. (Through openai's `post`, each request was rebuilt
-as an httpx request, then again as an aiohttp one: about half of the client's CPU per request.)
-The openai client serves the rest: the endpoint probes, listing models, the Batch API.
+Per request it costs little CPU, as a client of a fleet must: a completion goes out as one aiohttp
+POST per endpoint session (a connection pool as large as the endpoint's window, so connections are
+kept, not reopened), with the headers `http.request_headers` builds from the endpoint's config (its
+credentials included), and the answer is read as plain JSON. tests/teacher/test_wire.py pins that
+these requests are the openai client's, header for header, and that errors map to its exceptions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
-import email.utils
-import functools
-import importlib
 import json
 import random
 import time
@@ -30,85 +27,18 @@ from collections import Counter
 from typing import Any
 
 import aiohttp
-import openai
 
 from factory.errors import FactoryError
 from factory.schema import sha
+from factory.teacher import http
 from factory.teacher.cache import CompletionCache, request_key
 from factory.teacher.config import TeacherConfig
 from factory.teacher.adaptive import AdaptiveWindow
 from factory.teacher.limits import Balancer, EndpointState, RateLimiter
-from factory.teacher.types import Completion, TeacherError
+from factory.teacher.types import Completion, EndpointFatal, TeacherError
 
-RETRY_STATUS = {408, 409, 429}
-# the HTTP library under the openai client (httpx, or httpx2 in newer releases): its Response is what
-# the low-level `post` returns unparsed
-_httpx = importlib.import_module(openai.DefaultAsyncHttpxClient.__mro__[1].__module__.split(".")[0])
-_Response = _httpx.Response
-
-
-@functools.cache
-def tls_context() -> Any:
-    """The process's TLS context for the openai clients, made once: each client would otherwise load
-    the CA bundle again (~50 ms of CPU a client, more than a hundred requests cost)."""
-    return _httpx.create_ssl_context()
-
-
-def http_client(timeout_s: float, connections: int) -> Any:
-    """openai's aiohttp-backed client with a pool of `connections` (httpx's when aiohttp is missing).
-    A pool smaller than the window closes a connection after each request beyond it."""
-    limits = _httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    try:
-        return openai.DefaultAioHttpClient(timeout=timeout_s, limits=limits, verify=tls_context())
-    except (AttributeError, RuntimeError):  # an openai without it, or aiohttp not installed
-        return openai.DefaultAsyncHttpxClient(timeout=timeout_s, limits=limits, verify=tls_context())
-
-
-def retry_after_s(headers: Any) -> float | None:
-    """Seconds from a Retry-After (or retry-after-ms) header, if any."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    val = headers.get("retry-after")
-    if not val:
-        return None
-    try:
-        return max(0.0, float(val))
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(val)
-        return max(0.0, when.timestamp() - time.time()) if when else None
-
-
-def classify(exc: BaseException) -> tuple[str, bool, float | None, int | None]:
-    """(reason, retryable, retry_after_s, status) for an exception raised by a request."""
-    if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError)):
-        return "timeout", True, None, None
-    if isinstance(exc, (openai.APIConnectionError, aiohttp.ClientError, ConnectionError)):
-        return "connection", True, None, None
-    if isinstance(exc, openai.APIStatusError):
-        st = exc.status_code
-        ra = retry_after_s(exc.response.headers) if exc.response is not None else None
-        if st in RETRY_STATUS or st >= 500:
-            return f"http_{st}", True, ra, st
-        return f"http_{st}", False, None, st
-    if isinstance(exc, (openai.APIResponseValidationError, ValueError, KeyError, TypeError, IndexError, AttributeError)):
-        return "malformed", True, None, None  # json.JSONDecodeError is a ValueError
-    return type(exc).__name__, False, None, None
-
-
-def _refused(exc: BaseException) -> bool:
-    """The connection could not be opened at all (refused, unknown host), not dropped after."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ConnectionRefusedError) or type(seen).__name__ == "ConnectError":
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+retry_after_s = http.retry_after_s  # kept importable from here
+PROBE_MESSAGES = [{"role": "user", "content": "Say OK."}]  # the start's one-token completion, per endpoint
 
 
 TALLY: contextvars.ContextVar[Counter | None] = contextvars.ContextVar("teacher_tally", default=None)
@@ -128,27 +58,25 @@ class TeacherClient:
         self.model_id = "|".join(sorted({e.model for e in cfg.endpoints}))
         self.stats: Counter[str] = Counter()
         self.cost = 0.0
-        self._clients: list[openai.AsyncOpenAI] = []
         self._sessions: list[tuple[aiohttp.ClientSession, str]] = []  # per endpoint: (session, chat completions URL)
         self._inflight: dict[str, asyncio.Future] = {}
         self.endpoints: list[EndpointState] = []
+        self.served: list[list[str] | None] = [None] * len(cfg.endpoints)  # the models each endpoint lists
+        self.recent: collections.deque[tuple[float, bool, str]] = collections.deque()  # (time, failed, reason)
         self._rng = random.Random(cfg.seed)
         self._started = False
 
     # lifecycle --------------------------------------------------------------------------------
     async def start(self, probe: bool = True) -> "TeacherClient":
-        """Create the HTTP clients (in this event loop) and check each endpoint serves its model."""
+        """Open the HTTP sessions (in this event loop) and check each endpoint: it lists its model and
+        answers a one-token chat completion with the configured credentials."""
         if self._started:
             return self
         r = self.cfg.retry
         pool = self.cfg.adaptive.max_window if self.cfg.adaptive_on else None
         share = self.cfg.adaptive.sharers  # clients splitting each endpoint: a pool for all their windows (reshare)
-        self._clients = [openai.AsyncOpenAI(base_url=e.base_url, api_key=k, max_retries=0, timeout=self.cfg.timeout_s,
-                                            http_client=http_client(self.cfg.timeout_s,
-                                                                    pool or e.max_in_flight or self.cfg.max_in_flight))
-                         for e, k in zip(self.cfg.endpoints, self.keys)]
-        self._sessions = [self._session(c, share * (pool or e.max_in_flight or self.cfg.max_in_flight)) for c, e in
-                          zip(self._clients, self.cfg.endpoints)]
+        self._sessions = [(http.session(e, k, share * (pool or e.max_in_flight or self.cfg.max_in_flight), self.cfg.timeout_s),
+                           http.url(e, "chat/completions")) for e, k in zip(self.cfg.endpoints, self.keys)]
         states = [EndpointState(i, e.max_in_flight or self.cfg.max_in_flight, r.eject_after, r.probe_after_s,
                                 self._window(e.max_in_flight or self.cfg.max_in_flight))
                   for i, e in enumerate(self.cfg.endpoints)]
@@ -157,7 +85,11 @@ class TeacherClient:
         self.limiter = RateLimiter(self.cfg.rpm, self.cfg.tpm)
         self._started = True
         if probe:
-            await asyncio.gather(*(self._probe(i) for i in range(len(self._clients))))
+            try:
+                await asyncio.gather(*(self.check(i) for i in range(len(self._sessions))))
+            except BaseException:
+                await self.close()
+                raise
         return self
 
     async def reshare(self, share: TeacherConfig) -> None:
@@ -173,24 +105,19 @@ class TeacherClient:
         if self._started:
             await self.balancer.wake()
 
-    def _session(self, c: openai.AsyncOpenAI, connections: int) -> tuple[aiohttp.ClientSession, str]:
-        """The session that sends completions to the endpoint of openai client `c` (with its headers), and the URL."""
-        headers = {k: v for k, v in c.default_headers.items() if isinstance(v, str)}
-        conn = aiohttp.TCPConnector(limit=connections, limit_per_host=0, ttl_dns_cache=None)
-        session = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
-                                        cookie_jar=aiohttp.DummyCookieJar(), headers=headers)
-        return session, f"{str(c.base_url).rstrip('/')}/chat/completions"
+    async def _call(self, i: int, method: str, url: str, body: dict[str, Any] | None = None) -> tuple[Any, Any]:
+        """One request to endpoint i: (its JSON answer, its headers), or openai's error for the status."""
+        session = self._sessions[i][0]
+        data = None if body is None else json.dumps(body, ensure_ascii=False).encode()
+        async with session.request(method, url, data=data, headers=http.JSON_BODY if data else None) as r:
+            raw = await r.read()
+            if r.status < 300:
+                return json.loads(raw), r.headers
+            raise http.status_error(r.status, r.headers, raw, method, url)
 
     async def _post(self, i: int, body: dict[str, Any]) -> dict[str, Any]:
         """POST a chat completion to endpoint i; its JSON answer, or openai's error for the status."""
-        session, url = self._sessions[i]
-        async with session.post(url, data=json.dumps(body, ensure_ascii=False).encode()) as r:
-            data = await r.read()
-            if r.status < 300:
-                return json.loads(data)
-            req = _httpx.Request("POST", url)
-            resp = _Response(r.status, headers=list(r.headers.items()), content=data, request=req)
-        raise self._clients[i]._make_status_error_from_response(resp)
+        return (await self._call(i, "POST", self._sessions[i][1], body))[0]
 
     def _window(self, initial: int) -> AdaptiveWindow | None:
         a = self.cfg.adaptive
@@ -208,46 +135,104 @@ class TeacherClient:
         return [{"base_url": e.base_url, "in_flight": st.in_flight, **st.report()}
                 for e, st in zip(self.cfg.endpoints, self.endpoints)]
 
-    async def _probe(self, i: int) -> None:
-        """GET /models, retried on transient errors (connection, timeout, 429, 5xx) like a request."""
+    async def check(self, i: int) -> dict[str, Any]:
+        """Endpoint i works for this run: it lists the model (GET /models, retried on transient errors
+        like a request) and answers a one-token chat completion with the configured credentials.
+        Returns what was seen (model, latency, the rate-limit headers); raises one FactoryError (an
+        EndpointFatal for what no retry cures: a refused key, an unknown model, a bad request) naming the
+        endpoint, the status and the fix. A transient error on the completion is only reported."""
+        ep = self.cfg.endpoints[i]
+        t0 = time.monotonic()
+        answer, _ = await self._probing(i, "GET /models", lambda: self._call(i, "GET", http.url(ep, "models")))
+        models = [m.get("id") for m in (answer.get("data") or []) if isinstance(m, dict)]
+        self.served[i] = models
+        if models and ep.model not in models:
+            raise EndpointFatal(f"model '{ep.model}' is not served by {ep.base_url} (it serves: {', '.join(models)})",
+                                where=self.where, field=f"endpoints.{i}.model", fix=f"use one of: {', '.join(models)}")
+        listed = time.monotonic()
+        body = {"model": ep.model, "messages": PROBE_MESSAGES, "max_tokens": 1, "temperature": 0}
+        try:  # once: a replica busy or failing now (429, 5xx) is the circuit breaker's, not a reason to stop
+            answer, headers = await self._call(i, "POST", self._sessions[i][1], body)
+            chat = "ok"
+        except (asyncio.CancelledError, FactoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - classified here
+            v = http.classify(e)
+            if not v.retryable:
+                raise self.fatal(i, v, e) from None
+            answer, headers, chat = {}, getattr(getattr(e, "response", None), "headers", None), v.reason
+        return {"base_url": ep.base_url, "model": ep.model, "served_as": answer.get("model") or ep.model,
+                "auth": "key sent" if self.keys[i] else "no key", "chat": chat, "models_s": round(listed - t0, 3),
+                "chat_s": round(time.monotonic() - listed, 3), "limits": http.limits_seen(headers)}
+
+    async def _probing(self, i: int, what: str, call: Any) -> tuple[Any, Any]:
+        """`call()` for the probe: transient errors retried with the request policy (not when nothing
+        listens there); any other error is one FactoryError naming endpoint i, what failed and the fix."""
         ep, r = self.cfg.endpoints[i], self.cfg.retry
         for attempt in range(1, r.max_attempts + 1):
             try:
-                models = [m.id async for m in self._clients[i].models.list()]
-                break
-            except openai.AuthenticationError:
-                raise FactoryError(f"endpoint {ep.base_url} refused the API key", where=self.where,
-                                   field=f"endpoints.{i}.api_key_env", fix=f"check the value of {ep.api_key_env}") from None
-            except (openai.APIConnectionError, openai.APIStatusError) as e:
-                reason, retryable, wait, status = classify(e)
-                refused = _refused(e)  # nothing listens there: no point waiting
-                if retryable and not refused and attempt < r.max_attempts:
-                    await asyncio.sleep(max(self._backoff(attempt), wait or 0.0))
+                return await call()
+            except (asyncio.CancelledError, FactoryError):
+                raise
+            except Exception as e:  # noqa: BLE001 - classified here
+                v = http.classify(e)
+                refused = http.refused(e)  # nothing listens there: no point waiting
+                if v.kind != "endpoint" and v.retryable and not refused and attempt < r.max_attempts:
+                    await asyncio.sleep(max(self._backoff(attempt), v.wait or 0.0))
                     continue
+                if v.kind == "endpoint" or (v.status is not None and not v.retryable):
+                    raise self.fatal(i, v, e, what) from None
                 tries = f"{attempt} attempt{'s' if attempt > 1 else ''}"
                 if refused:
                     fix = "nothing listens there: start the server (e.g. `factory teacher serve`) or correct base_url"
-                elif status is None:
+                elif v.status is None:
                     fix = "the server drops or stalls the connection: check its logs, or raise retry.max_attempts"
-                elif status == 404:
-                    fix = "correct base_url: it is the API root, usually ending in /v1"
-                elif retryable:
-                    fix = "wait until the server is ready, or raise retry.max_attempts / retry.max_s"
                 else:
-                    fix = "check base_url and the server's logs"
+                    fix = "wait until the server is ready, or raise retry.max_attempts / retry.max_s"
                 raise FactoryError(f"cannot reach teacher endpoint {ep.base_url} ({type(e).__name__}: "
                                    f"{str(e)[:200]}; {tries})", where=self.where, field=f"endpoints.{i}.base_url",
                                    fix=fix) from None
-        if ep.model not in models:
-            raise FactoryError(f"model '{ep.model}' is not served by {ep.base_url} (it serves: {', '.join(models) or 'nothing'})",
-                               where=self.where, field=f"endpoints.{i}.model", fix=f"use one of: {', '.join(models)}")
+        raise AssertionError("unreachable")
+
+    def fatal(self, i: int, v: http.Verdict, e: BaseException, what: str = "POST /chat/completions") -> FactoryError:
+        """The one-line error for endpoint i when nothing sent there can succeed (or a probe's request
+        was refused): the endpoint, the status, the provider's message and the fix."""
+        ep, key_env = self.cfg.endpoints[i], self.cfg.endpoints[i].api_key_env
+        served = self.served[i]
+        st = v.status
+        field = f"endpoints.{i}.api_key_env"
+        if st == 401 and not key_env:
+            fix = f"the endpoint needs an API key: set endpoints[{i}].api_key_env to the environment variable holding it"
+        elif st == 401:
+            fix = f"the key in ${key_env} was refused: export {key_env} with a key this endpoint accepts"
+        elif st == 403:
+            fix = (f"the key{f' in ${key_env}' if key_env else ''} may not use this endpoint or model "
+                   f"'{ep.model}': check its permissions, or use another key")
+        elif v.reason.endswith("insufficient_quota"):
+            fix = "the account's quota is spent: add credit or use another key"
+        elif st == 404 and served and ep.model not in served:
+            field, fix = f"endpoints.{i}.model", f"use one of: {', '.join(served)}"
+        elif st in (404, 405):
+            field = f"endpoints.{i}.base_url"
+            fix = ("correct base_url (the API root, usually ending in /v1) or the model name"
+                   + (f"; the endpoint serves: {', '.join(served)}" if served else ""))
+        elif st == 407:
+            fix = "a proxy between here and the endpoint asks for credentials: configure it (HTTPS_PROXY)"
+        elif v.reason == "tls":
+            field, fix = f"endpoints.{i}.base_url", "its certificate does not verify: use the host name it is issued " \
+                "for, or trust its CA (SSL_CERT_FILE)"
+        elif v.reason == "dns":
+            field, fix = f"endpoints.{i}.base_url", "its host name does not resolve: correct base_url"
+        else:
+            field, fix = f"endpoints.{i}", "check the request the probe sends against the server's logs"
+        status = f"answered {st}" if st else f"failed ({v.reason})"
+        return EndpointFatal(f"teacher endpoint {ep.base_url} {status} to {what}: {http.server_message(e)}",
+                             where=self.where, field=field, fix=fix)
 
     async def close(self) -> None:
-        for c in self._clients:
-            await c.close()
         for session, _ in self._sessions:
             await session.close()
-        self._clients, self._sessions, self._started = [], [], False
+        self._sessions, self._started = [], False
 
     async def __aenter__(self) -> "TeacherClient":
         return await self.start()
@@ -342,29 +327,57 @@ class TeacherClient:
                 self.count("completion_tokens", ct)
                 self.count("ok")
                 self.count("cost", self.cfg.price.cost(pt, ct))
-                return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop", prompt_tokens=pt,
+                done = Completion(text=text, finish_reason=choice.get("finish_reason") or "stop", prompt_tokens=pt,
                                   completion_tokens=ct, model=resp.get("model") or ep.model)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - classified below
-                reason, retryable, wait, status = classify(e)
-                last = f"{reason}: {str(e)[:200]}"
-                self.count(f"error_{reason}")
-                if not retryable:
-                    raise TeacherError(reason, str(e)[:500], retryable=False, status=status) from None
+                v = http.classify(e)
+                wait = v.wait
+                last = f"{v.reason}: {str(e)[:200]}"
+                self.count(f"error_{v.reason}")
+                if v.kind == "endpoint":
+                    raise self.fatal(state.index, v, e) from None
+                if v.kind == "request":
+                    self.judge(True, v.reason)
+                    raise TeacherError(v.reason, str(e)[:500], retryable=False, status=v.status) from None
                 if state.window:  # 429, 5xx, timeouts: the server has too much
-                    state.window.lost(tag) if reason == "malformed" else state.window.overload()
-                if reason == "http_429":
+                    state.window.lost(tag) if v.reason == "malformed" else state.window.overload()
+                if v.reason == "http_429":
                     if wait:
                         state.pause(wait)
                 elif self.balancer.failed(state):
                     self.count("ejections")
+            else:
+                self.judge(False, "ok")
+                return done
             finally:
                 await self.balancer.release(state)
             if attempt < r.max_attempts:
                 self.count("retries")
                 await asyncio.sleep(max(self._backoff(attempt), wait or 0.0))
+        if last.startswith(("dns:", "tls:")):  # a host that never resolved: nothing later will work either
+            raise self.fatal(state.index, http.Verdict(last.split(":")[0], "endpoint"), RuntimeError(last))
+        self.judge(True, "retries_exhausted")
         raise TeacherError("retries_exhausted", f"{r.max_attempts} attempts, last: {last}", retryable=True)
+
+    def judge(self, failed: bool, reason: str) -> None:
+        """Count a request's outcome into the error budget; over budget, the run stops (FactoryError)."""
+        b, now = self.cfg.error_budget, time.monotonic()
+        self.recent.append((now, failed, reason))
+        while self.recent and now - self.recent[0][0] > b.window_s:
+            self.recent.popleft()
+        if not failed or len(self.recent) < b.min_requests:
+            return
+        bad = Counter(x[2] for x in self.recent if x[1])
+        n_bad = sum(bad.values())
+        if n_bad > b.max_share * len(self.recent):
+            top = ", ".join(f"{k} {v}" for k, v in bad.most_common(3))
+            raise FactoryError(f"{n_bad} of the last {len(self.recent)} teacher requests failed ({top}): more than "
+                               f"the error budget of {b.max_share:.0%}; the run stops", where=self.where,
+                               field="error_budget.max_share",
+                               fix="read the rejected items' reasons (rejected/*.parquet); fix the requests or the "
+                                   "endpoint, or raise error_budget.max_share if these failures are expected")
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with jitter after the `attempt`-th failure."""

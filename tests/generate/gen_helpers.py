@@ -42,7 +42,7 @@ def gen_cfg(seeds: str, out, urls, model, **kw):
 
     tk = kw.pop("teacher_kw", {})
     tk.setdefault("retry", RetryPolicy(base_s=0.05, max_s=0.5, max_attempts=12))
-    teacher = TeacherConfig(endpoints=[Endpoint(base_url=u, model=model) for u in urls], timeout_s=kw.pop("timeout_s", 30),
+    teacher = TeacherConfig(endpoints=[Endpoint(base_url=u, model=model, api_key_env="FACTORY_TEACHER_KEY") for u in urls], timeout_s=kw.pop("timeout_s", 30),
                             sampling={"temperature": 0.0}, **tk)
     kw.setdefault("recipes", [recipe("tiny_fact")])
     kw.setdefault("shards", 3)

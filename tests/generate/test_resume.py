@@ -128,11 +128,11 @@ def test_batch_mode_merges_into_outputs_and_cache(teacher, ray_local, seeds_file
     seeds = seeds_file(4)
     two = [recipe("tiny_two_step")]
     online = GenerateConfig(seeds=seeds, out=str(tmp_path / "online"), recipes=two, shards=2,
-                            teacher=TeacherConfig(endpoints=[Endpoint(base_url=teacher.endpoints[0], model=teacher.model)],
+                            teacher=TeacherConfig(endpoints=[Endpoint(base_url=teacher.endpoints[0], model=teacher.model, api_key_env=teacher.api_key_env)],
                                                   sampling={"temperature": 0.0}))
     run(online, show_progress=False)
     with FakeBatchAPI(teacher.endpoints[0], fail_first=1, reject=1) as fake:
-        tcfg = TeacherConfig(endpoints=[Endpoint(base_url=fake.base_url, model=teacher.model)], mode="batch",
+        tcfg = TeacherConfig(endpoints=[Endpoint(base_url=fake.base_url, model=teacher.model, api_key_env=teacher.api_key_env)], mode="batch",
                              sampling={"temperature": 0.0}, batch=BatchOptions(poll_s=0.2),
                              retry=RetryPolicy(max_attempts=2))
         cfg = online.model_copy(update={"out": str(tmp_path / "batch"), "teacher": tcfg})

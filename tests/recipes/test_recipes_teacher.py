@@ -35,10 +35,9 @@ def seeds():
 
 def run_all(teacher, recipe, rows, samples=(0,), cache=None):
     from factory.teacher.client import TeacherClient
-    from factory.teacher.config import local_config
 
     async def go():
-        cfg = local_config(teacher.endpoints, teacher.model, timeout_s=120)
+        cfg = teacher.config(timeout_s=120)
         async with TeacherClient(cfg, cache=cache) as client:
             return [await recipe.run(row, s, client.complete) for row in rows for s in samples]
 
@@ -108,10 +107,9 @@ def test_wrong_seed_kind_rejected_without_calls(seeds):
 def test_teacher_labels_for_classifier(teacher, seeds):
     from factory.seedcurate import teacher_labels
     from factory.teacher.client import TeacherClient
-    from factory.teacher.config import local_config
 
     async def go():
-        async with TeacherClient(local_config(teacher.endpoints, teacher.model, timeout_s=60)) as c:
+        async with TeacherClient(teacher.config(timeout_s=60)) as c:
             return await teacher_labels([r["text"] for r in seeds["web"]], c.complete)
 
     labels = asyncio.run(go())

@@ -1,7 +1,8 @@
 """A local fake of the OpenAI Batch endpoints (files + batches), written for the tests.
 
 It stores uploaded files, and runs each batch line against a real OpenAI-compatible server
-(the local llama.cpp teacher) in a background thread. `fail_first` custom ids are answered
+(the local llama.cpp teacher, which checks the API key) in a background thread, with the
+credentials the batch was created with; other chat completions and model lists pass through. `fail_first` custom ids are answered
 with a 500 the first time (to exercise the next-round retry) and `reject` ids with a 400.
 """
 
@@ -45,19 +46,24 @@ class FakeBatchAPI:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if self.path.endswith("/chat/completions"):  # as OpenAI: the online API beside the batch one
+                    r = httpx.post(api.upstream + "/chat/completions", content=body, headers=api.auth(self.headers),
+                                   timeout=120)
+                    return self._json(r.json(), r.status_code)
                 if self.path.endswith("/files"):
                     msg = BytesParser(policy=HTTP).parsebytes(
                         b"content-type: " + self.headers["content-type"].encode() + b"\r\n\r\n" + body)
                     data = next(p.get_payload(decode=True) for p in msg.iter_parts() if p.get_param("name", header="content-disposition") == "file")
                     return self._json(api._file(data, "batch"))
                 if self.path.endswith("/batches"):
-                    return self._json(api._create(json.loads(body)))
+                    return self._json(api._create(json.loads(body), api.auth(self.headers)))
                 self._json({"error": {"message": "not found"}}, 404)
 
             def do_GET(self):
                 parts = self.path.strip("/").split("/")
                 if parts[-1] == "models":  # the factory probes endpoints before work starts
-                    return self._json(httpx.get(api.upstream + "/models").json())
+                    r = httpx.get(api.upstream + "/models", headers=api.auth(self.headers))
+                    return self._json(r.json(), r.status_code)
                 if len(parts) == 3 and parts[1] == "batches" and parts[2] in api.batches:
                     return self._json(api.batches[parts[2]])
                 if len(parts) == 4 and parts[1] == "files" and parts[3] == "content":
@@ -81,16 +87,20 @@ class FakeBatchAPI:
         return {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()),
                 "filename": f"{fid}.jsonl", "purpose": purpose, "status": "processed"}
 
-    def _create(self, req: dict) -> dict:
+    @staticmethod
+    def auth(headers) -> dict[str, str]:
+        return {"authorization": headers["authorization"]} if headers.get("authorization") else {}
+
+    def _create(self, req: dict, auth: dict[str, str]) -> dict:
         bid = f"batch_{len(self.batches) + 1}"
         b = {"id": bid, "object": "batch", "endpoint": req["endpoint"], "input_file_id": req["input_file_id"],
              "completion_window": req["completion_window"], "status": "in_progress", "created_at": int(time.time()),
              "output_file_id": None, "error_file_id": None, "request_counts": {"total": 0, "completed": 0, "failed": 0}}
         self.batches[bid] = b
-        threading.Thread(target=self._work, args=(b,), daemon=True).start()
+        threading.Thread(target=self._work, args=(b, auth), daemon=True).start()
         return b
 
-    def _work(self, b: dict) -> None:
+    def _work(self, b: dict, auth: dict[str, str]) -> None:
         out, err = [], []
         with httpx.Client(timeout=120) as http:
             for line in self.files[b["input_file_id"]].decode().splitlines():
@@ -106,7 +116,7 @@ class FakeBatchAPI:
                     self.fail_first -= 1
                     err.append({"id": f"r-{cid}", "custom_id": cid, "response": {"status_code": 500, "body": {"error": {"message": "injected"}}}})
                     continue
-                r = http.post(self.upstream + req["url"].removeprefix("/v1"), json=req["body"])
+                r = http.post(self.upstream + req["url"].removeprefix("/v1"), json=req["body"], headers=auth)
                 self.lines_run += 1
                 out.append({"id": f"r-{cid}", "custom_id": cid, "response": {"status_code": r.status_code, "body": r.json()}})
         b["output_file_id"] = self._file("\n".join(json.dumps(o) for o in out).encode(), "batch_output")["id"]

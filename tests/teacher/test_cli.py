@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -23,7 +24,9 @@ def test_teacher_serve_prints_endpoints_and_stops_on_ctrl_c():
             line = p.stdout.readline()
             assert line or p.poll() is None, "serve exited before printing its endpoints"
         url = line.split()[1]
-        assert httpx.get(url + "/models", timeout=5).status_code == 200
+        assert httpx.get(url + "/models", timeout=5).status_code == 401  # it checks the key it was given
+        key = os.environ["FACTORY_TEACHER_KEY"]  # the test session's, which serve found in its environment
+        assert httpx.get(url + "/models", headers={"Authorization": f"Bearer {key}"}, timeout=5).status_code == 200
         p.send_signal(signal.SIGINT)
         assert p.wait(timeout=30) == 0
     finally:

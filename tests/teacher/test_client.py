@@ -22,7 +22,7 @@ FAST = {"temperature": 0.0, "max_tokens": 12}
 def cfg_for(urls, model, **kw):
     kw.setdefault("sampling", FAST)
     kw.setdefault("retry", RetryPolicy(base_s=0.05, max_s=0.5, max_attempts=10))
-    return TeacherConfig(endpoints=[Endpoint(base_url=u, model=model) for u in urls], **kw)
+    return TeacherConfig(endpoints=[Endpoint(base_url=u, model=model, api_key_env="FACTORY_TEACHER_KEY") for u in urls], **kw)
 
 
 def msgs(i: int) -> list[dict]:
@@ -213,7 +213,7 @@ def test_clients_share_one_verifying_tls_context(monkeypatch):
     client, and the shared context still verifies certificates and host names."""
     import ssl
 
-    import factory.teacher.client as client_mod
+    import factory.teacher.http as client_mod
 
     made = []
     real = client_mod._httpx.create_ssl_context

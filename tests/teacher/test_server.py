@@ -32,9 +32,14 @@ def test_missing_model_file():
 
 def test_chat_completion_uses_chat_template(teacher):
     assert len(teacher.endpoints) == 1 and teacher.endpoints[0].endswith("/v1")
-    models = httpx.get(teacher.endpoints[0] + "/models").json()
+    key = os.environ[teacher.api_key_env]
+    assert httpx.get(teacher.endpoints[0] + "/models").status_code == 401  # the local teacher checks keys
+    models = httpx.get(teacher.endpoints[0] + "/models", headers={"Authorization": f"Bearer {key}"}).json()
     assert teacher.model in [m["id"] for m in models["data"]]
-    c = openai.OpenAI(base_url=teacher.endpoints[0], api_key="none", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=teacher.endpoints[0], api_key="wrong", max_retries=0).chat.completions.create(
+            model=teacher.model, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+    c = openai.OpenAI(base_url=teacher.endpoints[0], api_key=key, max_retries=0)
     r = c.chat.completions.create(model=teacher.model, messages=[{"role": "user", "content": "What is the capital of France?"}],
                                   max_tokens=24, temperature=0)
     text = r.choices[0].message.content
