@@ -82,13 +82,14 @@ class GenWorker:
     async def ready(self) -> float:
         return self.born
 
-    async def process(self, k: int, rows: list[dict[str, Any]], tcfg: TeacherConfig) -> dict[str, Any]:
+    async def process(self, k: int, rows: list[dict[str, Any]], tcfg: TeacherConfig,
+                      keys: dict[str, str] | None = None) -> dict[str, Any]:
         from factory.generate.shard import make_gate, process_shard
         from factory.teacher.client import TeacherClient
 
         began, cpu0 = time.time(), time.process_time()
         if self.client is None:
-            self.client = TeacherClient(tcfg)
+            self.client = TeacherClient(tcfg, keys=keys)
             self.gate = make_gate(self.client, self.concurrency)
         else:  # the share this shard brings (the driver may have given this worker a tail's larger one)
             await self.client.reshare(tcfg)
@@ -225,6 +226,9 @@ def run_on_ray(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
 
     n_workers = pool.n
     share = tcfg.scaled(n_workers)
+    # the endpoints' keys as the driver reads them, handed to the actors with their shards (task arguments, in
+    # memory: never in a runtime_env, the job's metadata or a log), so a node whose environment lacks them still sends them
+    keys = tcfg.keys()
     workers = pool.actors
     replaced = 0
     queue = sorted(shards)
@@ -247,7 +251,7 @@ def run_on_ray(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
             while queue and idle:
                 k, w = queue.pop(0), idle.pop()
                 attempts[k] = attempts.get(k, 0) + 1
-                running[w.process.remote(k, shards[k], share)] = (k, w)
+                running[w.process.remote(k, shards[k], share, keys)] = (k, w)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
             for ref in ready:
                 k, w = running.pop(ref)

@@ -49,12 +49,15 @@ it starts (e.g. one shard of several running at once on one client); `cost` is c
 class TeacherClient:
     """`async with TeacherClient(cfg) as t: c = await t.complete(messages, sampling, sample)`."""
 
-    def __init__(self, cfg: TeacherConfig, cache: CompletionCache | None = None, where: str = "teacher config"):
+    def __init__(self, cfg: TeacherConfig, cache: CompletionCache | None = None, where: str = "teacher config",
+                 keys: dict[str, str] | None = None):
         if not cfg.endpoints:
             raise FactoryError("no teacher endpoints (start local replicas first)", where=where, field="endpoints",
                                fix="list endpoints, or set local_replicas and run through `factory generate`")
         self.cfg, self.cache, self.where = cfg, cache, where
-        self.keys = [e.api_key(where) for e in cfg.endpoints]  # FactoryError when an env var is missing
+        # each endpoint's key: from `keys` (the driver's, read where the run started), else from this process's
+        # environment (FactoryError when the variable is missing)
+        self.keys = [(keys or {}).get(e.api_key_env or "") or e.api_key(where) for e in cfg.endpoints]
         self.model_id = "|".join(sorted({e.model for e in cfg.endpoints}))
         self.stats: Counter[str] = Counter()
         self.cost = 0.0

@@ -128,6 +128,11 @@ class TeacherConfig(BaseModel):
             raise ValueError("batch mode takes exactly one endpoint")
         return self
 
+    def keys(self, where: str = "teacher config") -> dict[str, str]:
+        """{api_key_env: its value} for every endpoint that names one, read from this process's environment
+        (the driver's), for workers whose environment may lack them (Ray actors on other nodes)."""
+        return {e.api_key_env: e.api_key(where) for e in self.endpoints if e.api_key_env}
+
     @property
     def adaptive_on(self) -> bool:
         a = self.adaptive.enabled

@@ -22,7 +22,8 @@ def test_generate_on_a_fleet_grows_the_windows_and_loses_nothing(ray_local, seed
     err = capfd.readouterr().err
     assert re.search(r"window \d+ \(adaptive\)", err), err[-2000:]
     ids = read_docs(str(tmp_path / "out")).column("id").to_pylist()
-    assert len(ids) == len(set(ids)) == 240 and served == 240  # each item asked once, written once
+    assert len(ids) == len(set(ids)) == 240 and served == 240 + len(fleet.urls)  # each item asked once, written once (and
+    # the driver's start-up check on each replica)
     eps = m["this_run"]["endpoints"]
     assert sorted(e["base_url"] for e in eps) == sorted(fleet.urls)
     assert all(e["adaptive"] and e["window_max"] > 4 for e in eps), eps  # grown from 2 per worker per replica

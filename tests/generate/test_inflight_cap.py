@@ -1,7 +1,8 @@
 """`concurrency` caps the items a worker has in flight with adaptive windows too: what a killed
 worker repays is bounded by it (the README's bound). Once the windows overrode the cap (the items
 in flight were max(concurrency, 2 x the windows)), so a killed driver with `concurrency: 1`
-repaid up to a window's worth of requests instead of one per worker."""
+repaid up to a window's worth of requests instead of one per worker. (The stub also answers each
+client's start-up check: one completion more.)"""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def test_concurrency_caps_requests_in_flight_with_adaptive_windows(tmp_path, con
 
         stats = asyncio.run(go())
         seen = stub.stats()
-    assert stats["docs"] == 24 and seen["served"] == 24
+    assert stats["docs"] == 24 and seen["served"] == 24 + 1  # and the start-up check
     assert stats["window"] > concurrency  # the window would let more through ...
     assert seen["max_active"] == concurrency  # ... the cap holds
 
@@ -52,7 +53,7 @@ def test_default_items_in_flight_follow_the_windows(tmp_path):
 
         asyncio.run(go())
         seen = stub.stats()
-    assert seen["served"] == 64 and seen["max_active"] == 4  # the fixed window bounds what is sent
+    assert seen["served"] == 64 + 1 and seen["max_active"] == 4  # the fixed window bounds what is sent
 
 
 def test_shards_at_once_share_the_gate_and_keep_their_own_accounting(tmp_path):
@@ -76,7 +77,7 @@ def test_shards_at_once_share_the_gate_and_keep_their_own_accounting(tmp_path):
         a, b = asyncio.run(go())
         seen = stub.stats()
     assert seen["max_active"] == 2  # the two shards together, not 2 each
-    assert (a["requests"], b["requests"]) == (10, 20) and seen["served"] == 30
+    assert (a["requests"], b["requests"]) == (10, 20) and seen["served"] == 30 + 1
     assert b["completion_tokens"] == 2 * a["completion_tokens"] > 0  # each its own: 10 and 20 alike requests
 
 
@@ -93,7 +94,7 @@ def test_reshare_widens_a_fixed_window(tmp_path):
                 task = asyncio.create_task(process_shard(0, rows, [load_recipe(recipe("tiny_word"))], 1, client,
                                                          StageDir(str(tmp_path / "out"), "generate", {"t": 1}),
                                                          str(tmp_path / "cache"), 16))
-                while (await asyncio.to_thread(stub.stats))["served"] < 2:  # a few requests through at the small share
+                while (await asyncio.to_thread(stub.stats))["served"] < 3:  # the start-up check, then a few requests through at the small share
                     await asyncio.sleep(0.01)
                 before = (await asyncio.to_thread(stub.stats))["max_active"]
                 await client.reshare(full.scaled(1))  # the others are done: the whole window
@@ -102,4 +103,4 @@ def test_reshare_widens_a_fixed_window(tmp_path):
 
         before = asyncio.run(go())
         seen = stub.stats()
-    assert before == 1 and seen["max_active"] == 4 and seen["served"] == 24
+    assert before == 1 and seen["max_active"] == 4 and seen["served"] == 24 + 1
