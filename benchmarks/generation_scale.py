@@ -171,7 +171,7 @@ async def anchor(urls: list[str], n: int, concurrency: int, max_tokens: int, aio
     def http() -> Any:
         if not aiohttp:
             return None
-        from factory.teacher.client import _httpx
+        from factory.teacher.http import _httpx
 
         lim = _httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         return openai.DefaultAioHttpClient(timeout=60, limits=lim)

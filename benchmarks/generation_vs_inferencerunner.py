@@ -2,7 +2,9 @@
 
 Workload: N seeds x one single-step recipe (the saturation benchmark's paragraph recipe), greedy
 (temperature 0), the same max_tokens and the same per-request seed, against the same local
-llama.cpp replicas (`LocalTeacher`). Both sides send byte-for-byte the same chat requests: the
+llama.cpp replicas (`LocalTeacher`), which check an API key as real endpoints do: both sides send
+it (InferenceRunner through its openai client: its raw path for localhost sends no key, so the
+replicas listen on 127.0.0.2). Both sides send byte-for-byte the same chat requests: the
 payloads for datatrove are built with the factory's own recipe rendering, sampling merge and
 request-seed derivation, and the completion tokens of both runs are checked to match.
 
@@ -55,6 +57,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare_rounds import alternate, report  # noqa: E402
+
+KEY_ENV = "FACTORY_TEACHER_KEY"  # the local replicas check this key, as real endpoints do: both sides send it
+HOST = "127.0.0.2"  # a loopback address datatrove does not treat as localhost (whose raw path sends no key)
 from generation_saturation import write_workload  # noqa: E402 - the same workload as the saturation benchmark
 
 
@@ -65,7 +70,8 @@ def workload(a: argparse.Namespace, tmp: Path, endpoints: list[str], model: str)
     from factory.teacher.config import local_config
 
     rows, rec = write_workload(tmp, a.seeds, a.max_tokens)
-    tcfg = local_config(endpoints, model, max_in_flight=a.in_flight, sampling={"temperature": 0.0},
+    tcfg = local_config(endpoints, model, api_key_env=None if a.stub_delay is not None else KEY_ENV,
+                        max_in_flight=a.in_flight, sampling={"temperature": 0.0},
                         adaptive={"enabled": a.adaptive})
     tc = TeacherClient(tcfg)  # not started: used only for its sampling merge and request seeds
     payloads = []
@@ -95,8 +101,10 @@ def cpu_s() -> float:
 def warm_up(endpoints: list[str], model: str, payload: dict[str, Any]) -> None:
     import httpx
 
+    key = {"Authorization": f"Bearer {os.environ[KEY_ENV]}"} if KEY_ENV in os.environ else {}
     for u in endpoints:
-        httpx.post(f"{u}/chat/completions", json={**payload, "model": model, "max_tokens": 4}, timeout=300).raise_for_status()
+        httpx.post(f"{u}/chat/completions", json={**payload, "model": model, "max_tokens": 4}, headers=key,
+                   timeout=300).raise_for_status()
 
 
 def run_ours(a: argparse.Namespace, w: dict[str, Any], out: Path, timed: str = "first_request") -> dict[str, Any]:
@@ -146,7 +154,12 @@ def run_datatrove(a: argparse.Namespace, w: dict[str, Any], endpoints: list[str]
     n = len(endpoints)
     runners, docs = [], []
     for rank, url in enumerate(endpoints):
-        cfg = InferenceConfig(server_type="endpoint", model_name_or_path=model, endpoint_url=url.removesuffix("/v1"),
+        # the replicas check a key: InferenceRunner sends one only through its openai client, which it uses for
+        # hosts other than localhost / 127.0.0.1 (the replicas listen on 127.0.0.2), with the URL ending in /v1
+        keyed = a.stub_delay is None
+        cfg = InferenceConfig(server_type="endpoint", model_name_or_path=model,
+                              endpoint_url=url if keyed else url.removesuffix("/v1"),
+                              api_key=os.environ[KEY_ENV] if keyed else None,
                               max_concurrent_generations=a.in_flight, metric_interval=10**6, request_timeout=600)
         runners.append(InferenceRunner(rollout, cfg, JsonlWriter(str(out / f"rank{rank}"))))
         docs.append([Document(text=row["text"], id=row["meta"]["seed_id"], metadata={"payload": p})
@@ -202,7 +215,7 @@ def teacher(a: argparse.Namespace) -> Iterator[Any]:
     if cores:
         os.sched_setaffinity(0, cores)  # the replicas' processes inherit it
     try:
-        with LocalTeacher(replicas=a.replicas, threads=a.threads) as t:
+        with LocalTeacher(replicas=a.replicas, threads=a.threads, host=HOST) as t:
             if cores:
                 os.sched_setaffinity(0, every - cores)
             yield t

@@ -21,7 +21,8 @@ import openai
 
 from factory.stage import StageDir
 from factory.teacher.cache import CompletionCache, SeedCache, request_key, shard_file
-from factory.teacher.client import RETRY_STATUS, TeacherClient
+from factory.teacher.client import TeacherClient
+from factory.teacher.http import TRANSIENT_STATUS
 from factory.teacher.config import TeacherConfig
 from factory.generate.shard import process_shard
 from factory.teacher.types import Completion, Deferred, TeacherError
@@ -163,7 +164,7 @@ def _collect(api: openai.OpenAI, st: dict, caches: dict[int, CompletionCache], f
                 except (KeyError, IndexError, TypeError, ValueError):
                     info["batch_malformed"] += 1  # retried in the next round
                     continue
-            if status and status not in RETRY_STATUS and status < 500:
+            if status and status not in TRANSIENT_STATUS and status < 500:
                 err = (resp.get("body") or {}).get("error") or rec.get("error") or {}
                 failed[key] = (f"http_{status}", json.dumps(err)[:500])
             else:

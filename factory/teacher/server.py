@@ -83,12 +83,12 @@ class LocalTeacher:
 
     def __init__(self, replicas: int = 1, model_path: str | Path | None = None, n_ctx: int = 2048,
                  threads: int = 1, startup_timeout_s: float = 120.0, model_name: str = MODEL_NAME,
-                 api_key_env: str = KEY_ENV):
+                 api_key_env: str = KEY_ENV, host: str = "127.0.0.1"):
         if replicas < 1:
             raise FactoryError(f"replicas must be >= 1, got {replicas}", field="replicas", fix="ask for 1 or more")
         self.replicas, self.n_ctx, self.threads = replicas, n_ctx, threads
         self.startup_timeout_s = startup_timeout_s
-        self.model, self.api_key_env = model_name, api_key_env
+        self.model, self.api_key_env, self.host = model_name, api_key_env, host  # host: a loopback address
         if model_path is None:
             self.model_path = find_model()
         else:
@@ -116,7 +116,7 @@ class LocalTeacher:
         port = free_port()
         log = Path(tempfile.mkstemp(prefix=f"teacher-{port}-", suffix=".log")[1])
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path),
-               "--model_alias", self.model, "--host", "127.0.0.1", "--port", str(port),
+               "--model_alias", self.model, "--host", self.host, "--port", str(port),
                "--n_ctx", str(self.n_ctx), "--n_threads", str(self.threads),
                "--n_threads_batch", str(self.threads), "--verbose", "False"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "API_KEY": local_key(self.api_key_env)}  # not on the command line
@@ -125,7 +125,7 @@ class LocalTeacher:
                                     env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self.procs.append(proc)
         self._logs.append(log)
-        self.endpoints.append(f"http://127.0.0.1:{port}/v1")
+        self.endpoints.append(f"http://{self.host}:{port}/v1")
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s

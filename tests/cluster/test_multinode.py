@@ -42,7 +42,7 @@ def gen_config(tmp_path, bucket: str, name: str, url: str, model: str, n_seeds: 
         seeds.write_text("".join(json.dumps(r) + "\n" for r in seed_rows(n_seeds)))
     cfg = {"seeds": str(seeds), "out": f"{bucket}/{name}", "recipes": [recipe("tiny_word")], "shards": 6, "workers": 3,
            "concurrency": CONCURRENCY, "worker_cpus": 0.25, "cache_flush_every": FLUSH_EVERY, "cache_flush_s": 60,
-           "teacher": {"endpoints": [{"base_url": url, "model": model}], "timeout_s": 60,
+           "teacher": {"endpoints": [{"base_url": url, "model": model, "api_key_env": "FACTORY_TEACHER_KEY"}], "timeout_s": 60,
                        "sampling": {"temperature": 0.0}}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -354,7 +354,7 @@ def test_llm_judge_on_the_local_teacher_scores_filters_and_caches(tmp_path):
         return kept, rej
 
     with LocalTeacher(1) as t:
-        teacher = {"endpoints": [{"base_url": t.endpoints[0], "model": t.model}],
+        teacher = {"endpoints": [{"base_url": t.endpoints[0], "model": t.model, "api_key_env": t.api_key_env}],
                    "sampling": {"temperature": 0.0, "max_tokens": 40}}
         kept, rej = curate(str(tmp_path / "a"), teacher)
     assert len(kept) + len(rej) == 4

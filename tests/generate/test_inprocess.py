@@ -27,7 +27,7 @@ CLI = [sys.executable, "-c", "from factory.cli import main; main()"]
 def cfg_file(path, seeds: str, out, url: str, model: str) -> str:
     path.write_text(yaml.safe_dump({  # workers left out: the default
         "seeds": seeds, "out": str(out), "recipes": [recipe("tiny_word")], "shards": 6, "concurrency": 2,
-        "teacher": {"endpoints": [{"base_url": url, "model": model}], "timeout_s": 30, "sampling": {"temperature": 0.0},
+        "teacher": {"endpoints": [{"base_url": url, "model": model, "api_key_env": "FACTORY_TEACHER_KEY"}], "timeout_s": 30, "sampling": {"temperature": 0.0},
                     "retry": {"base_s": 0.05, "max_s": 0.5, "max_attempts": 12}}}))
     return str(path)
 

@@ -57,7 +57,7 @@ def ids(out) -> list[str]:
 
 def write_cfg(path: Path, seeds: str, out: Path, url: str, model: str, **kw) -> Path:
     cfg = {"seeds": seeds, "out": str(out), "recipes": [recipe("tiny_word")], "shards": 6, "workers": 1,
-           "concurrency": 1, "teacher": {"endpoints": [{"base_url": url, "model": model}], "timeout_s": 30,
+           "concurrency": 1, "teacher": {"endpoints": [{"base_url": url, "model": model, "api_key_env": "FACTORY_TEACHER_KEY"}], "timeout_s": 30,
                                          "sampling": {"temperature": 0.0}},  # adaptive windows, capped by concurrency
            **kw}
     path.write_text(yaml.safe_dump(cfg))

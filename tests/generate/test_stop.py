@@ -35,7 +35,7 @@ def test_sigterm_ends_generate_as_ctrl_c_does_and_uploads_the_cache(workers, tea
             "seeds": seeds_file(n), "out": out, "recipes": [recipe("tiny_word")], "shards": 2, "concurrency": in_flight // max(1, workers),
             "workers": workers,
             "cache_flush_every": 1000, "cache_flush_s": 600,  # nothing would reach the store before the run ends
-            "teacher": {"endpoints": [{"base_url": px.base_url, "model": teacher.model}], "timeout_s": 30,
+            "teacher": {"endpoints": [{"base_url": px.base_url, "model": teacher.model, "api_key_env": teacher.api_key_env}], "timeout_s": 30,
                         "sampling": {"temperature": 0.0}}}))
         p = subprocess.Popen([*CLI, "generate", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         request.addfinalizer(lambda: p.poll() is None and p.kill())  # a failed assertion leaves no run behind

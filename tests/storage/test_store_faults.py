@@ -34,7 +34,8 @@ def test_generate_through_a_flaky_store(teacher, flaky_s3, s3_bucket, tmp_path):
     cfg = tmp_path / "gen.yaml"
     cfg.write_text(yaml.safe_dump({
         "seeds": str(seeds), "out": out, "recipes": [recipe("tiny_word")], "shards": 4, "workers": 2, "concurrency": 2,
-        "cache_flush_every": 2, "teacher": {"endpoints": [{"base_url": teacher.endpoints[0], "model": teacher.model}],
+        "cache_flush_every": 2, "teacher": {"endpoints": [{"base_url": teacher.endpoints[0], "model": teacher.model,
+                                                                          "api_key_env": teacher.api_key_env}],
                                             "timeout_s": 60, "sampling": {"temperature": 0.0}}}))
     flaky_s3.set(fail_every=3, status=503)
     r = cli("generate", str(cfg))

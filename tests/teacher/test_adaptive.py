@@ -18,7 +18,7 @@ from factory.teacher.config import AdaptiveOptions, Endpoint, RetryPolicy, Teach
 def sim_cfg(urls, **kw):
     kw.setdefault("sampling", {"max_tokens": 16})
     kw.setdefault("retry", RetryPolicy(base_s=0.02, max_s=0.2, max_attempts=30, eject_after=2, probe_after_s=0.3))
-    return TeacherConfig(endpoints=[Endpoint(base_url=u, model=MODEL) for u in urls], **kw)
+    return TeacherConfig(endpoints=[Endpoint(base_url=u, model=MODEL, api_key_env="FACTORY_TEACHER_KEY") for u in urls], **kw)
 
 
 async def drive(t: TeacherClient, n: int, start: int = 0, demand: int = 256) -> list:
