@@ -144,6 +144,8 @@ def run_datatrove(a: argparse.Namespace, w: dict[str, Any], endpoints: list[str]
 
     logger.disable("datatrove")
     results: dict[str, dict[str, Any]] = {}
+    if a.stub_delay is None:
+        keyed_readiness()
 
     async def rollout(doc: Document, generate: Any) -> dict[str, Any]:
         r = await generate(dict(doc.metadata["payload"]))  # datatrove adds `model` to the dict it is given
@@ -176,6 +178,23 @@ def run_datatrove(a: argparse.Namespace, w: dict[str, Any], endpoints: list[str]
     return {"tok_s": toks / wall, "completion_tokens": toks, "wall_s": round(wall, 3), "requests": len(results),
             "cpu_ms_per_request": round(1000 * cpu / max(1, len(results)), 2), "completion_tokens_per_rank": per_rank,
             "texts": {k: v["text"] for k, v in results.items()}}
+
+
+def keyed_readiness() -> None:
+    """datatrove 0.10.1's endpoint readiness check is a GET {endpoint_url}/v1/models without the key: a
+    keyed endpoint answers 401 (and a URL ending in /v1, which its openai path needs, 404), so the runner
+    waits for a server that never becomes ready. The anchor's check lists the models through its own
+    openai client instead, with the key; its requests are untouched."""
+    from datatrove.pipeline.inference.servers.endpoint_server import EndpointServer
+
+    async def is_ready(self: Any) -> bool:
+        try:
+            await self.client.models.list()
+            return True
+        except Exception:  # noqa: BLE001 - not ready yet, as datatrove's own check says
+            return False
+
+    EndpointServer.is_ready = is_ready
 
 
 def save(result: dict[str, Any], out: str) -> None:
