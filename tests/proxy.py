@@ -10,6 +10,7 @@ tests can count teacher calls and repeats after a resume.
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import random
 import socket
@@ -23,16 +24,22 @@ import httpx
 
 from factory.teacher.client import PROBE_MESSAGES
 
+UNAUTHORIZED = (b'{"error":{"message":"Incorrect API key provided.","type":"invalid_request_error","param":null,'
+                b'"code":"invalid_api_key"}}')
+
 
 class FaultProxy:
     def __init__(self, upstream: str, *, p429: float = 0.0, p500: float = 0.0, phang: float = 0.0,
                  ptrunc: float = 0.0, p400: float = 0.0, hang_s: float = 5.0, retry_after: str = "1", seed: int = 0,
-                 get_faults: list[str] | None = None, delay_s: float = 0.0):
+                 get_faults: list[str] | None = None, delay_s: float = 0.0, key: str | None = None):
         self.upstream = upstream.rstrip("/").removesuffix("/v1")
         self.get_faults = list(get_faults or [])  # answers to the next GETs, in order: "503" or "reset"
         self.gets: list[str] = []  # what each GET got: a fault or "ok"
         self.rates = [("429", p429), ("500", p500), ("hang", phang), ("trunc", ptrunc), ("400", p400)]
         self.hang_s, self.retry_after, self.delay_s = hang_s, retry_after, delay_s
+        # with `key`: a gateway with keys of its own (as LiteLLM's proxy): it answers 401 unless the request
+        # carries that key, and reaches the teacher with the teacher's own key (FACTORY_TEACHER_KEY)
+        self.key = key
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.log: list[tuple[float, str, str]] = []  # (time, body sha, outcome)
@@ -59,6 +66,8 @@ class FaultProxy:
                     self.close_connection = True
 
             def do_GET(self):
+                if proxy.refused(self.headers):
+                    return self._send(401, UNAUTHORIZED)
                 with proxy._lock:
                     fault = proxy.get_faults.pop(0) if proxy.get_faults else None
                 with proxy._lock:
@@ -73,6 +82,9 @@ class FaultProxy:
                 self._send(r.status_code, r.content)
 
             def do_POST(self):
+                if proxy.refused(self.headers):
+                    self.rfile.read(int(self.headers.get("content-length") or 0))
+                    return self._send(401, UNAUTHORIZED)
                 try:
                     self._post()
                 except (httpx.HTTPError, OSError):  # upstream gone or client hung up: drop the connection
@@ -113,13 +125,18 @@ class FaultProxy:
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    @staticmethod
-    def passed(headers) -> dict[str, str]:
-        """What goes upstream: the body's type and the client's credentials (the teacher checks them)."""
+    def passed(self, headers) -> dict[str, str]:
+        """What goes upstream: the body's type and the client's credentials (the teacher checks them), or
+        with `key` the teacher's own."""
         out = {"content-type": "application/json"}
-        if headers.get("authorization"):
+        if self.key is not None:
+            out["authorization"] = f"Bearer {os.environ['FACTORY_TEACHER_KEY']}"
+        elif headers.get("authorization"):
             out["authorization"] = headers["authorization"]
         return out
+
+    def refused(self, headers) -> bool:
+        return self.key is not None and headers.get("authorization") != f"Bearer {self.key}"
 
     def _draw(self) -> str | None:
         with self._lock:

@@ -124,7 +124,8 @@ def units(gen: Path) -> list[tuple[str, str, int]]:
 
 def test_generation_and_curation_jobs_stop_and_resume(ray_head, head_env, teacher, tmp_path):
     n_seeds, shards = 8, 4
-    with FaultProxy(teacher.endpoints[0], delay_s=1.5) as proxy:
+    # a gateway that takes only the job's key: the generation reaches the teacher only if the secret arrived
+    with FaultProxy(teacher.endpoints[0], delay_s=1.5, key=SECRET) as proxy:
         cfg = write_inputs(tmp_path, teacher, proxy.base_url, n_seeds, shards)
         gen = tmp_path / "gen"
         job1, r = submit(ray_head, "factory", "generate", str(cfg), wait=False)

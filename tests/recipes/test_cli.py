@@ -46,6 +46,6 @@ def test_diversity_on_stage(tmp_path):
 @pytest.mark.slow
 def test_try_against_teacher(teacher):
     r = runner.invoke(app, ["recipes", "try", "distill", "--seed-index", "3", "--base-url", teacher.endpoints[0],
-                            "--max-tokens", "32"])
+                            "--api-key-env", teacher.api_key_env, "--max-tokens", "32"])
     assert r.exit_code == 0, r.output
     assert "seed" in r.output and ("doc " in r.output or "rejected (" in r.output)
