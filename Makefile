@@ -36,11 +36,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/factory demo --out runs/demo
 
+# the suite as two lanes side by side (one per core), then the time per directory and the slowest tests
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m tests.split
 
+# the edit loop: everything but the end-to-end tests on real parts (teacher, Ray, torchrun)
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m tests.split -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -31,6 +31,17 @@ _S3.export(_S3.endpoint)
 os.environ.setdefault("FACTORY_SPOOL_DIR", tempfile.mkdtemp(prefix="factory-spool-"))
 
 
+# Tests that use these fixtures run on real parts (the llama.cpp teacher, a Ray cluster): end to end, so
+# `slow` (`make test` runs them; `make test-fast`, the edit loop, leaves them out).
+REAL_PARTS = {"teacher", "teacher_config", "ray_local", "ray_session", "ray_with_s3", "ray_head", "ray_cluster"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if REAL_PARTS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto) on loopback; its endpoint and dummy keys are exported."""

@@ -328,6 +328,7 @@ def test_judge_score_is_the_last_score_line():
     assert parse_score("Sounds good to me!") is None and parse_score("Score: 9") is None
 
 
+@pytest.mark.slow  # starts a local teacher of its own
 def test_llm_judge_on_the_local_teacher_scores_filters_and_caches(tmp_path):
     """A real llama.cpp judge over four documents; the rerun with the judge stopped decides the same
     from the cache."""

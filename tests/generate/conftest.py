@@ -10,17 +10,27 @@ from gen_helpers import seed_rows
 
 
 @pytest.fixture(scope="session")
-def ray_local(s3_server, tmp_path_factory):
-    """A local Ray whose workers see the S3 test server and a spool folder of the session's own."""
+def _ray_local_session(s3_server, tmp_path_factory):
     import os
 
-    from factory.cluster import init_ray, shutdown_ray
+    from factory.cluster import shutdown_ray
     from factory.teacher.cache import SPOOL_ENV
 
     os.environ[SPOOL_ENV] = str(tmp_path_factory.mktemp("spool"))
-    init_ray(None, num_cpus=2, object_store_memory=200 * 1024**2)
     yield
     shutdown_ray()
+
+
+@pytest.fixture
+def ray_local(_ray_local_session):
+    """A local Ray whose workers see the S3 test server and a spool folder of the session's own: started
+    once, and again after a test elsewhere in the session stopped it."""
+    import ray
+
+    from factory.cluster import init_ray
+
+    if not ray.is_initialized():
+        init_ray(None, num_cpus=2, object_store_memory=200 * 1024**2)
 
 
 @pytest.fixture
