@@ -25,9 +25,9 @@ OUT = ROOT / "runs" / "tests"
 # ~12.5 min each serially on a 2-core VM (2026-12-07): cluster 385 s, generate 345, the top-level end to end
 # tests 232, storage 195, train 79, curate 72, ablate 65, recipes 56, teacher 55, foundation 29, mix 8, eval 1
 LANES = [
-    ["tests/generate", "tests/storage", "tests/train", "tests/curate", "tests/ablate"],
+    ["tests/generate", "tests/storage", "tests/train", "tests/curate"],
     ["tests/cluster", "tests/test_e2e.py", "tests/test_readme_walkthrough.py", "tests/test_seedcurate.py",
-     "tests/recipes", "tests/teacher", "tests/foundation", "tests/mix", "tests/eval"],
+     "tests/ablate", "tests/recipes", "tests/teacher", "tests/foundation", "tests/mix", "tests/eval"],
 ]
 
 
