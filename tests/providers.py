@@ -22,6 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from tests.proxy import Served, send_json
+
 
 def _err(style: str, status: int, message: str, type_: str, code: str | int | None, param: str | None = None) -> dict:
     if style == "vllm":
@@ -31,7 +33,7 @@ def _err(style: str, status: int, message: str, type_: str, code: str | int | No
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-class ProviderProxy:
+class ProviderProxy(Served):
     """`with ProviderProxy(teacher, key="sk-test", style="openai", rpm=3) as p: p.base_url` (with /v1)."""
 
     def __init__(self, teacher, *, key: str, style: str = "openai", n_ctx: int = 2048, rpm: int | None = None,
@@ -58,19 +60,9 @@ class ProviderProxy:
                 pass
 
             def _send(self, status: int, obj: dict, headers: dict[str, str] | None = None) -> None:
-                body = json.dumps(obj).encode()
                 if proxy.first_byte_s:
                     time.sleep(proxy.first_byte_s)
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                try:
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    self.close_connection = True
+                send_json(self, status, json.dumps(obj).encode(), headers)
 
             def do_GET(self):
                 status, obj, headers = proxy.answer("GET", self.path, self.headers, b"")
@@ -195,12 +187,3 @@ class ProviderProxy:
                 if nxt is not None and nxt["t"] - r["t"] < r["reset_s"] - 0.02:
                     out.append(round(r["reset_s"] - (nxt["t"] - r["t"]), 3))
         return out
-
-    def __enter__(self) -> "ProviderProxy":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._http.close()

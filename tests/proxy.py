@@ -28,7 +28,35 @@ UNAUTHORIZED = (b'{"error":{"message":"Incorrect API key provided.","type":"inva
                 b'"code":"invalid_api_key"}}')
 
 
-class FaultProxy:
+def send_json(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    """Answer a request of `handler` with a JSON body; a client that went away (a job stopped) only closes it."""
+    handler.send_response(status)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(body)))
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    try:
+        handler.wfile.write(body)
+    except (BrokenPipeError, ConnectionResetError):
+        handler.close_connection = True
+
+
+class Served:
+    """A test server on loopback (`self.server`, served by `self._thread`) with an upstream client `self._http`:
+    `with` starts it and stops all three."""
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._http.close()
+
+
+class FaultProxy(Served):
     def __init__(self, upstream: str, *, p429: float = 0.0, p500: float = 0.0, phang: float = 0.0,
                  ptrunc: float = 0.0, p400: float = 0.0, hang_s: float = 5.0, retry_after: str = "1", seed: int = 0,
                  get_faults: list[str] | None = None, delay_s: float = 0.0, key: str | None = None):
@@ -54,16 +82,7 @@ class FaultProxy:
                 pass
 
             def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                try:
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):  # the client went away (job stopped)
-                    self.close_connection = True
+                send_json(self, status, body, headers)
 
             def do_GET(self):
                 if proxy.refused(self.headers):
@@ -167,12 +186,3 @@ class FaultProxy:
 
     def outcomes(self) -> Counter[str]:
         return Counter(o for _, _, o in self.log)
-
-    def __enter__(self) -> "FaultProxy":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._http.close()
