@@ -35,3 +35,27 @@ def test_every_cited_result_exists_with_its_keys():
         if missing:
             problems.append(f"{name}: lacks {sorted(missing)}")
     assert not problems, problems
+
+
+def test_each_cited_ratio_is_in_a_row_that_cites_it():
+    """A comparison's ratio appears (to 1-3 decimals) in a README line that cites its JSON: the text says
+    what the committed result says."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    problems = []
+    for name in sorted(cited()):
+        path = RESULTS / name
+        r = json.loads(path.read_text()).get("ratio") if path.exists() else None
+        if not isinstance(r, (int, float)):
+            continue
+        forms = {f"{r:.1f}", f"{r:.2f}", f"{r:.3f}", f"{r:,.0f}x"}
+        if not any(f"`{name}`" in ln and any(f in ln for f in forms) for ln in lines):
+            problems.append(f"{name}: ratio {r} in no line that cites it")
+    assert not problems, problems
+
+
+def test_the_suite_times_in_the_readme_are_the_measured_ones():
+    t = json.loads((RESULTS / "test_suite.json").read_text())
+    text = " ".join((ROOT / "README.md").read_text().split())
+    said = (f"`make test` {t['make_test_min']} min for {t['tests']} tests ({t['serial_min']} min serially), "
+            f"`make test-fast` {t['test_fast_min']} min")
+    assert said in text, said
