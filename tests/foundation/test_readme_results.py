@@ -59,3 +59,18 @@ def test_the_suite_times_in_the_readme_are_the_measured_ones():
     said = (f"`make test` {t['make_test_min']} min for {t['tests']} tests ({t['serial_min']} min serially), "
             f"`make test-fast` {t['test_fast_min']} min")
     assert said in text, said
+
+
+def test_the_demo_tables_are_the_committed_run():
+    """The README's demo tables and its loss gap are `benchmarks/demo_summary.py`'s rendering of demo.json."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_summary", ROOT / "benchmarks" / "demo_summary.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    d = json.loads((RESULTS / "demo.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert mod.table(d) in readme
+    gap = d["mixes"]["phi4"]["wiki_val"][0] - d["mixes"]["web_only"]["wiki_val"][0]
+    assert f"worse on web knowledge by {gap:.2f} nats/token" in " ".join(readme.split())
+    assert f"curation kept {d['curate']['kept']} of the {d['curate']['in']} documents" in " ".join(readme.split())
