@@ -22,12 +22,13 @@ from tests.timing import main as timing
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "runs" / "tests"
-# ~12.5 min each serially on a 2-core VM (2026-12-07): cluster 385 s, generate 345, the top-level end to end
-# tests 232, storage 195, train 79, curate 72, ablate 65, recipes 56, teacher 55, foundation 29, mix 8, eval 1
+# test time per directory with both lanes running (2-core VM, 2026-12-07): generate 404 s, the top-level end to
+# end tests 320, cluster 313, storage 233, ablate 116, train 111, curate 104, recipes 63, teacher 58,
+# foundation 31, mix 8, eval 5: about 890 s a lane
 LANES = [
-    ["tests/generate", "tests/storage", "tests/train", "tests/curate"],
+    ["tests/generate", "tests/storage", "tests/train", "tests/curate", "tests/foundation", "tests/mix"],
     ["tests/cluster", "tests/test_e2e.py", "tests/test_readme_walkthrough.py", "tests/test_seedcurate.py",
-     "tests/ablate", "tests/recipes", "tests/teacher", "tests/foundation", "tests/mix", "tests/eval"],
+     "tests/ablate", "tests/recipes", "tests/teacher", "tests/eval"],
 ]
 
 
