@@ -12,6 +12,7 @@ directory and the slowest tests of both. Extra arguments go to both pytest runs.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from tests.timing import main as timing
 
 ROOT = Path(__file__).resolve().parent.parent
+PROGRESS = re.compile(r"^([.FEsxX]+)(?: +\[ *\d+%\])?$", re.M)  # pytest -q's progress lines: a character a test
 OUT = ROOT / "runs" / "tests"
 # test time per directory with both lanes running (2-core VM, 2026-12-07): generate 404 s, the top-level end to
 # end tests 320, cluster 313, storage 233, ablate 116, train 111, curate 104, recipes 63, teacher 58,
@@ -50,6 +52,13 @@ def main(argv: list[str]) -> int:
         procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         logs.append(log)
     try:
+        while any(p.poll() is None for p in procs):  # a line a minute, so a long run is never silent
+            time.sleep(1)
+            if int(time.time() - t0) % 60 == 0:
+                done = [sum(len(m) for m in PROGRESS.findall((OUT / f"lane{k}.log").read_text(errors="replace")))
+                        for k in range(len(LANES))]
+                print(f"[{(time.time() - t0) / 60:.0f} min] " + ", ".join(f"lane {k}: {n} done" for k, n in enumerate(done)),
+                      flush=True)
         codes = [p.wait() for p in procs]
     except BaseException:
         for p in procs:
