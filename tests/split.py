@@ -47,7 +47,8 @@ def main(argv: list[str]) -> int:
     t0 = time.time()
     for k, lane in enumerate(LANES):
         log = open(OUT / f"lane{k}.log", "w")
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={OUT / f'lane{k}.xml'}",
+        # -u: the log is written as the tests go (for this process only: the tests' own subprocesses are as before)
+        cmd = [sys.executable, "-u", "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={OUT / f'lane{k}.xml'}",
                "--durations=15", *argv, *lane]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         logs.append(log)
