@@ -37,7 +37,6 @@ from factory.teacher.adaptive import AdaptiveWindow
 from factory.teacher.limits import Balancer, EndpointState, RateLimiter
 from factory.teacher.types import Completion, EndpointFatal, TeacherError
 
-retry_after_s = http.retry_after_s  # kept importable from here
 PROBE_MESSAGES = [{"role": "user", "content": "Say OK."}]  # the start's one-token completion, per endpoint
 
 
@@ -180,7 +179,7 @@ class TeacherClient:
             except Exception as e:  # noqa: BLE001 - classified here
                 v = http.classify(e)
                 refused = http.refused(e)  # nothing listens there: no point waiting
-                if v.kind != "endpoint" and v.retryable and not refused and attempt < r.max_attempts:
+                if v.retryable and not refused and attempt < r.max_attempts:
                     await asyncio.sleep(max(self._backoff(attempt), v.wait or 0.0))
                     continue
                 if v.kind == "endpoint" or (v.status is not None and not v.retryable):
@@ -359,8 +358,8 @@ class TeacherClient:
             if attempt < r.max_attempts:
                 self.count("retries")
                 await asyncio.sleep(max(self._backoff(attempt), wait or 0.0))
-        if last.startswith(("dns:", "tls:")):  # a host that never resolved: nothing later will work either
-            raise self.fatal(state.index, http.Verdict(last.split(":")[0], "endpoint"), RuntimeError(last))
+        if last.startswith("dns:"):  # a host that never resolved: nothing later will work either
+            raise self.fatal(state.index, http.Verdict("dns", "endpoint"), RuntimeError(last))
         self.judge(True, "retries_exhausted")
         raise TeacherError("retries_exhausted", f"{r.max_attempts} attempts, last: {last}", retryable=True)
 

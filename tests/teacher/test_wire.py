@@ -221,6 +221,25 @@ def test_classes_of_errors():
     quota = st(429, {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}})
     assert quota.kind == "endpoint" and quota.reason == "http_429_insufficient_quota"
     assert st(429, headers={"retry-after": "2"}).wait == 2.0
+    import ssl
+
+    import aiohttp
+
+    bad_cert = aiohttp.ClientConnectorCertificateError(None, ssl.SSLCertVerificationError("self-signed certificate"))
+    assert http.classify(bad_cert).kind == "endpoint" and http.classify(bad_cert).reason == "tls"
+    assert http.classify(aiohttp.ClientConnectionError("reset")).kind == "transient"
+
+
+def test_a_host_that_does_not_resolve_is_one_error_naming_it():
+    """A real DNS failure (the .invalid domain never resolves): retried as a blip, then one error naming the
+    endpoint and the fix, before any work."""
+    from factory.errors import FactoryError
+
+    ep = Endpoint(base_url="http://no-such-teacher.invalid/v1", model="m")
+    cfg = TeacherConfig(endpoints=[ep], retry=RetryPolicy(max_attempts=2, base_s=0.05, max_s=0.1))
+    with pytest.raises(FactoryError, match="no-such-teacher.invalid") as e:
+        asyncio.run(_probe(cfg))
+    assert "endpoints.0.base_url" in str(e.value) and "2 attempts" in str(e.value)
 
 
 def test_provider_wait_headers():
