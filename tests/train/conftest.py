@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,32 @@ import pytest
 
 WORDS = ("the cat dog bird sees eats likes finds a small big red blue quick slow old new tree house "
          "river stone runs sits under over near and then").split()
+
+
+HOLD = textwrap.dedent("""
+    # Test-only: after the checkpoint of step {step} is written, the rank holds still, so a test's
+    # SIGKILL always lands between that checkpoint and the next, however busy the machine is.
+    import time
+    from train import checkpoint
+    _save = checkpoint.save
+    def save(root, step, *a, **kw):
+        out = _save(root, step, *a, **kw)
+        if step == {step}:
+            time.sleep(600)
+        return out
+    checkpoint.save = save
+""")
+
+
+def hold_after_checkpoint(folder: Path, step: int) -> dict[str, str]:
+    """Extra env for a torchrun child whose ranks stop still once checkpoint `step` is saved."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(HOLD.format(step=step))
+    from train import launch
+
+    env = launch.child_env()
+    env["PYTHONPATH"] = f"{folder}:{env['PYTHONPATH']}"
+    return env
 
 
 def tiny_config(run_dir: Path, **over) -> dict:
