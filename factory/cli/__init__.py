@@ -13,7 +13,7 @@ from factory.errors import FactoryError, stop_on_sigterm, stopped
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Synthetic pretraining data factory.")
 
 # One module per command group, in data-flow order. Each defines `register(app)`.
-GROUPS = ["seeds", "teacher", "recipes", "generate", "curate", "tokenize", "mix", "train", "evaluate", "ablate", "cluster", "demo"]
+GROUPS = ["seeds", "teacher", "recipes", "generate", "curate", "review", "tokenize", "mix", "train", "evaluate", "ablate", "cluster", "demo"]
 
 
 def _register() -> None:

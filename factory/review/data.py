@@ -1,0 +1,512 @@
+"""What a run made, as a light index: every document's id, recipe, teacher, status and reason, and
+where its row lives (file, row), built once from a few parquet columns; rows are read lazily, one
+row group at a time, so a folder of 100k+ documents never loads whole.
+
+A folder is a stage (generate or curate: it holds `manifest.json` naming its stage) or a run (a
+folder whose sub-folders are stages, like `runs/demo`). From a stage the other stages are found
+through the manifests' `inputs` (or, where an input path moved, a sibling folder of that name).
+
+Statuses: `kept` (a curated shard), `rejected` (curate's rejected/, with its reason and detail),
+`generated` (made, not curated by any stage found here), `failed` (a generation request that
+made no document: generate's rejected/, with its reason and the raw completion).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+from collections import Counter, OrderedDict, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from factory.errors import FactoryError
+from factory.stage import MANIFEST, StageDir, doc_files, is_local, storage_errors
+
+GENERATE, CURATE = "generate", "curate"
+SEED_STAGES = ("seeds", "seedcurate")
+STATUSES = ("kept", "rejected", "generated", "failed")
+GROUP_CACHE = 24  # row groups held decoded (1,000 rows each)
+
+
+@dataclass
+class Stage:
+    url: str
+    kind: str
+    manifest: dict[str, Any]
+    fs: Any = None
+    root: str = ""
+
+    def __post_init__(self):
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+
+
+def _stage_at(url: str) -> Stage | None:
+    try:
+        with storage_errors(url):
+            m = StageDir.read_manifest(url)
+    except FactoryError:
+        return None
+    if not isinstance(m, dict) or not m.get("stage"):
+        return None
+    return Stage(url.rstrip("/"), str(m["stage"]), m)
+
+
+def _children(url: str) -> list[str]:
+    fs, root = fsspec.core.url_to_fs(url)
+    with storage_errors(url):
+        fs.invalidate_cache(root)
+        entries = fs.ls(root, detail=True)
+    out = []
+    for e in entries:
+        if e.get("type") == "directory":
+            name = e["name"].rstrip("/").rsplit("/", 1)[-1]
+            out.append(f"{url.rstrip('/')}/{name}")
+    return sorted(out)
+
+
+def _resolve_input(stage: Stage, inp: str) -> Stage | None:
+    """An input named in a manifest: where it says, or a sibling of `stage` by that name (a run moved)."""
+    found = _stage_at(inp)
+    if found is None:
+        name = inp.rstrip("/").rsplit("/", 1)[-1]
+        parent = stage.url.rsplit("/", 1)[0]
+        found = _stage_at(f"{parent}/{name}")
+    return found
+
+
+@dataclass
+class Stages:
+    folder: str
+    seeds: Stage | None = None
+    generate: Stage | None = None
+    curate: Stage | None = None
+    kind: str = "run"  # "run" or the stage given
+
+
+def find_stages(folder: str) -> Stages:
+    """The seeds, generate and curate stages of a run folder or reached from a stage folder."""
+    folder = str(folder).rstrip("/") or "/"
+    fs, root = fsspec.core.url_to_fs(folder)
+    with storage_errors(folder):
+        if not fs.isdir(root):
+            raise FactoryError("not a folder", where=folder,
+                               fix="give a run folder (like runs/demo) or its generated/ or curated/ stage folder")
+    here = _stage_at(folder)
+    st = Stages(folder)
+    found: list[Stage] = []
+    if here is not None:
+        st.kind = here.kind
+        found = [here]
+    else:
+        found = [s for s in (_stage_at(c) for c in _children(folder)) if s is not None]
+    by = defaultdict(list)
+    for s in found:
+        by[s.kind].append(s)
+    st.curate = by[CURATE][0] if by[CURATE] else None
+    st.generate = by[GENERATE][0] if by[GENERATE] else None
+    # follow the inputs: curate -> generate -> seeds
+    if st.curate is not None and st.generate is None:
+        for inp in st.curate.manifest.get("inputs") or []:
+            s = _resolve_input(st.curate, str(inp))
+            if s is not None and s.kind == GENERATE:
+                st.generate = s
+                break
+    if st.curate is not None and len(by[CURATE]) > 1 and st.generate is not None:
+        for c in by[CURATE]:  # the curate stage that read this generate stage
+            if any(str(i).rstrip("/").endswith("/" + st.generate.url.rsplit("/", 1)[-1]) for i in c.manifest.get("inputs") or []):
+                st.curate = c
+                break
+    if st.generate is not None:
+        srcs = list(st.generate.manifest.get("inputs") or [])
+        cfg_seeds = (st.generate.manifest.get("config") or {}).get("seeds")
+        if cfg_seeds:
+            srcs.insert(0, str(cfg_seeds))
+        for inp in srcs:
+            s = _resolve_input(st.generate, inp)
+            if s is not None and s.kind in SEED_STAGES:
+                st.seeds = s
+                break
+    if st.seeds is None:
+        seeds = [s for k in SEED_STAGES for s in by[k]]
+        st.seeds = seeds[-1] if seeds else None  # curated seeds, where both are there
+    if st.generate is None and st.curate is None:
+        what = f"a {here.kind} stage" if here is not None else "neither a stage folder nor a run folder"
+        raise FactoryError(f"{what}: nothing to review here",
+                           where=folder, fix="give a run folder (like runs/demo, with generated/ and curated/ inside) "
+                           "or a generate or curate stage folder (one with manifest.json)")
+    return st
+
+
+# -- reading parquet ---------------------------------------------------------------------------
+def _open(fs, path: str):
+    return path if is_local(fs) else fs.open(path, "rb")
+
+
+def _names(schema: pa.Schema) -> set[str]:
+    return set(schema.names)
+
+
+def _col(table: pa.Table, name: str, sub: str | None = None) -> list:
+    """A column (or a field of the `meta` struct) as a list; Nones where it is absent."""
+    if sub is not None:
+        if "meta" not in table.column_names:
+            return [None] * table.num_rows
+        meta = table.column("meta").combine_chunks()
+        t = meta.type
+        if sub not in [t.field(i).name for i in range(t.num_fields)]:
+            return [None] * table.num_rows
+        return meta.field(sub).to_pylist()
+    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
+
+
+class Files:
+    """Parquet files by number, with their row-group offsets and an LRU of decoded row groups."""
+
+    def __init__(self):
+        self.paths: list[tuple[Any, str]] = []
+        self.offsets: list[list[int]] = []
+        self._cache: OrderedDict[tuple[int, int], list[dict]] = OrderedDict()
+
+    def add(self, fs, path: str, meta: pq.FileMetaData) -> int:
+        offs, n = [], 0
+        for i in range(meta.num_row_groups):
+            offs.append(n)
+            n += meta.row_group(i).num_rows
+        self.paths.append((fs, path))
+        self.offsets.append(offs)
+        return len(self.paths) - 1
+
+    def row(self, file: int, row: int) -> dict:
+        offs = self.offsets[file]
+        rg = bisect.bisect_right(offs, row) - 1
+        key = (file, rg)
+        rows = self._cache.get(key)
+        if rows is None:
+            fs, path = self.paths[file]
+            with storage_errors(path):
+                rows = pq.ParquetFile(_open(fs, path)).read_row_group(rg).to_pylist()
+            self._cache[key] = rows
+            while len(self._cache) > GROUP_CACHE:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return rows[row - offs[rg]]
+
+
+def _files(stage: Stage, pattern: str) -> list[str]:
+    stage.fs.invalidate_cache(stage.root)
+    return sorted(stage.fs.glob(f"{stage.root}/{pattern}"))
+
+
+def _read_cols(fs, path: str, want: list[str]) -> tuple[pa.Table, pq.FileMetaData]:
+    with storage_errors(path):
+        pf = pq.ParquetFile(_open(fs, path))
+        have = set(pf.schema_arrow.names)
+        cols = [c for c in want if c.split(".", 1)[0] in have]
+        return pf.read(columns=cols), pf.metadata
+
+
+def _meta_cols(table: pa.Table, names: list[str]) -> dict[str, list]:
+    """With `meta.x` columns read, pyarrow returns a `meta` struct holding only those fields."""
+    return {n: _col(table, "", n) for n in names}
+
+
+# -- the index -----------------------------------------------------------------------------------
+@dataclass
+class Index:
+    """One entry per document (and per failed generation request), in columns."""
+
+    stages: Stages
+    files: Files = field(default_factory=Files)
+    ids: list[str] = field(default_factory=list)
+    recipe: list[str] = field(default_factory=list)
+    teacher: list[str] = field(default_factory=list)
+    seed: list[str] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)
+    reason: list[str] = field(default_factory=list)
+    loc: list[tuple[int, int]] = field(default_factory=list)
+    pos: dict[str, int] = field(default_factory=dict)
+    seed_loc: dict[str, tuple[int, int]] = field(default_factory=dict)
+    seed_count: int = 0
+    _codes: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _add(self, id_: str, recipe, teacher, seed, status: str, reason, loc) -> None:
+        if id_ in self.pos:
+            return
+        self.pos[id_] = len(self.ids)
+        self.ids.append(id_)
+        self.recipe.append(recipe or "?")
+        self.teacher.append(teacher or "?")
+        self.seed.append(seed or "")
+        self.status.append(status)
+        self.reason.append(reason or "")
+        self.loc.append(loc)
+
+    def _add_docs(self, stage: Stage, paths: list[str], status: str, with_reason: bool) -> None:
+        want = ["id", "meta.recipe", "meta.teacher_model", "meta.seed_id"] + (["reason"] if with_reason else [])
+        for p in paths:
+            t, meta = _read_cols(stage.fs, p, want)
+            f = self.files.add(stage.fs, p, meta)
+            m = _meta_cols(t, ["recipe", "teacher_model", "seed_id"])
+            reasons = _col(t, "reason") if with_reason else [None] * t.num_rows
+            for i, (id_, rc, tm, sd, rs) in enumerate(zip(_col(t, "id"), m["recipe"], m["teacher_model"],
+                                                           m["seed_id"], reasons)):
+                self._add(id_, rc, tm, sd, status, rs, (f, i))
+
+    def _add_failed(self, stage: Stage) -> None:
+        teachers = (stage.manifest.get("config") or {}).get("teacher_models") or []
+        teacher = teachers[0] if len(teachers) == 1 else "?"
+        for p in _files(stage, "rejected/*.parquet"):
+            t, meta = _read_cols(stage.fs, p, ["seed_id", "recipe", "sample", "reason"])
+            f = self.files.add(stage.fs, p, meta)
+            name = p.rsplit("/", 1)[-1].removesuffix(".parquet")
+            for i, (sd, rc, smp, rs) in enumerate(zip(_col(t, "seed_id"), _col(t, "recipe"), _col(t, "sample"),
+                                                      _col(t, "reason"))):
+                self._add(f"failed-{name}-{i}", rc, teacher, sd, "failed", rs, (f, i))
+
+    def _add_seeds(self, stage: Stage) -> None:
+        for p in doc_files(stage.fs, stage.root):
+            t, meta = _read_cols(stage.fs, p, ["id", "meta.seed_id"])
+            f = self.files.add(stage.fs, p, meta)
+            for i, (id_, sd) in enumerate(zip(_col(t, "id"), _meta_cols(t, ["seed_id"])["seed_id"])):
+                self.seed_loc.setdefault(sd or id_, (f, i))
+                self.seed_loc.setdefault(id_, (f, i))
+                self.seed_count += 1
+
+    @classmethod
+    def build(cls, stages: Stages) -> "Index":
+        ix = cls(stages)
+        if stages.curate is not None:
+            c = stages.curate
+            ix._add_docs(c, doc_files(c.fs, c.root), "kept", False)
+            ix._add_docs(c, _files(c, "rejected/*.parquet"), "rejected", True)
+        if stages.generate is not None:
+            g = stages.generate
+            ix._add_docs(g, doc_files(g.fs, g.root), "generated", False)
+            ix._add_failed(g)
+        if stages.seeds is not None:
+            ix._add_seeds(stages.seeds)
+        ix._teachers_of_failed()
+        return ix
+
+    def _teachers_of_failed(self) -> None:
+        """A failed request records no teacher: where every document of its recipe has one teacher, it is that."""
+        by: dict[str, set] = defaultdict(set)
+        for rc, tm, st in zip(self.recipe, self.teacher, self.status):
+            if st != "failed":
+                by[rc].add(tm)
+        for i, st in enumerate(self.status):
+            if st == "failed" and self.teacher[i] == "?" and len(by[self.recipe[i]]) == 1:
+                self.teacher[i] = next(iter(by[self.recipe[i]]))
+
+    # filters -----------------------------------------------------------------------------------
+    def codes(self, name: str) -> tuple[list[str], np.ndarray]:
+        if name not in self._codes:
+            values = getattr(self, name)
+            cats = sorted(set(values))
+            lookup = {v: i for i, v in enumerate(cats)}
+            self._codes[name] = (cats, np.fromiter((lookup[v] for v in values), dtype=np.int32, count=len(values)))
+        return self._codes[name]
+
+    def select(self, recipe: str = "", status: str = "", reason: str = "", teacher: str = "",
+               only: set[int] | None = None, exclude: set[int] | None = None) -> np.ndarray:
+        """Positions of the entries that pass every filter given (empty: any)."""
+        mask = np.ones(len(self), dtype=bool)
+        for name, want in (("recipe", recipe), ("status", status), ("reason", reason), ("teacher", teacher)):
+            if want:
+                cats, codes = self.codes(name)
+                mask &= codes == (cats.index(want) if want in cats else -1)
+        if only is not None:
+            keep = np.zeros(len(self), dtype=bool)
+            keep[list(only)] = True
+            mask &= keep
+        if exclude:
+            mask[list(exclude)] = False
+        return np.nonzero(mask)[0]
+
+    # rows --------------------------------------------------------------------------------------
+    def row(self, i: int) -> dict:
+        return self.files.row(*self.loc[i])
+
+    def seed_row(self, seed_id: str) -> dict | None:
+        loc = self.seed_loc.get(seed_id)
+        return self.files.row(*loc) if loc else None
+
+    def entry(self, i: int) -> dict[str, Any]:
+        return {"id": self.ids[i], "recipe": self.recipe[i], "teacher": self.teacher[i], "seed_id": self.seed[i],
+                "status": self.status[i], "reason": self.reason[i]}
+
+    def doc(self, i: int, full: bool = True, snippet: int = 240) -> dict[str, Any]:
+        """The entry with its text (the raw completion for a failed request), detail and marks; with
+        `full`, the seed passage too."""
+        e = self.entry(i)
+        r = self.row(i)
+        meta = r.get("meta") or {}
+        if e["status"] == "failed":
+            d = _json(r.get("detail"))
+            text = (d.get("raw") if isinstance(d, dict) else None) or r.get("text") or ""
+            detail = d.get("detail") if isinstance(d, dict) and d.get("detail") else r.get("detail")
+            extra: dict[str, Any] = {"vars": d.get("vars")} if isinstance(d, dict) else {}
+            finish = d.get("finish_reason") if isinstance(d, dict) else None
+        else:
+            text = r.get("text") or ""
+            detail = r.get("detail")
+            extra = _json(meta.get("extra")) or {}
+            finish = meta.get("finish_reason")
+        e["detail"] = detail if isinstance(detail, str) or detail is None else json.dumps(detail)
+        if not full:
+            e["text"] = text[:snippet] + ("…" if len(text) > snippet else "")
+            return e
+        e["text"] = text
+        e["marks"], e["notes"] = marks(text, e["reason"], e["detail"], extra, finish, self)
+        e["meta"] = {k: v for k, v in meta.items() if k != "extra" and v is not None}
+        e["vars"] = extra.get("vars") if isinstance(extra, dict) else None
+        s = self.seed_row(e["seed_id"]) if e["seed_id"] else None
+        e["seed"] = {"id": s["id"], "text": s["text"]} if s else None
+        return e
+
+    # the funnel --------------------------------------------------------------------------------
+    def funnel(self) -> dict[str, Any]:
+        """seeds -> requests -> documents -> kept, overall, per recipe and per teacher; reasons."""
+        def group(key: str) -> list[dict[str, Any]]:
+            rows: dict[str, dict[str, Any]] = {}
+            seeds: dict[str, set] = defaultdict(set)
+            vals = getattr(self, key)
+            for v, st, sd, rs in zip(vals, self.status, self.seed, self.reason):
+                g = rows.setdefault(v, {key: v, "requests": 0, "documents": 0, "kept": 0, "rejected": 0,
+                                        "failed": 0, "reasons": Counter()})
+                seeds[v].add(sd)
+                g["requests"] += 1
+                if st == "failed":
+                    g["failed"] += 1
+                else:
+                    g["documents"] += 1
+                    if st in ("kept", "rejected"):
+                        g[st] += 1
+                if st in ("rejected", "failed") and rs:
+                    g["reasons"][rs] += 1
+            for v, g in rows.items():
+                g["seeds"] = len(seeds[v] - {""})
+                g["reasons"] = dict(g["reasons"].most_common())
+            return sorted(rows.values(), key=lambda g: g[key])
+
+        st = Counter(self.status)
+        curated = self.stages.curate is not None
+        reasons = []
+        for stage, status in (("generate", "failed"), ("curate", "rejected")):
+            c = Counter(r for r, s in zip(self.reason, self.status) if s == status)
+            reasons += [{"stage": stage, "reason": r, "count": n} for r, n in c.most_common()]
+        gen = self.stages.generate.manifest if self.stages.generate else {}
+        cur = self.stages.curate.manifest if self.stages.curate else {}
+        return {
+            "total": {"seeds": self.seed_count or len(set(self.seed) - {""}), "requests": len(self),
+                      "documents": len(self) - st["failed"], "kept": st["kept"] if curated else None,
+                      "rejected": st["rejected"], "failed": st["failed"], "uncurated": st["generated"]},
+            "recipes": group("recipe"),
+            "teachers": group("teacher"),
+            "reasons": reasons,
+            "manifests": {"generate": {k: gen.get(k) for k in ("status", "counts", "dropped", "accounting") if k in gen},
+                          "curate": {k: cur.get(k) for k in ("status", "counts", "dropped") if k in cur}},
+        }
+
+
+def _json(s: Any) -> Any:
+    if not isinstance(s, str) or not s.strip().startswith(("{", "[")):
+        return s if not isinstance(s, str) else {}
+    try:
+        return json.loads(s)
+    except ValueError:
+        return {}
+
+
+# -- what each check saw, marked in the text ---------------------------------------------------------
+_PREFIXES = (re.compile(r"^\d+/\d+ unsupported:\s*"), re.compile(r"^\d+/\d+ relations the seed does not make:\s*"),
+             re.compile(r"^nothing left after stripping:\s*"), re.compile(r"^instruction:\s*"))
+_NEAR = re.compile(r"\s*\(near [^)]*\)\s*$")
+
+
+def _pieces(detail: str) -> list[str]:
+    """The text spans a check's detail names (unsupported names, a matched phrase, ...)."""
+    out = []
+    for part in re.split(r";\s+", detail):
+        part = part.strip()
+        for rx in _PREFIXES:
+            part = rx.sub("", part)
+        part = _NEAR.sub("", part).strip()
+        if len(part) >= 2 and not re.match(r"^(novel words|score|too (short|long)|finish_reason=|gopher_)", part):
+            out.append(part)
+    return out
+
+
+def _find(text: str, piece: str) -> list[tuple[int, int]]:
+    words = [re.escape(w) for w in piece.split()]
+    if not words:
+        return []
+    pat = r"\s+".join(words)
+    if re.match(r"\w", piece):
+        pat = r"(?<!\w)" + pat
+    bounded = pat
+    if re.search(r"\w$", piece):
+        bounded += r"(?!\w)"
+    found = [(m.start(), m.end()) for m in re.finditer(bounded, text, re.IGNORECASE)][:50]
+    if not found and bounded != pat:  # "20" of "20th": the check saw it inside a longer word
+        found = [(m.start(), m.end()) for m in re.finditer(pat, text, re.IGNORECASE)][:50]
+    return found
+
+
+def marks(text: str, reason: str, detail: str | None, extra: dict, finish: str | None, ix: Index | None = None
+          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(spans in `text` a check pointed at: start, end, kind, why; notes: what a check recorded
+    that is not in the text, e.g. the stripped lines, the duplicate kept instead)."""
+    spans: list[dict[str, Any]] = []
+    notes: list[dict[str, Any]] = []
+    d = _json(detail) if detail else {}
+    if reason:
+        notes.append({"kind": reason, "text": detail or ""})
+    if isinstance(d, dict) and d.get("kept"):  # dedup: the document kept in its place
+        kept = str(d["kept"])
+        notes.append({"kind": "duplicate", "text": f"near/exact duplicate of {kept} (cluster {d.get('cluster')})",
+                      "doc": kept if ix is not None and kept in ix.pos else None})
+    if isinstance(d, dict) and d.get("ngram"):  # decontamination
+        for a, b in _find(text, str(d["ngram"])):
+            spans.append({"start": a, "end": b, "kind": reason or "contamination", "why": f"benchmark {d.get('task')}"})
+    elif detail and not (isinstance(d, dict) and d):
+        for piece in _pieces(detail):
+            for a, b in _find(text, piece):
+                spans.append({"start": a, "end": b, "kind": reason, "why": piece})
+    if isinstance(extra, dict):
+        for cut in extra.get("stripped") or []:  # lines curate cut from the text (a preamble, a sign-off)
+            if isinstance(cut, dict):
+                notes.append({"kind": "stripped", "text": str(cut.get("text", "")), "where": cut.get("where"),
+                              "step": cut.get("step")})
+            else:
+                notes.append({"kind": "stripped", "text": str(cut)})
+        c = extra.get("contamination")
+        if isinstance(c, dict) and c.get("ngram"):
+            notes.append({"kind": "contamination", "text": f"flagged: {c.get('task')}: {c.get('ngram')}"})
+            for a, b in _find(text, str(c["ngram"])):
+                spans.append({"start": a, "end": b, "kind": "contamination", "why": str(c.get("task"))})
+        v = extra.get("verdicts")
+        if v:
+            notes.append({"kind": "verdicts", "text": json.dumps(v, sort_keys=True)[:500]})
+    if finish == "length":
+        notes.append({"kind": "truncated", "text": "the teacher stopped at max_tokens (finish_reason=length)"})
+        if text:
+            spans.append({"start": max(0, len(text) - 40), "end": len(text), "kind": "truncated",
+                          "why": "cut off at max_tokens"})
+    spans.sort(key=lambda s: (s["start"], -s["end"]))
+    merged: list[dict[str, Any]] = []
+    for s in spans:  # no overlaps: the page wraps each span in one element
+        if merged and s["start"] < merged[-1]["end"]:
+            continue
+        merged.append(s)
+    return merged, notes
