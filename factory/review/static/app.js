@@ -147,13 +147,13 @@
       el("input", { id: "note", placeholder: "note (n)", value: mine ? mine.note || "" : "" }),
       el("span", { id: "saved", class: "saved" }, mine ? "saved: " + mine.label : ""));
     if (STATIC) bar.querySelectorAll("button,input").forEach((b) => (b.disabled = true));
-    $("detail").replaceChildren(
+    $("detail").replaceChildren(...[
       el("div", {}, el("b", {}, d.id), " · " + d.recipe + " · " + d.teacher + " · ", el("span", { class: "st-" + d.status }, d.status),
         d.reason ? " · " + d.reason : "", " · seed ", el("code", {}, d.seed_id || "–")),
       bar, others ? el("div", { class: "muted" }, "other reviewers: " + others) : null, notes,
       el("div", { class: "pair" },
         el("div", {}, el("h3", {}, "document"), marked(d.text, d.marks, d.notes)),
-        el("div", {}, el("h3", {}, "seed passage"), d.seed ? el("div", { class: "text seed" }, d.seed.text) : el("p", { class: "muted" }, "seed not found in this run"))));
+        el("div", {}, el("h3", {}, "seed passage"), d.seed ? el("div", { class: "text seed" }, d.seed.text) : el("p", { class: "muted" }, "seed not found in this run")))].filter(Boolean));
   }
 
   // -- labels ----------------------------------------------------------------------------------
