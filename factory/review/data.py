@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import re
 from collections import Counter, OrderedDict, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,6 +219,19 @@ def _meta_cols(table: pa.Table, names: list[str]) -> dict[str, list]:
     return {n: _col(table, "", n) for n in names}
 
 
+def _covered(st: Stages) -> bool:
+    """Curate read this generate stage alone, finished, and wrote every document it read (kept or
+    rejected): the generated shards hold no document the index lacks, and need not be read."""
+    if st.curate is None or st.generate is None:
+        return False
+    c, g = st.curate.manifest, st.generate.manifest
+    gens = [i for i in c.get("inputs") or [] if (_stage_at(str(i)) or Stage(str(i), "", {})).kind == GENERATE]
+    cin, gdocs = (c.get("counts") or {}).get("in"), (g.get("counts") or {}).get("docs")
+    counts = c.get("counts") or {}
+    return (c.get("status") == "done" and g.get("status") == "done" and len(gens) == 1 and isinstance(cin, int)
+            and cin == gdocs and counts.get("kept", -1) + counts.get("rejected", -1) == cin)
+
+
 # -- the index -----------------------------------------------------------------------------------
 @dataclass
 class Index:
@@ -235,6 +250,8 @@ class Index:
     seed_loc: dict[str, tuple[int, int]] = field(default_factory=dict)
     seed_count: int = 0
     _codes: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
+    _funnel: dict[str, Any] | None = None
+    _failed: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -251,16 +268,44 @@ class Index:
         self.reason.append(reason or "")
         self.loc.append(loc)
 
-    def _add_docs(self, stage: Stage, paths: list[str], status: str, with_reason: bool) -> None:
+    def _extend(self, ids: list, recipe: list, teacher: list, seed: list, status: str, reason: list, file: int) -> None:
+        start = len(self.ids)
+        rows = range(len(ids))
+        if not self.pos.keys().isdisjoint(ids) or len(set(ids)) != len(ids):  # the first of an id wins
+            for i, id_ in enumerate(ids):
+                self._add(id_, recipe[i], teacher[i], seed[i], status, reason[i], (file, i))
+            return
+        self.pos.update(zip(ids, range(start, start + len(ids))))
+        self.ids += ids
+        self.recipe += [r or "?" for r in recipe]
+        self.teacher += [t or "?" for t in teacher]
+        self.seed += [d or "" for d in seed]
+        self.status += [status] * len(ids)
+        self.reason += [r or "" for r in reason]
+        self.loc += [(file, i) for i in rows]
+
+    def _add_docs(self, stage: Stage, paths: list[str], status: str, with_reason: bool, new_only: bool = False) -> None:
+        """`new_only`: read ids first and the rest only where some are not indexed yet (a generate
+        stage whose documents curate already accounted for costs one column)."""
         want = ["id", "meta.recipe", "meta.teacher_model", "meta.seed_id"] + (["reason"] if with_reason else [])
-        for p in paths:
-            t, meta = _read_cols(stage.fs, p, want)
-            f = self.files.add(stage.fs, p, meta)
-            m = _meta_cols(t, ["recipe", "teacher_model", "seed_id"])
-            reasons = _col(t, "reason") if with_reason else [None] * t.num_rows
-            for i, (id_, rc, tm, sd, rs) in enumerate(zip(_col(t, "id"), m["recipe"], m["teacher_model"],
-                                                           m["seed_id"], reasons)):
-                self._add(id_, rc, tm, sd, status, rs, (f, i))
+
+        def read(p: str):
+            if new_only:
+                t, _ = _read_cols(stage.fs, p, ["id"])
+                if self.pos.keys() >= set(_col(t, "id")):
+                    return None
+            return _read_cols(stage.fs, p, want)
+
+        # parquet decoding releases the GIL: a few files at once
+        with ThreadPoolExecutor(max_workers=min(4, (os.cpu_count() or 1) + 1)) as pool:
+            for p, got in zip(paths, pool.map(read, paths)):
+                if got is None:
+                    continue
+                t, meta = got
+                f = self.files.add(stage.fs, p, meta)
+                m = _meta_cols(t, ["recipe", "teacher_model", "seed_id"])
+                reasons = _col(t, "reason") if with_reason else [None] * t.num_rows
+                self._extend(_col(t, "id"), m["recipe"], m["teacher_model"], m["seed_id"], status, reasons, f)
 
     def _add_failed(self, stage: Stage) -> None:
         teachers = (stage.manifest.get("config") or {}).get("teacher_models") or []
@@ -272,6 +317,7 @@ class Index:
             for i, (sd, rc, smp, rs) in enumerate(zip(_col(t, "seed_id"), _col(t, "recipe"), _col(t, "sample"),
                                                       _col(t, "reason"))):
                 self._add(f"failed-{name}-{i}", rc, teacher, sd, "failed", rs, (f, i))
+                self._failed.append(len(self.ids) - 1)
 
     def _add_seeds(self, stage: Stage) -> None:
         for p in doc_files(stage.fs, stage.root):
@@ -291,7 +337,8 @@ class Index:
             ix._add_docs(c, _files(c, "rejected/*.parquet"), "rejected", True)
         if stages.generate is not None:
             g = stages.generate
-            ix._add_docs(g, doc_files(g.fs, g.root), "generated", False)
+            if not _covered(stages):
+                ix._add_docs(g, doc_files(g.fs, g.root), "generated", False, new_only=stages.curate is not None)
             ix._add_failed(g)
         if stages.seeds is not None:
             ix._add_seeds(stages.seeds)
@@ -301,20 +348,30 @@ class Index:
     def _teachers_of_failed(self) -> None:
         """A failed request records no teacher: where every document of its recipe has one teacher, it is that."""
         by: dict[str, set] = defaultdict(set)
-        for rc, tm, st in zip(self.recipe, self.teacher, self.status):
-            if st != "failed":
-                by[rc].add(tm)
-        for i, st in enumerate(self.status):
-            if st == "failed" and self.teacher[i] == "?" and len(by[self.recipe[i]]) == 1:
+        if not self._failed:
+            return
+        rcats, rcode = self.codes("recipe")
+        tcats, tcode = self.codes("teacher")
+        ok = np.ones(len(self), dtype=bool)
+        ok[self._failed] = False
+        for r_, t_ in set(zip(rcode[ok].tolist(), tcode[ok].tolist())):
+            by[rcats[r_]].add(tcats[t_])
+        self._codes.pop("teacher", None)
+        for i in self._failed:
+            if self.teacher[i] == "?" and len(by[self.recipe[i]]) == 1:
                 self.teacher[i] = next(iter(by[self.recipe[i]]))
 
     # filters -----------------------------------------------------------------------------------
     def codes(self, name: str) -> tuple[list[str], np.ndarray]:
+        """(sorted distinct values, each entry's position among them) of a column."""
         if name not in self._codes:
-            values = getattr(self, name)
-            cats = sorted(set(values))
-            lookup = {v: i for i, v in enumerate(cats)}
-            self._codes[name] = (cats, np.fromiter((lookup[v] for v in values), dtype=np.int32, count=len(values)))
+            enc = pa.array(getattr(self, name), type=pa.string()).dictionary_encode()
+            cats = enc.dictionary.to_pylist()
+            order = sorted(range(len(cats)), key=cats.__getitem__)
+            remap = np.empty(len(cats), dtype=np.int32)
+            remap[order] = np.arange(len(cats), dtype=np.int32)
+            idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            self._codes[name] = ([cats[i] for i in order], remap[idx] if len(idx) else idx.astype(np.int32))
         return self._codes[name]
 
     def select(self, recipe: str = "", status: str = "", reason: str = "", teacher: str = "",
@@ -376,39 +433,45 @@ class Index:
 
     # the funnel --------------------------------------------------------------------------------
     def funnel(self) -> dict[str, Any]:
-        """seeds -> requests -> documents -> kept, overall, per recipe and per teacher; reasons."""
-        def group(key: str) -> list[dict[str, Any]]:
-            rows: dict[str, dict[str, Any]] = {}
-            seeds: dict[str, set] = defaultdict(set)
-            vals = getattr(self, key)
-            for v, st, sd, rs in zip(vals, self.status, self.seed, self.reason):
-                g = rows.setdefault(v, {key: v, "requests": 0, "documents": 0, "kept": 0, "rejected": 0,
-                                        "failed": 0, "reasons": Counter()})
-                seeds[v].add(sd)
-                g["requests"] += 1
-                if st == "failed":
-                    g["failed"] += 1
-                else:
-                    g["documents"] += 1
-                    if st in ("kept", "rejected"):
-                        g[st] += 1
-                if st in ("rejected", "failed") and rs:
-                    g["reasons"][rs] += 1
-            for v, g in rows.items():
-                g["seeds"] = len(seeds[v] - {""})
-                g["reasons"] = dict(g["reasons"].most_common())
-            return sorted(rows.values(), key=lambda g: g[key])
+        """seeds -> requests -> documents -> kept, overall, per recipe and per teacher; reasons.
+        Counted once (the index does not change), with numpy over the columns' codes."""
+        if self._funnel is not None:
+            return self._funnel
+        scats, scode = self.codes("status")
+        rcats, rcode = self.codes("reason")
+        dcats, dcode = self.codes("seed")
+        is_ = {name: (scode == scats.index(name)) if name in scats else np.zeros(len(self), dtype=bool)
+               for name in STATUSES}
+        dropped = is_["rejected"] | is_["failed"]
+        empty_seed = dcats.index("") if "" in dcats else -1
 
-        st = Counter(self.status)
+        def group(key: str) -> list[dict[str, Any]]:
+            cats, code = self.codes(key)
+            k = len(cats)
+            count = lambda mask: np.bincount(code[mask], minlength=k)  # noqa: E731
+            req, kept, rej, fail = count(np.ones(len(self), bool)), count(is_["kept"]), count(is_["rejected"]), count(is_["failed"])
+            pairs = np.unique(code.astype(np.int64) * (len(dcats) + 1) + dcode)
+            pairs = pairs[pairs % (len(dcats) + 1) != empty_seed]
+            seeds = np.bincount(pairs // (len(dcats) + 1), minlength=k)
+            rp, rn = np.unique(code[dropped].astype(np.int64) * (len(rcats) + 1) + rcode[dropped], return_counts=True)
+            reasons: dict[int, Counter] = defaultdict(Counter)
+            for p_, n_ in zip(rp.tolist(), rn.tolist()):
+                if rcats[p_ % (len(rcats) + 1)]:
+                    reasons[p_ // (len(rcats) + 1)][rcats[p_ % (len(rcats) + 1)]] = n_
+            return [{key: cats[i], "seeds": int(seeds[i]), "requests": int(req[i]),
+                     "documents": int(req[i] - fail[i]), "kept": int(kept[i]), "rejected": int(rej[i]),
+                     "failed": int(fail[i]), "reasons": dict(reasons[i].most_common())} for i in range(k)]
+
+        st = {name: int(m.sum()) for name, m in is_.items()}
         curated = self.stages.curate is not None
         reasons = []
         for stage, status in (("generate", "failed"), ("curate", "rejected")):
-            c = Counter(r for r, s in zip(self.reason, self.status) if s == status)
-            reasons += [{"stage": stage, "reason": r, "count": n} for r, n in c.most_common()]
+            c = Counter(dict(zip(rcats, np.bincount(rcode[is_[status]], minlength=len(rcats)).tolist())))
+            reasons += [{"stage": stage, "reason": r, "count": n} for r, n in c.most_common() if n and r]
         gen = self.stages.generate.manifest if self.stages.generate else {}
         cur = self.stages.curate.manifest if self.stages.curate else {}
-        return {
-            "total": {"seeds": self.seed_count or len(set(self.seed) - {""}), "requests": len(self),
+        self._funnel = {
+            "total": {"seeds": self.seed_count or len(set(dcats) - {""}), "requests": len(self),
                       "documents": len(self) - st["failed"], "kept": st["kept"] if curated else None,
                       "rejected": st["rejected"], "failed": st["failed"], "uncurated": st["generated"]},
             "recipes": group("recipe"),
@@ -417,6 +480,7 @@ class Index:
             "manifests": {"generate": {k: gen.get(k) for k in ("status", "counts", "dropped", "accounting") if k in gen},
                           "curate": {k: cur.get(k) for k in ("status", "counts", "dropped") if k in cur}},
         }
+        return self._funnel
 
 
 def _json(s: Any) -> Any:
