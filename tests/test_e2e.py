@@ -26,7 +26,7 @@ def factory(*args, timeout=1500):
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    small = ["--out", str(out), "--seeds", "8", "--web-docs", "120", "--replicas", "1", "--tokens", "16384", "--seq-len", "64", "--eval-items", "40"]
+    small = ["--out", str(out), "--seeds", "5", "--web-docs", "120", "--replicas", "1", "--tokens", "16384", "--seq-len", "64", "--eval-items", "40"]
     r = factory("demo", *small)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 

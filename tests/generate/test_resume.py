@@ -66,7 +66,7 @@ def write_cfg(path: Path, seeds: str, out: Path, url: str, model: str, **kw) -> 
 
 @pytest.mark.slow
 def test_sigkill_driver_three_times_then_rerun(teacher, ray_local, seeds_file, tmp_path):
-    n = 96
+    n = 48
     seeds = seeds_file(n)
     ref = GenerateConfig(**yaml.safe_load(write_cfg(tmp_path / "ref.yaml", seeds, tmp_path / "ref", teacher.endpoints[0],
                                                     teacher.model).read_text()))
@@ -112,16 +112,16 @@ def test_sigkill_driver_three_times_then_rerun(teacher, ray_local, seeds_file, t
 
 @pytest.mark.slow
 def test_rpm_limit_seen_at_the_server(teacher, ray_local, seeds_file, tmp_path):
-    seeds = seeds_file(31)
+    seeds = seeds_file(21)
     with FaultProxy(teacher.endpoints[0]) as px:
         cfg = GenerateConfig(**yaml.safe_load(write_cfg(tmp_path / "g.yaml", seeds, tmp_path / "out", px.base_url,
                                                         teacher.model, concurrency=4).read_text()))
-        cfg.teacher.rpm = 60
+        cfg.teacher.rpm = 120
         run(cfg, show_progress=False)
     times = [t for t, _, _ in px.log]
-    assert len(times) == 31
+    assert len(times) == 21
     rate = (len(times) - 1) / (times[-1] - times[0]) * 60
-    assert abs(rate - 60) <= 3, rate
+    assert abs(rate - 120) <= 6, rate  # within 5%
 
 
 def test_batch_mode_merges_into_outputs_and_cache(teacher, ray_local, seeds_file, tmp_path):
