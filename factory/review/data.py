@@ -73,13 +73,11 @@ def _children(url: str) -> list[str]:
 
 
 def _resolve_input(stage: Stage, inp: str) -> Stage | None:
-    """An input named in a manifest: where it says, or a sibling of `stage` by that name (a run moved)."""
-    found = _stage_at(inp)
-    if found is None:
-        name = inp.rstrip("/").rsplit("/", 1)[-1]
-        parent = stage.url.rsplit("/", 1)[0]
-        found = _stage_at(f"{parent}/{name}")
-    return found
+    """An input named in a manifest: a sibling of `stage` by that name first (a run copied or moved,
+    to another disk or a store, reads its own stages), else where the manifest says."""
+    name = inp.rstrip("/").rsplit("/", 1)[-1]
+    parent = stage.url.rsplit("/", 1)[0] if "/" in stage.url else "."
+    return _stage_at(f"{parent}/{name}") or _stage_at(inp)
 
 
 @dataclass
@@ -225,7 +223,7 @@ def _covered(st: Stages) -> bool:
     if st.curate is None or st.generate is None:
         return False
     c, g = st.curate.manifest, st.generate.manifest
-    gens = [i for i in c.get("inputs") or [] if (_stage_at(str(i)) or Stage(str(i), "", {})).kind == GENERATE]
+    gens = [i for i in c.get("inputs") or [] if getattr(_resolve_input(st.curate, str(i)), "kind", "") == GENERATE]
     cin, gdocs = (c.get("counts") or {}).get("in"), (g.get("counts") or {}).get("docs")
     counts = c.get("counts") or {}
     return (c.get("status") == "done" and g.get("status") == "done" and len(gens) == 1 and isinstance(cin, int)

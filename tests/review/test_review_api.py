@@ -316,3 +316,25 @@ def test_not_a_stage_or_run_is_one_clear_line(run, tmp_path, what):
     target = {"missing": tmp_path / "nope", "seeds": root / "seeds", "empty": tmp_path,
               "file": root / "seeds" / "manifest.json"}[what]
     one_error(cli("review", str(target)), str(target), "run folder")
+
+
+def test_a_generate_stage_alone_and_a_run_on_s3(fresh, serve, s3_bucket):
+    root, truth = fresh
+    req = truth["requests"]
+    _, cl = serve(root / "generated")  # no curate stage: documents are `generated`, the seeds found through inputs
+    _, s = cl.get("/api/summary")
+    t = s["funnel"]["total"]
+    assert t["kept"] is None and t["uncurated"] == t["documents"] == sum(r["status"] != "failed" for r in req)
+    _, d = cl.get("/api/docs", status="generated", size=1)
+    assert cl.get("/api/doc", id=d["rows"][0]["id"])[1]["seed"]["text"]
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    fs.put(str(root), f"{s3_bucket}/run", recursive=True)
+    _, cl = serve(f"{s3_bucket}/run")
+    _, s = cl.get("/api/summary")
+    assert s["funnel"]["total"]["requests"] == len(req) and s["labels"]["path"] is None
+    assert all(u.startswith(f"{s3_bucket}/run/") for u in s["stages"].values()), s["stages"]  # its own stages
+    _, d = cl.get("/api/docs", reason="unfaithful", size=1)
+    assert cl.get("/api/doc", id=d["rows"][0]["id"])[1]["marks"]
+    assert cl.label(d["rows"][0]["id"], "clean")[0] == 400  # a remote folder's labels need --labels PATH
