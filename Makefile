@@ -17,7 +17,7 @@ WHEEL_CACHE ?= $(HOME)/.cache/synth-factory/wheels
 LLAMA_KEY := $(shell printf '%s|%s|%s|%s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' "$$(uname -m)" "$$($(PY) -c 'import sys; print(sys.implementation.cache_tag)')" | sha256sum | cut -c1-16)
 LLAMA_WHEELS := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_KEY)
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast bench install browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,8 +36,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/factory demo --out runs/demo
 
+# the review page's browser test drives Debian's Chromium (no browser download works offline); as root on
+# Debian it is installed once, elsewhere the test says why it skips
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; }; } || \
+	  echo "chromium not installed: the review page's browser test will skip"
+
 # the suite as two lanes side by side (one per core), then the time per directory and the slowest tests
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m tests.split
 
 # the edit loop: everything but the end-to-end tests on real parts (teacher, Ray, torchrun)

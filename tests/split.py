@@ -30,7 +30,7 @@ OUT = ROOT / "runs" / "tests"
 LANES = [
     ["tests/generate", "tests/storage", "tests/train", "tests/curate", "tests/foundation", "tests/mix"],
     ["tests/cluster", "tests/test_e2e.py", "tests/test_readme_walkthrough.py", "tests/test_seedcurate.py",
-     "tests/ablate", "tests/recipes", "tests/teacher", "tests/eval"],
+     "tests/ablate", "tests/recipes", "tests/teacher", "tests/eval", "tests/review"],
 ]
 
 
