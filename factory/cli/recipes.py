@@ -89,6 +89,9 @@ def try_(name: str, seed_index: int = typer.Option(0, "--seed-index", "-i", help
     from factory.recipes import load_recipe
 
     r = load_recipe(name, dirs, **({"max_tokens": max_tokens} if max_tokens else {}))
+    note = r.check_lengths(name, "--max-tokens")
+    if note:
+        console.print(note, markup=False)
     seed = _seed(r, seed_index)
     console.print(f"[bold]seed[/bold] {seed['meta']['seed_id']}: {seed['text'][:200]!r}")
     if base_url:

@@ -88,6 +88,13 @@ def run(cfg: GenerateConfig, where: str = "generate config", show_progress: bool
         first = json.loads(bad[0]["detail"])["problem"] if bad else "no rows"
         raise FactoryError(f"no usable seed rows ({len(bad)} malformed, first: {first})", where=cfg.seeds, field="seeds",
                            fix="each seed needs a non-empty text and an id (or meta.seed_id); see `factory seeds`")
+    for i, r in enumerate(recipes):  # a length max_tokens cannot hold fails here, before any request
+        note = r.check_lengths(where, "recipe_sampling.max_tokens" if cfg.recipe_sampling.get("max_tokens")
+                               else f"recipes[{i}]")
+        if note and show_progress:
+            from factory.ui import console
+
+            console.print(note, markup=False)
     for r in recipes:  # an undefined template variable fails here, before any request
         sample = next((row for row in seeds if r.accepts(row)), seeds[0] if seeds else None)
         if sample is not None:

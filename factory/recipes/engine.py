@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from factory.recipes import verify as V
 from factory.recipes.parse import ParseError, parse, render
 from factory.errors import FactoryError
-from factory.recipes.spec import RecipeSpec, StepSpec, VerifySpec, content_sha, load_spec, resolve
+from factory.recipes.spec import TOKENS_PER_WORD, RecipeSpec, StepSpec, VerifySpec, content_sha, load_spec, resolve
 from factory.schema import extra as row_extra
 from factory.schema import make_doc, sha
 
@@ -139,11 +140,42 @@ class Recipe:
     # variables ---------------------------------------------------------------------------------
     def sample_variables(self, seed_id: str, sample: int, ctx: dict[str, Any] | None = None) -> dict[str, str]:
         rng = random.Random(sha(seed_id, self.name, sample))
+        fits = self.lengths_that_fit()
         out = {}
         for key in sorted(self.spec.variables):
-            j = rng.randrange(len(self.spec.variables[key]))
+            n = len(self.spec.variables[key])
+            j = rng.randrange(n)  # drawn even when narrowed, so the other variables come out as without it
+            if 0 < len(fits.get(key) or ()) < n:
+                j = fits[key][random.Random(sha(seed_id, self.name, sample, key)).randrange(len(fits[key]))]
             out[key] = self.templates[f"variables.{key}.{j}"].render(**(ctx or seed_context({}))).strip()
         return out
+
+    def output_max_tokens(self) -> int | None:
+        """The max_tokens of the step whose text is the document (the output step, else the last)."""
+        name = self.spec.output.step or self.spec.steps[-1].name
+        return self.step_sampling(next(s for s in self.spec.steps if s.name == name)).get("max_tokens")
+
+    def lengths_that_fit(self) -> dict[str, list[int]]:
+        """Per variable of `length_words`: the indices of the values whose words fit the output's max_tokens."""
+        cap = self.output_max_tokens()
+        return {var: [j for j, w in enumerate(words) if not cap or math.ceil(w * TOKENS_PER_WORD) <= cap]
+                for var, words in self.spec.length_words.items()}
+
+    def check_lengths(self, where: str, field: str) -> str | None:
+        """A FactoryError when max_tokens holds none of the lengths the recipe asks for; a line to print when
+        it holds only some (those are then the only ones drawn); None when it holds them all."""
+        cap, notes = self.output_max_tokens(), []
+        for var, fit in self.lengths_that_fit().items():
+            words, values = self.spec.length_words[var], self.spec.variables[var]
+            if not fit:
+                need = math.ceil(min(words) * TOKENS_PER_WORD)
+                raise FactoryError(f"recipe {self.name}: max_tokens {cap} cannot hold the shortest length it asks for "
+                                   f"({values[words.index(min(words))]!r}, about {need} tokens)", where=where,
+                                   field=field, fix=f"raise max_tokens to at least {need}, or leave it to the recipe")
+            if len(fit) < len(words):
+                notes.append(f"recipe {self.name}: max_tokens {cap} holds about {int(cap / TOKENS_PER_WORD)} words, so "
+                             f"{var} is drawn from {[values[j] for j in fit]} only")
+        return "; ".join(notes) or None
 
     def step_sampling(self, step: StepSpec) -> dict[str, Any]:
         """Recipe sampling, then the step's, then overrides; an overridden max_tokens is a cap."""

@@ -18,6 +18,9 @@ from factory.config import read_text_file, read_yaml, validate
 from factory.errors import FactoryError
 
 BUILTIN = Path(__file__).parent / "builtin"
+# BPE tokenizers of today's teachers (SmolLM2, Llama 3, Qwen 2.5, GPT-4o) spend about 1.3 tokens per English
+# word; 1.35 leaves a little room, so a completion asked for N words fits in ceil(1.35 N) tokens
+TOKENS_PER_WORD = 1.35
 USER_DIRS_ENV = "FACTORY_RECIPES"  # os.pathsep-separated folders of user recipes
 
 SAMPLING_KEYS = {
@@ -110,6 +113,9 @@ class RecipeSpec(BaseModel):
     seed_kinds: list[str] = ["web"]  # which seed rows it accepts (e.g. ["code"])
     requires: list[str] = []  # keys the seed's meta.extra must have (e.g. tests)
     variables: dict[str, list[str]] = {}
+    # the words each value of a variable asks the teacher for, in the variable's order, e.g.
+    # `length_words: {length: [150, 300, 500]}`: a max_tokens too small for a value takes it out of the draw
+    length_words: dict[str, list[int]] = {}
     sampling: dict[str, Any] = {"temperature": 0.8, "max_tokens": 512}
     steps: list[StepSpec] = Field(min_length=1)
     output: OutputSpec = OutputSpec()
@@ -134,6 +140,12 @@ class RecipeSpec(BaseModel):
         clash = set(names) & set(self.variables)
         if clash:
             raise ValueError(f"step names clash with variable names: {sorted(clash)}")
+        for var, words in self.length_words.items():
+            if var not in self.variables:
+                raise ValueError(f"length_words names {var!r}, which is not one of the variables {sorted(self.variables)}")
+            if len(words) != len(self.variables[var]) or min(words) < 1:
+                raise ValueError(f"length_words.{var} needs one positive word count per value of {var!r} "
+                                 f"({len(self.variables[var])} values, {len(words)} counts)")
         for ref in [self.output.step] + [v.step for v in self.verify]:
             if ref is not None and ref not in names:
                 raise ValueError(f"unknown step {ref!r}; steps are {names}")

@@ -71,6 +71,16 @@ def test_unknown_recipe_names_the_config_file_and_field(tmp_path):
     assert listing(tmp_path) == ["gen.yaml", "s.jsonl"]
 
 
+def test_a_max_tokens_that_holds_no_length_the_recipe_asks_for_is_one_line(tmp_path):
+    (tmp_path / "s.jsonl").write_text(json.dumps({"text": "A seed.", "id": "a"}) + "\n")
+    gen = tmp_path / "gen.yaml"
+    gen.write_text(f"seeds: {tmp_path / 's.jsonl'}\nrecipes: [distill, textbook]\nout: {tmp_path / 'gen'}\n"
+                   "recipe_sampling: {max_tokens: 128}\nteacher: {endpoints: [{base_url: 'http://127.0.0.1:9/v1', model: m}]}\n")
+    one_error(cli("generate", str(gen)), str(gen), "field 'recipe_sampling.max_tokens'",
+              "recipe textbook: max_tokens 128 cannot hold", "at least 203")
+    assert listing(tmp_path) == ["gen.yaml", "s.jsonl"]
+
+
 def test_curate_override_without_a_value_is_one_line(tmp_path):
     one_error(cli("curate", "--in", str(tmp_path), "--out", str(tmp_path / "c"), "--set", "filters.faithfulness"),
               "field '--set'", "key=value")

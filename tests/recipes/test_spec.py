@@ -111,3 +111,45 @@ def test_overrides_apply_to_every_step():
 def test_json_step_constrains_decoding():
     r = load_recipe("knowledge_list")
     assert r.step_sampling(r.spec.steps[0])["response_format"]["type"] == "json_object"
+
+
+def test_a_max_tokens_too_small_for_a_length_takes_it_out_of_the_draw():
+    full = load_recipe("textbook")  # its own max_tokens (700) holds 500 words
+    assert full.lengths_that_fit() == {"length": [0, 1, 2]} and full.check_lengths("x", "f") is None
+    drawn = {full.sample_variables(f"s{i}", 0)["length"] for i in range(60)}
+    assert drawn == set(full.spec.variables["length"])
+    capped = load_recipe("textbook", max_tokens=320)  # the demo's cap: 150 words (203 tokens) only
+    assert capped.lengths_that_fit() == {"length": [0]}
+    note = capped.check_lengths("x", "f")
+    assert note == "recipe textbook: max_tokens 320 holds about 237 words, so length is drawn from ['about 150 words'] only"
+    assert {capped.sample_variables(f"s{i}", 0)["length"] for i in range(60)} == {"about 150 words"}
+    # every other variable is drawn as before: the same audience and style for the same seed and sample
+    for i in range(20):
+        a, b = full.sample_variables(f"s{i}", 0), capped.sample_variables(f"s{i}", 0)
+        assert (a["audience"], a["style"]) == (b["audience"], b["style"])
+    with pytest.raises(FactoryError) as e:
+        load_recipe("textbook", max_tokens=64).check_lengths("gen.yaml", "recipe_sampling.max_tokens")
+    assert e.value.where == "gen.yaml" and e.value.field == "recipe_sampling.max_tokens"
+    assert "max_tokens 64 cannot hold" in str(e.value) and "at least 203" in str(e.value)
+
+
+@pytest.mark.parametrize("block, says", [
+    ("length_words: {size: [10, 20]}", "not one of the variables"),
+    ("length_words: {tone: [10]}", "one positive word count per value"),
+    ("length_words: {tone: [10, 0]}", "one positive word count per value"),
+])
+def test_bad_length_words_name_the_file_and_the_problem(tmp_path, block, says):
+    p = write(tmp_path, MINIMAL + block + "\n")
+    with pytest.raises(FactoryError) as e:
+        load_recipe(p)
+    assert str(p) in str(e.value) and says in str(e.value)
+
+
+def test_recipes_try_refuses_a_length_it_cannot_hold_before_starting_a_teacher():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "factory.cli", "recipes", "try", "textbook", "--max-tokens", "64"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "max_tokens 64 cannot hold the shortest length" in r.stderr and "'--max-tokens'" in r.stderr
