@@ -139,3 +139,78 @@ def test_bad_inputs_are_one_line_with_exit_code_2(planted_set, tmp_path):
                      "5-fold cross-validation needs at least 5 clean and 5 defective", "3 clean, 20 defective")
     assert "label 2 more clean document(s), or pass --folds 3" in line
     assert not (tmp_path / "calibration.json").exists()  # refused before writing anything
+
+
+START, END = "<!-- calibrate-commands -->", "<!-- /calibrate-commands -->"
+
+
+@pytest.mark.slow  # the command in a fresh process, on the default filters (about 15 s)
+def test_readme_calibrate_command_runs_as_written(tmp_path):
+    """The README's calibrate command, as written, on a run in the demo's layout that a reviewer
+    labeled in `factory review` (runs/demo/labels.jsonl); its curate stage ran today's defaults."""
+    import os
+    import shlex
+    import subprocess
+
+    from tests.readme_blocks import BIN, readme_blocks
+    from tests.review.runfolder import make_run
+
+    (block,) = readme_blocks(START, END)
+    cmds = [shlex.split(ln.split("#", 1)[0]) for ln in block.splitlines() if ln.split("#", 1)[0].strip()]
+    assert cmds and all(c[:3] == ["factory", "curate", "calibrate"] for c in cmds)
+    run = tmp_path / "runs" / "demo"
+    truth = make_run(run, seeds=10)
+    m = json.loads((run / "curated" / "manifest.json").read_text())
+    m["config"] = {**C.load(None).model_dump(mode="json"), "dedup": {"reference": [str(run / "seeds")]}}
+    (run / "curated" / "manifest.json").write_text(json.dumps(m))
+    names = {"kept": "clean", "unfaithful": "unfaithful", "meta_commentary": "meta", "truncated": "truncated",
+             "gopher_quality": "other"}
+    with open(run / "labels.jsonl", "w") as f:
+        for t in truth["requests"]:
+            label = names.get(t["reason"] or t["status"])
+            if t["id"] and label:
+                f.write(json.dumps({"id": t["id"], "label": label, "note": "", "reviewer": "r", "time": "t"}) + "\n")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "COLUMNS": "200"}
+    for argv in cmds:
+        p = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stdout + p.stderr
+        labels_dir = (tmp_path / argv[3]).parent
+        rep = json.loads((labels_dir / "calibration.json").read_text())
+        assert rep["labels"]["found"] == rep["labels"]["labeled"] and rep["cross_validation"]["folds"] == 5
+        assert C.load(labels_dir / "curate_calibrated.yaml") and (labels_dir / "calibration.png").exists()
+        assert "kept set" in p.stdout + p.stderr and "calibrated, held out (5-fold)" in p.stdout + p.stderr
+
+
+def test_llm_judge_is_calibrated_like_any_filter(tmp_path, teacher):
+    """The judge step against a real OpenAI-compatible endpoint (the local teacher as the judge):
+    its drop decision and its score threshold are reported against the labels, its verdicts cached."""
+    from factory.seeds import wiki_rows
+
+    from .corpus import lesson, records
+
+    recs = [r for r in records(40) if len(r["extract"].split()) < 80][:6]
+    seeds = write_stage(tmp_path / "seeds", wiki_rows(records=recs), "seeds", shards=1)
+    rows = [syn(lesson(r) if i % 2 else "Here is the rewritten text: " + text(random.Random(i), 30), i,
+                recipe="distill", seed=f"wiki:{r['title']}", kind="rewrite") for i, r in enumerate(recs)]
+    gen = write_stage(tmp_path / "generated", rows, shards=1)
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"id": r["id"], "label": "clean" if i % 2 else "unfaithful",
+                                          "reviewer": "a"}) + "\n" for i, r in enumerate(rows)))
+    data = C.load(None).model_dump(mode="json")
+    for name, sec in data["filters"].items():
+        if isinstance(sec, dict) and "enabled" in sec:
+            sec["enabled"] = False
+    data["filters"]["faithfulness"]["seeds"] = [seeds]
+    data["filters"]["judge"].update(enabled=True, min_score=4, batch=3, teacher={
+        "endpoints": [{"base_url": teacher.endpoints[0], "model": teacher.model, "api_key_env": teacher.api_key_env}],
+        "sampling": {"temperature": 0.0, "max_tokens": 40}})
+    cfg = tmp_path / "judge.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    rep = calibrate(str(labels), gen, out=str(tmp_path / "out"), config=str(cfg), folds=2, plot=False).report
+    judge = rep["filters"]["judge"]
+    assert judge["enabled"] and judge["drops"] + (6 - judge["drops"]) == 6
+    assert set(judge) >= {"precision", "recall", "verdict", "p_value"}
+    (sw,) = [s for s in rep["sweeps"] if s["knob"] == "judge.min_score"]
+    assert [p["value"] for p in sw["points"]] == [1, 2, 3, 4, 5] and sw["points"][0]["kept"] == 6  # 1: keeps all
+    assert any((tmp_path / "out" / "judge_cache").rglob("*")), "verdicts are cached beside the report"
+    assert rep["cross_validation"]["held_out"]["clean"] == 3
