@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +33,7 @@ class DemoConfig(BaseModel):
     replicas: int = Field(2, ge=1, description="llama.cpp teacher processes")
     max_tokens: int = Field(320, ge=16)
     mixes: list[str] = ["mixes/web_only.yaml", "mixes/phi4.yaml"]
+    fit: Literal["refuse", "cap", "warn"] = Field("cap", description="a source over its max_epochs (see `fit` in a mix)")
     tokens: int | None = Field(None, description="training tokens per model (default: the mix's total_tokens)")
     seq_len: int | None = Field(None, description="override the mixes' sequence length")
     vocab_size: int = 4096
@@ -130,7 +131,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
             path = Path(mix_file) if Path(mix_file).is_absolute() else REPO / mix_file
             name = path.stem
             over = {"seq_len": cfg.seq_len} if cfg.seq_len else {}
-            plans[name], warns = mix.make_plan(load_mix(path, tokens=cfg.tokens, **over), out / "tokens", str(path))
+            plans[name], warns = mix.make_plan(load_mix(path, tokens=cfg.tokens, fit=cfg.fit, **over), out / "tokens",
+                                               str(path))
             for w in warns:
                 console.print(f"[yellow]warning: {w}")
             mix.write_plan(plans[name], out / "mixes" / name / "plan.json")
@@ -153,10 +155,36 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     with timed("report", t):
         (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
         paths = report.write(results, out / "report", x="synthetic_share", title="Demo: web-only vs Phi-4-style mix",
-                             notes="One tiny model per mix on the same token budget; knowledge = facts of the web source.")
+                             notes="One tiny model per mix on the same token budget; knowledge = facts of the web source.\n\n"
+                                   + data_note(plans))
     _print_results(results, t, paths)
+    console.print(data_note(plans), markup=False)
     (out / "timings.json").write_text(json.dumps(t, indent=2))
     return {"results": results, "timings": t, "report": paths}
+
+
+def data_note(plans: dict[str, dict[str, Any]]) -> str:
+    """What teacher-made text the mixes had, what each drew of it, and what that means for the comparison."""
+    from factory.mix import totals
+
+    lines, small = [], False
+    for name, p in plans.items():
+        t = totals(p)
+        made = {k: v for k, v in t.items() if v["kind"] != "web"}
+        if not made:
+            continue
+        share = sum(v["tokens"] for v in made.values()) / p["total_tokens"]
+        asked = sum(r.get("asked_share", r["share"]) * ph["tokens"] for ph in p["phases"] for r in ph["sources"]
+                    if r["kind"] != "web") / p["total_tokens"]
+        parts = ", ".join(f"{k} {v['unique_tokens']:,} unique tokens drawn {v['epochs']:.1f} epochs" for k, v in made.items())
+        lines.append(f"- {name}: teacher-made text {parts}; {share:.1%} of the training tokens"
+                     + (f" (the mix asks for {asked:.0%}; `fit: cap` lowered it to the sources' max_epochs)"
+                        if p.get("capped") else "") + ".")
+        small = small or share < 0.5 * asked
+    if small:
+        lines.append("- With this little teacher-made text the mixes differ less than their names say: the comparison "
+                     "is between mostly-web models. Generate more (`--seeds`, a stronger teacher) for a real one.")
+    return "\n".join(lines)
 
 
 def _print_results(results: list[dict], t: dict[str, float], paths: dict[str, str]) -> None:

@@ -11,7 +11,9 @@ against the tokenizer, and returns plan.json's dict, which `train.loader.MixLoad
   windows of seq_len+1 tokens; `epochs` is samples / W for that phase. The epoch limit
   (`max_epochs`) applies to the sum over phases, because all phases draw from the same windows.
 - Impossible plans are errors: a source drawn from that cannot fill one window, shards missing or
-  made by another tokenizer, or (with `strict: true`) a source over its epoch limit.
+  made by another tokenizer, or a source over its epoch limit. With `fit: cap` such a source's share
+  drops (in every phase alike) to what its `max_epochs` allows and the other sources of the phase take
+  the rest in proportion to their shares; `fit: warn` trains past the limit and says so.
 
 The data root and plan.json may be any fsspec URL (local, s3://, gs://). The plan names its
 shards and tokenizer by absolute path or URL; the trainer memory-maps the shards, so a plan over
@@ -148,15 +150,19 @@ def make_plan(cfg: MixConfig, data_root: str | Path, where: str = "<mix>") -> tu
     sizes = [t if t is not None else int(round(f * total)) for _, t, f, _, _ in specs]
     if total is not None and all(f is not None for _, _, f, _, _ in specs):
         sizes[-1] = total - sum(sizes[:-1])  # fractions that sum to 1 cover total_tokens exactly
-    phases, drawn = [], dict.fromkeys(names, 0)
     for j, ((pname, _, _, shares, budgets), size) in enumerate(zip(specs, sizes)):
-        n = size // L
         field = f"phases[{j}]" if cfg.phases else "total_tokens"
-        if n <= 0:
+        if size // L <= 0:
             raise FactoryError(f"phase {pname!r} has {size} tokens, less than one sample of seq_len {L}", where=where,
                                field=field, fix="give the phase more tokens or use a shorter seq_len")
-        if sum(b // L for b in budgets.values()) > n:
+        if sum(b // L for b in budgets.values()) > size // L:
             raise FactoryError("token budgets exceed the phase", where=where, field=field, fix="lower the budgets")
+    asked = [dict(sp[3]) for sp in specs]
+    fitted, capped = (_fit_caps(cfg, specs, sizes, windows, where) if cfg.fit == "cap"
+                      else ([sp[3] for sp in specs], set()))
+    phases, drawn = [], dict.fromkeys(names, 0)
+    for j, ((pname, _, _, _, budgets), size, shares) in enumerate(zip(specs, sizes, fitted)):
+        n = size // L
         counts = _split(n, shares, budgets, L, names)
         rows = []
         for i, s in enumerate(cfg.sources):
@@ -169,19 +175,64 @@ def make_plan(cfg: MixConfig, data_root: str | Path, where: str = "<mix>") -> tu
             rows.append({"name": s.name, "path": _resolve(s.path, data_root), "kind": s.kind,
                          "share": round(c / n, 6), "unique_tokens": scans[s.name]["unique_tokens"], "tokens": c * L,
                          "epochs": round(c / windows[s.name], 4) if windows[s.name] else 0.0, "max_epochs": s.max_epochs})
+            if s.name in capped and s.name in asked[j]:
+                rows[-1]["asked_share"] = asked[j][s.name]
         phases.append({"name": pname, "tokens": n * L, "sources": rows})
-    warnings = []
+    warnings = [f"source {k!r} capped at its max_epochs {cfg.sources[names.index(k)].max_epochs:g}: share "
+                + ", ".join(f"{asked[j][k]:.3g} -> {r['share']:.3g}" + (f" in {ph['name']}" if len(phases) > 1 else "")
+                            for j, ph in enumerate(phases) for r in ph["sources"] if r["name"] == k and k in asked[j])
+                + "; the other sources take the rest" for k in names if k in capped]
     for i, s in enumerate(cfg.sources):
         ep = drawn[s.name] / windows[s.name] if windows[s.name] else 0.0
         if s.max_epochs is not None and ep > s.max_epochs:
             msg = f"source {s.name!r} is drawn {ep:.2f} epochs, over its max_epochs {s.max_epochs:g}"
-            if cfg.strict:
-                raise FactoryError(msg, where=where, field=f"sources[{i}].max_epochs",
-                                   fix="raise max_epochs, lower its share or total_tokens, or add data")
+            if cfg.fit != "warn":
+                raise FactoryError(f"{msg} ({scans[s.name]['unique_tokens']:,} unique tokens)", where=where,
+                                   field=f"sources[{i}].max_epochs",
+                                   fix="add data, lower its share or total_tokens, raise max_epochs, or set `fit: cap` "
+                                       "(its share drops to what max_epochs allows, the other sources take the rest)")
             warnings.append(msg)
     plan = {"mix": cfg.name, "seq_len": L, "seed": cfg.seed, "tokenizer": tok_path, "vocab_size": vocab,
-            "total_tokens": sum(p["tokens"] for p in phases), "phases": phases}
+            "total_tokens": sum(p["tokens"] for p in phases), "fit": cfg.fit, "capped": sorted(capped), "phases": phases}
     return plan, warnings
+
+
+def _fit_caps(cfg: MixConfig, specs: list, sizes: list[int], windows: dict[str, int],
+              where: str) -> tuple[list[dict[str, float]], set[str]]:
+    """`fit: cap`: each phase's shares with every source inside its max_epochs. A source over it gets the share
+    that reaches its cap (scaled alike in every phase); the phase's uncapped sources take what it gave up, in
+    proportion to their shares; repeated until no source is over (rounding can leave one sample over once)."""
+    L, names = cfg.seq_len, [s.name for s in cfg.sources]
+    limit = {s.name: int(s.max_epochs * windows[s.name]) for s in cfg.sources if s.max_epochs is not None}
+    shares = [dict(sp[3]) for sp in specs]
+    capped: set[str] = set()
+    for _ in range(4 * len(names) + 4):
+        counts = [_split(size // L, sh, sp[4], L, names) for sp, size, sh in zip(specs, sizes, shares)]
+        over = {k: lim / d for k, lim in limit.items() if (d := sum(c[k] for c in counts)) > lim}
+        if not over:
+            return shares, capped
+        for k in over:
+            if any(k in sp[4] for sp in specs):
+                i = names.index(k)
+                raise FactoryError(f"source {k!r} has a token budget past its max_epochs", where=where,
+                                   field=f"sources[{i}].tokens", fix="lower its token budget or raise max_epochs")
+        capped |= set(over)
+        for j, sh in enumerate(shares):
+            freed = 0.0
+            for k, f in over.items():
+                if k in sh:
+                    freed += sh[k] * (1 - f)
+                    sh[k] *= f
+            takers = [k for k in sh if k not in capped and sh[k] > 0]
+            if freed and not takers:
+                raise FactoryError(f"every source of phase {specs[j][0]!r} is at its max_epochs: the data cannot "
+                                   f"fill {sizes[j]:,} tokens", where=where, field="total_tokens",
+                                   fix="add data, lower total_tokens, or raise max_epochs")
+            total = sum(sh[t] for t in takers)
+            for k in takers:
+                sh[k] += freed * sh[k] / total
+    raise FactoryError("the shares did not settle inside the sources' max_epochs", where=where, field="sources",
+                       fix="add data, lower total_tokens, or raise max_epochs")
 
 
 def plan(mix_path: str | Path, data_root: str | Path = ".", tokens: int | None = None,

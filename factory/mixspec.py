@@ -6,6 +6,8 @@ total_tokens: 400000          # tokens trained on (targets), over all phases
 seq_len: 256
 tokenizer: tokenizer.json     # relative paths resolve against the data root (`--data`)
 seed: 0
+fit: refuse                   # a source over max_epochs: refuse (default) | cap (its share drops, the others
+                              # take the rest) | warn (train past it)
 sources:
   - {name: web, path: web, kind: web, share: 0.3, max_epochs: 4}
   - {name: synthetic, path: synthetic, kind: synthetic, share: 0.4, max_epochs: 20}
@@ -24,7 +26,7 @@ ablation grids build their cells as dicts and call it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,7 +67,9 @@ class MixConfig(BaseModel):
     seq_len: int = Field(256, ge=8, description="Tokens per sample (a window holds seq_len+1).")
     tokenizer: str = Field("tokenizer.json", description="tokenizer.json that made the shards.")
     seed: int = 0
-    strict: bool = Field(False, description="Make a source over max_epochs an error rather than a warning.")
+    fit: Literal["refuse", "cap", "warn"] = Field(
+        "refuse", description="A source over its max_epochs: refuse the plan (default); cap: lower its share to what "
+                              "max_epochs allows, the other sources take the rest; warn: train past it and say so.")
     phases: list[PhaseSpec] = Field(default_factory=list)
 
 

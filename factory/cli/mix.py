@@ -21,6 +21,8 @@ def plan_cmd(
     data: str = typer.Option(".", "--data", help="Root (any fsspec URL) that relative source and tokenizer paths resolve against."),
     out: Optional[str] = typer.Option(None, "--out", help="Write plan.json here (any fsspec URL)."),
     tokens: Optional[int] = typer.Option(None, "--tokens", help="Override total_tokens."),
+    fit: Optional[str] = typer.Option(None, "--fit", help="Override the mix's `fit` (refuse | cap | warn): what a "
+                                                          "source over its max_epochs does."),
 ) -> None:
     """Count unique tokens per source, print the mixture table, write plan.json."""
     from factory.mix import make_plan, write_plan
@@ -29,7 +31,7 @@ def plan_cmd(
 
     if out:
         check_store(out)
-    cfg = load_mix(file, tokens=tokens)
+    cfg = load_mix(file, tokens=tokens, fit=fit)
     p, warnings = make_plan(cfg, data, str(file))
     console.print(plan_table(p))
     for w in warnings:

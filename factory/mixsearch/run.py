@@ -67,7 +67,7 @@ def _base(cfg: SearchConfig, where: str) -> tuple[Path, dict, dict[str, int]]:
     if base.get("phases"):
         raise FactoryError("the base mix has phases; a search sets the shares of one phase", where=where,
                            field="base_mix", fix="search over a mix without phases")
-    m = mix_from_dict({**copy.deepcopy(base), "strict": False}, str(path))
+    m = mix_from_dict({**copy.deepcopy(base), "fit": "warn"}, str(path))
     plan, _ = make_plan(m, cfg.data_root, str(path))
     return path, base, {s["name"]: s["unique_tokens"] for s in plan["phases"][0]["sources"]}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
-PRODUCT_FILES = {"manifest.json", "eval.json", "run.json", "meta.json", "config.json", "forecast.json", "tasks.json"}
+PRODUCT_FILES = {"manifest.json", "eval.json", "run.json", "meta.json", "config.json", "forecast.json", "tasks.json", "calibration.json"}
 ALWAYS = {"machine", "date"}
 COMPARISON = ALWAYS | {"ours", "anchor", "ratio", "unit", "target"}
 

@@ -34,7 +34,8 @@ def mix_file(tmp_path: Path, **over) -> Path:
 def test_plan_shape_and_numbers(data, tmp_path):
     p = plan(mix_file(tmp_path), data, out=tmp_path / "plan.json")
     assert json.loads((tmp_path / "plan.json").read_text()) == p
-    assert set(p) == {"mix", "seq_len", "seed", "tokenizer", "vocab_size", "total_tokens", "phases"}
+    assert set(p) == {"mix", "seq_len", "seed", "tokenizer", "vocab_size", "total_tokens", "fit", "capped", "phases"}
+    assert p["fit"] == "refuse" and p["capped"] == []
     assert Path(p["tokenizer"]).is_absolute() and p["vocab_size"] == Tokenizer.from_file(p["tokenizer"]).get_vocab_size()
     (ph,) = p["phases"]
     assert ph["name"] == "main" and ph["tokens"] == p["total_tokens"] == 6000 // 32 * 32
@@ -69,16 +70,67 @@ def test_loader_draws_exactly_the_plan(data, tmp_path):
     assert rows[g][0].tolist() == web[j * 32:j * 32 + 33].tolist()
 
 
-def test_over_max_epochs_warns_or_errors(data, tmp_path):
+def test_over_max_epochs_is_refused_by_default_and_warned_when_asked(data, tmp_path):
     from factory.mix import make_plan
     from factory.mixspec import load_mix
 
     f = mix_file(tmp_path, total_tokens=150_000)
-    _, warnings = make_plan(load_mix(f), data, str(f))
-    assert any("'web'" in w and "over its max_epochs 4" in w for w in warnings)
-    with pytest.raises(FactoryError, match="over its max_epochs") as e:
-        plan(mix_file(tmp_path, total_tokens=150_000, strict=True), data)
-    assert e.value.field == "sources[1].max_epochs"
+    with pytest.raises(FactoryError, match="'web' is drawn [0-9.]+ epochs, over its max_epochs 4") as e:
+        plan(f, data)
+    assert e.value.field == "sources[1].max_epochs" and "fit: cap" in e.value.fix
+    p, warnings = make_plan(load_mix(f, fit="warn"), data, str(f))
+    assert any("'web'" in w and "over its max_epochs 4" in w for w in warnings) and p["capped"] == []
+
+
+def epochs(p) -> dict[str, float]:
+    from factory.mix import totals
+
+    return {k: v["epochs"] for k, v in totals(p).items()}
+
+
+def test_cap_lowers_a_share_to_its_max_epochs_and_gives_the_rest_to_the_others(data, tmp_path):
+    from factory.mix import make_plan
+    from factory.mixspec import load_mix
+
+    f = mix_file(tmp_path, total_tokens=80_000, fit="cap")
+    free, _ = make_plan(load_mix(f, fit="warn"), data, str(f))
+    assert epochs(free)["rewrite"] > 8  # asked 0.3 of 80k: over rewrite's max_epochs 8
+    p, warnings = make_plan(load_mix(f), data, str(f))
+    ep, rows = epochs(p), {s["name"]: s for s in p["phases"][0]["sources"]}
+    assert p["fit"] == "cap" and p["capped"] == ["rewrite"]
+    assert ep["rewrite"] <= 8 and ep["rewrite"] > 7.9 and ep["web"] <= 4 and ep["synthetic"] <= 20
+    assert rows["rewrite"]["asked_share"] == 0.3 and rows["rewrite"]["share"] < 0.3 and "asked_share" not in rows["web"]
+    assert p["total_tokens"] == free["total_tokens"]  # the others fill the phase, in proportion 0.4 : 0.3
+    assert rows["synthetic"]["tokens"] > 0.4 * 80_000 and rows["web"]["tokens"] > 0.3 * 80_000
+    assert rows["synthetic"]["tokens"] / rows["web"]["tokens"] == pytest.approx(4 / 3, rel=0.01)
+    assert [w for w in warnings if w.startswith("source 'rewrite' capped at its max_epochs 8: share 0.3 -> 0.2")]
+
+
+def test_cap_in_phases_and_when_nothing_can_fill_the_phase(data, tmp_path):
+    from factory.mix import make_plan
+    from factory.mixspec import load_mix
+
+    f = mix_file(tmp_path, total_tokens=80_000, fit="cap", phases=[
+        {"name": "main", "fraction": 0.8}, {"name": "anneal", "fraction": 0.2, "shares": {"web": 0.3, "synthetic": 0.2, "rewrite": 0.5}}])
+    p, _ = make_plan(load_mix(f), data, str(f))
+    assert "rewrite" in p["capped"]
+    assert all(e <= m for e, m in zip((epochs(p)[k] for k in ("web", "synthetic", "rewrite")), (4, 20, 8)))
+    assert sum(s["tokens"] for ph in p["phases"] for s in ph["sources"]) == p["total_tokens"]
+    with pytest.raises(FactoryError, match="at its max_epochs: the data cannot fill") as e:
+        make_plan(load_mix(mix_file(tmp_path, total_tokens=2_000_000, fit="cap")), data, "m.yaml")
+    assert e.value.field == "total_tokens" and "add data" in e.value.fix
+
+
+def test_cli_plan_fit_option(data, tmp_path):
+    f = mix_file(tmp_path, total_tokens=100_000)
+    r = subprocess.run([sys.executable, "-m", "factory.cli", "mix", "plan", str(f), "--data", str(data)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "over its max_epochs" in r.stderr and "fit: cap" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([sys.executable, "-m", "factory.cli", "mix", "plan", str(f), "--data", str(data), "--fit", "cap",
+                        "--out", str(tmp_path / "plan.json")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "capped at its max_epochs" in r.stdout + r.stderr, r.stderr
+    assert json.loads((tmp_path / "plan.json").read_text())["capped"]
 
 
 def test_missing_shards(data, tmp_path):
