@@ -85,6 +85,8 @@ class GridConfig(BaseModel):
     mode: Literal["cartesian", "zip"] = Field("cartesian", description="how fields combine when vary is one mapping")
     labels: dict[str, str] = Field(default_factory=dict, description="field path -> short name in tables")
     drop_zero_shares: bool = Field(True, description="leave sources with share 0 out of a cell's mix")
+    fit: Literal["refuse", "cap", "warn"] | None = Field(None, description="every cell's `fit` (a source over its "
+                                                         "max_epochs); default: the base mix's")
     subsets: dict[str, SubsetConfig] = Field(default_factory=dict, description="smaller copies of a source, made in data_root")
     benchmarks: BenchConfig = Field(default_factory=BenchConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -199,6 +201,8 @@ def expand(grid_path: str | Path, g: GridConfig | None = None) -> list[dict[str,
             node[key] = value
         if g.tokens is not None:
             mix["total_tokens"] = g.tokens
+        if g.fit is not None:
+            mix["fit"] = g.fit
         if g.drop_zero_shares:
             _drop_zero(mix)
         params = {label(p, g.labels): v for p, v in fields.items()}
