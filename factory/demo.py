@@ -156,18 +156,27 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
         paths = report.write(results, out / "report", x="synthetic_share", title="Demo: web-only vs Phi-4-style mix",
                              notes="One tiny model per mix on the same token budget; knowledge = facts of the web source.\n\n"
-                                   + data_note(plans))
+                                   + data_note(plans, out))
     _print_results(results, t, paths)
-    console.print(data_note(plans), markup=False)
+    console.print(data_note(plans, out), markup=False)
     (out / "timings.json").write_text(json.dumps(t, indent=2))
     return {"results": results, "timings": t, "report": paths}
 
 
-def data_note(plans: dict[str, dict[str, Any]]) -> str:
-    """What teacher-made text the mixes had, what each drew of it, and what that means for the comparison."""
+def data_note(plans: dict[str, dict[str, Any]], out: Path) -> str:
+    """What the teacher made and curation kept, what each mix drew of it, and what that means for the comparison."""
     from factory.mix import totals
 
     lines, small = [], False
+    gen, cur = (json.loads((out / s / "manifest.json").read_text()) for s in ("generated", "curated"))
+    dropped = ", ".join(f"{n} {k}" for k, n in sorted(gen.get("dropped", {}).items(), key=lambda kv: -kv[1]))
+    lines.append(f"- The teacher answered {gen['counts']['units']} requests with {gen['counts']['docs']} documents"
+                 + (f" (the recipes rejected {dropped})" if dropped else "")
+                 + f"; curation kept {cur['counts']['kept']} of {cur['counts']['in']}. `factory review {out}` shows each "
+                   "document beside its seed and why it was kept or dropped.")
+    if gen.get("dropped", {}).get("parse_no_qa_pairs"):
+        lines.append("- parse_no_qa_pairs: the teacher did not write qa_rewrite's `Question:` / `Answer:` lines (a "
+                     "135M model often answers in prose or lists instead); a stronger teacher follows the format.")
     for name, p in plans.items():
         t = totals(p)
         made = {k: v for k, v in t.items() if v["kind"] != "web"}
