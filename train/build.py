@@ -1,6 +1,6 @@
 """A run's model and optimizer: the model's shape from the run config and its data, the initial
-weights (drawn here or ahead of time), the one-rank working copy or the FSDP2 wrapping, compile,
-and AdamW."""
+weights (drawn here or ahead of time), the one-rank working copy or the FSDP2 wrapping, float8
+linears (train.precision fp8: train/precision.py), compile, and AdamW."""
 
 from __future__ import annotations
 
@@ -79,11 +79,23 @@ def build_model(cfg: RunConfig, vocab: int, seq_len: int, device: torch.device, 
         model = cpu_model.to(device)
     else:
         model = Transformer(args).to(device)
-    if (world or dist.get_world_size()) == 1 and cfg.train.shard == "auto":
+    world = world or dist.get_world_size()
+    fp8 = cfg.train.precision == "fp8"
+    if fp8:
+        from train.precision import fp8_refusal, to_fp8
+        refusal = fp8_refusal(device)
+        if refusal is not None:
+            raise refusal
+    if world == 1 and cfg.train.shard == "auto":
         single = MasterWeights(model, dtype)
+        if fp8:  # the working copy only: its linears keep their parameters, the float32 masters stay plain
+            model.fp8_layers = to_fp8(single.compute, cfg, world)
         if cfg.train.compile:
             _compile(single.compute)
         return model, args, single
+    if fp8:
+        model.fp8_layers = to_fp8(model, cfg, world)
+        model.fp8_all_gather = world > 1 and cfg.train.fp8_recipe == "tensorwise"
     if cfg.train.compile:
         _compile(model)
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype != torch.float32 else None

@@ -5,7 +5,7 @@ run_dir: runs/tiny                          # or any fsspec URL: s3://bucket/run
 seed: 0
 model: {preset: tiny, vocab_size: 512}      # any ModelArgs field overrides the preset
 data: {source: random, seq_len: 128}        # or {source: plan, plan: mixes/out/plan.json}
-train: {steps: 100, global_batch: 16, micro_batch: 4}
+train: {steps: 100, global_batch: 16, micro_batch: 4}   # precision: fp8 on an H100/H200 (train/precision.py)
 optim: {lr: 3.0e-4, schedule: cosine, warmup_steps: 10}
 checkpoint: {every: 50}
 ```
@@ -23,7 +23,12 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A bad run config: the message names the file, the field and the fix."""
+    """A bad run config: the message names the file, the field and the fix (`fix`, where it is
+    not the message's own last clause)."""
+
+    def __init__(self, msg: str, fix: str | None = None):
+        super().__init__(msg)
+        self.fix = fix
 
 
 @dataclass
@@ -59,6 +64,9 @@ class TrainSection:
     micro_batch: int = 4  # sequences per forward pass on one rank
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | bf16 | fp32
+    precision: str = "bf16"  # bf16: matmuls in train.dtype | fp8: torchao float8 matmuls in the large linears (train/precision.py)
+    fp8_recipe: str = "tensorwise"  # precision fp8: tensorwise | rowwise scaling
+    fp8_min_features: int = 1024  # precision fp8: linears with fewer in or out features stay bf16
     compile: bool = False  # torch.compile each block (and the loss head)
     sdpa: str = "auto"  # attention kernel on GPU: auto | flash | cudnn | efficient
     shard: str = "auto"  # auto: FSDP2 on several ranks, none on one (train/single.py) | fsdp: FSDP2 always
@@ -233,6 +241,14 @@ def _check(c: RunConfig, where: str) -> None:
         bad("train.shard", f"{c.train.shard!r}; use auto or fsdp")
     if c.train.dtype not in ("auto", "bf16", "fp32"):
         bad("train.dtype", f"{c.train.dtype!r}; use auto, bf16 or fp32")
+    if c.train.precision not in ("bf16", "fp8"):
+        bad("train.precision", f"{c.train.precision!r}; use bf16 or fp8")
+    if c.train.fp8_recipe not in ("tensorwise", "rowwise"):
+        bad("train.fp8_recipe", f"{c.train.fp8_recipe!r}; use tensorwise or rowwise")
+    if c.train.precision == "fp8" and c.train.dtype == "fp32":
+        bad("train.precision", "fp8 trains on a bf16 working copy; set train.dtype to auto or bf16")
+    if c.train.fp8_min_features < 16:
+        bad("train.fp8_min_features", "must be at least 16 (float8 matmuls need multiples of 16)")
     for name in ("train.global_batch", "train.micro_batch", "train.log_every"):
         sec, key = name.split(".")
         if getattr(getattr(c, sec), key) < 1:

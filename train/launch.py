@@ -32,10 +32,12 @@ class TrainFailed(RuntimeError):
     """A training run exited non-zero; the message holds the tail of its log."""
 
 
-def prepare(config: dict | str | Path | config_mod.RunConfig, overrides=None) -> config_mod.RunConfig:
+def prepare(config: dict | str | Path | config_mod.RunConfig, overrides=None,
+            ranks_here: bool = False) -> config_mod.RunConfig:
     """Resolve the config (+ overrides), make local paths absolute, write run_dir/config.yaml (and,
     for a URL run_dir, its local copy in the scratch folder: writing it to the store first turns
-    a missing bucket or missing credentials into one clear StorageError before any rank starts)."""
+    a missing bucket or missing credentials into one clear StorageError before any rank starts).
+    `ranks_here`: the ranks run on this machine (torchrun), so its devices are checked too."""
     cfg = config_mod.load(config, overrides)
     if cfg.run_dir.startswith("file://"):
         cfg.run_dir = cfg.run_dir[len("file://"):]
@@ -49,7 +51,7 @@ def prepare(config: dict | str | Path | config_mod.RunConfig, overrides=None) ->
     if cfg.data.plan and cfg.data.source == "plan" and not storage.exists(cfg.data.plan):
         raise config_mod.ConfigError(f"field data.plan: {cfg.data.plan} not found; write it with "
                                      "`factory mix plan` or fix the path")
-    precheck(cfg, str(config) if isinstance(config, (str, Path)) else "run config")
+    precheck(cfg, str(config) if isinstance(config, (str, Path)) else "run config", ranks_here)
     if url:
         storage.write_text(storage.join(cfg.run_dir, "config.yaml"), config_mod.dumps(cfg))
     local = storage.scratch(cfg.run_dir, cfg.scratch_dir)
@@ -58,9 +60,10 @@ def prepare(config: dict | str | Path | config_mod.RunConfig, overrides=None) ->
     return cfg
 
 
-def precheck(cfg: config_mod.RunConfig, where: str) -> None:
-    """What would stop every rank, found before any rank starts: the model preset, and train.steps
-    against the steps the plan holds (as `train.loop.plan_steps` counts them)."""
+def precheck(cfg: config_mod.RunConfig, where: str, ranks_here: bool = False) -> None:
+    """What would stop every rank, found before any rank starts: the model preset, train.steps
+    against the steps the plan holds (as `train.loop.plan_steps` counts them), and (`ranks_here`)
+    precision fp8 on a machine that cannot run it."""
     import json
 
     from train.model import PRESETS
@@ -68,6 +71,15 @@ def precheck(cfg: config_mod.RunConfig, where: str) -> None:
     if cfg.model.preset not in PRESETS:
         raise config_mod.ConfigError(f"{where}: field model.preset: unknown preset {cfg.model.preset!r}; "
                                      f"use one of {', '.join(sorted(PRESETS))}")
+    if ranks_here and cfg.train.precision == "fp8":
+        import torch
+
+        from train.precision import fp8_refusal
+
+        cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+        refusal = fp8_refusal("cuda" if cuda else "cpu", where)
+        if refusal is not None:
+            raise refusal
     if cfg.data.source != "plan" or not cfg.train.steps:
         return
     plan = json.loads(storage.read_text(cfg.data.plan))
@@ -116,7 +128,7 @@ def run(config: dict | str | Path, nproc: int = 2, overrides: list[str] | dict[s
 
     `echo` receives each output line (None: quiet). Raises TrainFailed with the log tail on failure.
     """
-    cfg = prepare(config, overrides)
+    cfg = prepare(config, overrides, ranks_here=True)
     config_mod.grad_accum(cfg, nproc * nnodes)  # fail before starting processes
     url = storage.is_url(cfg.run_dir)
     local = storage.scratch(cfg.run_dir, cfg.scratch_dir)

@@ -164,6 +164,9 @@ def train_step(model, optim, batches: list[torch.Tensor], device, grad_clip: flo
     norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
     optim.step()
     optim.zero_grad(set_to_none=True)
+    if getattr(model, "fp8_all_gather", False):  # float8 all-gather: the weights' scales, once per step
+        from train.precision import after_step
+        after_step(model)
     if world == 1:  # read back later (settle), after the next step is queued
         return {"tokens": int(global_tokens), "device_numbers": torch.stack([loss_sum, norm.float()]),
                 "counts": (global_tokens, local_tokens)}
@@ -228,6 +231,11 @@ def train(cfg: RunConfig, on_model=None, initial=None, on_built=None) -> dict:
 
     device = init_distributed(cfg.train.device)
     mark("ranks")
+    if cfg.train.precision == "fp8":  # one line on a card or install that cannot, before any data or model
+        from train.precision import fp8_refusal
+        refusal = fp8_refusal(device)
+        if refusal is not None:
+            raise refusal
     rank, world = dist.get_rank(), dist.get_world_size()
     use_bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and device.type == "cuda")
     dtype = torch.bfloat16 if use_bf16 else torch.float32
@@ -277,8 +285,10 @@ def train(cfg: RunConfig, on_model=None, initial=None, on_built=None) -> dict:
     flops_tok = model.flops_per_token(seq_len)
     peak = peak_flops(device, cfg.train.peak_flops)
     if rank == 0:
+        fp8 = getattr(model, "fp8_layers", None)
+        fp8 = f", fp8 {cfg.train.fp8_recipe} in {len(fp8)} linears" if fp8 is not None else ""
         print(f"[train] {args.n_layers}x{args.dim} model, {model.num_params() / 1e6:.2f}M params, "
-              f"{world} rank(s) on {device.type} {dtype}, {total} steps x {cfg.train.global_batch} seqs "
+              f"{world} rank(s) on {device.type} {dtype}{fp8}, {total} steps x {cfg.train.global_batch} seqs "
               f"x {seq_len} tokens, accum {accum}", flush=True)
 
     def save_ckpt(step):
@@ -360,6 +370,7 @@ def train(cfg: RunConfig, on_model=None, initial=None, on_built=None) -> dict:
     summary = {
         "status": "done", "config": cfg.to_dict(), "model": vars(args) | {"params": model.num_params()},
         "world_size": world, "device": device_name(device), "dtype": str(dtype).replace("torch.", ""),
+        "precision": cfg.train.precision, "fp8_layers": getattr(model, "fp8_layers", None),
         "sdpa": attention_kernel(cfg, device),
         "steps": total, "resumed_from": resumed_from, "final_loss": rec.get("loss"), "val_loss": val_loss,
         "tokens_per_step": cfg.train.global_batch * seq_len, "train_s": round(train_s, 2),
@@ -410,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         train(config_mod.load(ns.config, ns.overrides))
     except config_mod.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {e}" + (f" (fix: {e.fix})" if e.fix else ""), file=sys.stderr, flush=True)
         code = 2
     except BaseException:  # noqa: BLE001 - report, then exit without hanging the other ranks
         traceback.print_exc()

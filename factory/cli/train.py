@@ -43,7 +43,7 @@ def train(
     except storage.StorageError as e:
         raise FactoryError(e.what, where=e.url, fix=e.fix) from None
     except tcfg.ConfigError as e:
-        raise FactoryError(str(e), fix="see the fields in train/config.py") from None
+        raise FactoryError(str(e), fix=e.fix or "see the fields in train/config.py") from None
     except (TrainFailed, ValueError) as e:
         raise FactoryError(str(e), where=str(config)) from None
     summary_path = storage.join(run_dir, "run.json")
