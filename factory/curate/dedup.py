@@ -73,10 +73,15 @@ def load_signatures(folder, num_buckets: int, hashes_per_bucket: int) -> dict[in
     """All MinHash signatures from datatrove's sig files: {file: array (docs, buckets * hashes)}."""
     dt = np.dtype([("h", "<u8", (hashes_per_bucket,)), ("doc", "<u4")])
     per_file: dict[int, list[np.ndarray]] = defaultdict(lambda: [None] * num_buckets)
-    for b in range(num_buckets):
-        for name in folder.list_files(subdirectory=f"bucket_{b:03d}", glob_pattern="*.minhash.sig"):
-            with folder.open(name, "rb") as f:
-                per_file[int(name.rsplit("/", 1)[1].split(".")[0])][b] = np.frombuffer(f.read(), dtype=dt)
+    # one listing of the folder and the files opened together (on a store: one LIST, the GETs concurrent)
+    names = [n for n in folder.list_files() if n.endswith(".minhash.sig") and n.startswith("bucket_")
+             and int(n[7:10]) < num_buckets]
+    from factory.curate.workfolder import WorkFolder
+
+    files = folder.open_files(names, mode="rb") if isinstance(folder, WorkFolder) else (folder.open(n, "rb") for n in names)
+    for name, f in zip(names, files):
+        with f:
+            per_file[int(name.rsplit("/", 1)[1].split(".")[0])][int(name[7:10])] = np.frombuffer(f.read(), dtype=dt)
     out = {}
     for file, recs in per_file.items():
         n = max((int(r["doc"].max()) + 1 for r in recs if r is not None and len(r)), default=0)

@@ -25,6 +25,9 @@ class QuietLocalExecutor(LocalPipelineExecutor):
     prints INFO for the first worker slot); each task's full log is still in logs/task_*.log."""
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        from factory.curate.workfolder import discard
+
+        discard()  # what an earlier failed task of this process staged never goes up (workfolder.py)
         try:
             return super()._run_for_rank(rank, 1, node_rank)
         finally:

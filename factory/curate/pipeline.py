@@ -55,15 +55,19 @@ def filter_steps(cfg: CurateConfig, rejected: str, index_dir: str | None) -> lis
     return steps
 
 
-def folder(url: str) -> Any:
-    """A folder for datatrove steps: on an object store a DataFolder that skips the `makedirs`
-    before each file it writes (a store has no folders; s3fs spends a request on the bucket each
-    time); elsewhere the URL as is."""
-    from datatrove.io import DataFolder
-
+def on_store(url: str) -> bool:
     from factory.stage import OBJECT_STORES
 
-    return DataFolder(url, auto_mkdir=False) if url.split("://", 1)[0] in OBJECT_STORES else url
+    return url.split("://", 1)[0] in OBJECT_STORES
+
+
+def folder(url: str, defer: bool = True) -> Any:
+    """A folder for datatrove steps: on an object store a WorkFolder (factory.curate.workfolder: a
+    task's files staged locally and uploaded together when it ends, whole-object reads, no
+    `makedirs`); elsewhere the URL as is. `defer=False` (the logs): each file uploaded when closed."""
+    from factory.curate.workfolder import WorkFolder
+
+    return WorkFolder(url, defer=defer) if on_store(url) else url
 
 
 def one_machine(cfg: CurateConfig) -> bool:
@@ -127,7 +131,7 @@ def compile_jobs(cfg: CurateConfig, inputs: list[tuple[str, list[str]]], refs: l
     decide.append(Decide(at("index"), at("clusters") if mh.enabled else None, at("decide"),
                          exact=cfg.dedup.exact))
     dedup_on = mh.enabled or cfg.dedup.exact
-    return [
+    jobs = [
         Job("filter", filter_job, tasks),
         Job("reference", ref_job, tasks, skip=not refs or not dedup_on),
         # each signature file read whole (lines_to_buffer=-1), not 5 lines a request: one GET per file on a store
@@ -138,6 +142,12 @@ def compile_jobs(cfg: CurateConfig, inputs: list[tuple[str, list[str]]], refs: l
                       ApplyDecisions(at("decide"), RejectWriter(rejected, "dedup")), DocWriter(at("kept"))],
             tasks),
     ]
+    if on_store(work):  # each task's staged files go up together before its completion marker (workfolder.py)
+        from factory.curate.workfolder import Publish
+
+        for job in jobs:
+            job.steps.append(Publish())
+    return jobs
 
 
 SMALL = 3000  # below this many input documents, auto workers run the tasks in-process, one after another
@@ -199,7 +209,7 @@ def run_jobs(cfg: CurateConfig, jobs: list[Job], work: str, on_job: Callable[[st
         for job in todo:
             t0 = time.time()
             forget_listings()  # the previous job's files were written by other processes
-            executor = make_executor(cfg, job, folder(f"{work}/logs/{job.name}"), n_docs, cpus)
+            executor = make_executor(cfg, job, folder(f"{work}/logs/{job.name}", defer=False), n_docs, cpus)
             if ex.use_ray:
                 executor.run_on(pool)
             else:

@@ -45,9 +45,11 @@ class FactoryRayExecutor(RayPipelineExecutor):
         _default_sigterm()
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        from factory.curate.workfolder import discard
         from factory.stage import forget_listings
 
         _default_sigterm()
+        discard()  # what an earlier failed task of this process staged never goes up (workfolder.py)
         forget_listings()  # a pooled worker outlives jobs: files listed earlier may have changed since
         return super()._run_for_rank(rank, local_rank, node_rank)
 
