@@ -82,7 +82,7 @@ class StageDir:
     def exists(self, name: str) -> bool:
         p = self.path(name)
         self.fs.invalidate_cache(p.rsplit("/", 1)[0])
-        return self.fs.exists(p)
+        return _storage.is_file(self.fs, p)
 
     def _check_config(self) -> None:
         self.fs.makedirs(self.root, exist_ok=True)

@@ -130,6 +130,20 @@ def exists(p) -> bool:
         return fs.exists(path)
 
 
+def is_file(fs, path: str) -> bool:
+    """Whether the file `path` of `fs` exists: on S3 one HEAD (s3fs's `exists` lists the prefix
+    after a miss, to find a folder), elsewhere the filesystem's own check."""
+    call = getattr(fs, "call_s3", None)
+    if call is None:
+        return fs.exists(path)
+    bucket, key, _ = fs.split_path(path)
+    try:
+        call("head_object", Bucket=bucket, Key=key)
+        return True
+    except FileNotFoundError:
+        return False
+
+
 def read_bytes(p) -> bytes:
     if not is_url(p):
         return Path(str(p).removeprefix("file://")).read_bytes()

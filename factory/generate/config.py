@@ -25,6 +25,8 @@ class GenerateConfig(BaseModel):
                                      "share one reuse each other's paid completions")
     cache_flush_every: int = Field(64, ge=1, description="on object storage: upload a shard's new completions as one "
                                    "segment every N of them (a lost node repays at most N per shard in flight)")
+    cache_flush_bytes: int = Field(4 * 1024 * 1024, ge=1, description="on object storage: ... or every B bytes of them, "
+                                   "whichever comes first (a segment's size bound)")
     cache_flush_s: float = Field(30.0, gt=0, description="on object storage: ... and at least every T seconds")
     ray_address: str | None = None
     workers: int = Field(-1, ge=-1, description="Ray actors sending requests; -1: one per node of a Ray cluster (and one "

@@ -26,7 +26,7 @@ from factory.generate.inputs import load_seeds, split
 from factory.generate.shard import ACCOUNT_KEYS, REJECT_SCHEMA, seed_id_of, shard_name
 from factory.generate.workers import Workers, in_process, run_on_ray
 from factory.schema import sha
-from factory.stage import StageDir, is_local, licences, write_card
+from factory.stage import StageDir, doc_path, is_local, licences, write_card
 from factory.teacher.cache import adopt
 from factory.teacher.config import TeacherConfig, local_config
 
@@ -112,7 +112,8 @@ def _run(cfg: GenerateConfig, where: str, show_progress: bool, tcfg: TeacherConf
     shards = split(seeds, cfg.shards)
     shard_of = {seed_id_of(r): k for k, rows in enumerate(shards) for r in rows}
     cache_dir = f"{cache_root}/layout-{sha([[seed_id_of(r) for r in rows] for rows in shards], n=12)}"
-    todo = [k for k in range(cfg.shards) if not stage.done(shard_name(k))]
+    finished = finished_shards(stage, cfg.shards)
+    todo = [k for k in range(cfg.shards) if k not in finished]
     this_run: dict[str, Any] = {"failed_shards": []}
     t0 = time.time()
     with contextlib.ExitStack() as stack:
@@ -149,18 +150,26 @@ def _run(cfg: GenerateConfig, where: str, show_progress: bool, tcfg: TeacherConf
     return finish(cfg, stage, len(seeds), bad, this_run, time.time() - t0)
 
 
+def finished_shards(stage: StageDir, n: int) -> set[int]:
+    """The shards whose documents are written (each shard's completion marker), from one listing of
+    data/ rather than a request per shard."""
+    folder = doc_path(shard_name(0)).rsplit("/", 1)[0]
+    stage.fs.invalidate_cache(stage.path(folder))  # invalidating a folder leaves its subfolders' listings: drop this one's
+    names = {p.rsplit("/", 1)[-1] for p in stage.list(f"{folder}/*.parquet")}
+    return {k for k in range(n) if doc_path(shard_name(k)).rsplit("/", 1)[-1] in names}
+
+
 def finish(cfg: GenerateConfig, stage: StageDir, n_seeds: int, bad: list[dict], this_run: dict[str, Any], wall: float) -> dict[str, Any]:
     totals: dict[str, Any] = {k: 0 for k in (*ACCOUNT_KEYS, "units", "docs", "duplicates")}
     totals["cost"] = 0.0
     reasons: dict[str, int] = {"malformed_seed": len(bad)} if bad else {}
     nodes: dict[str, dict[str, Any]] = {}
-    done = 0
-    for k in range(cfg.shards):
-        if not stage.done(shard_name(k)):
-            continue
-        done += 1
-        with stage.fs.open(stage.path(f"stats/shard-{k:05d}.json")) as f:
-            st = json.loads(f.read())
+    finished = sorted(finished_shards(stage, cfg.shards))
+    done = len(finished)
+    # the finished shards' stats read together (on a store: the GETs at once)
+    stats = stage.fs.cat([stage.path(f"stats/shard-{k:05d}.json") for k in finished]) if finished else {}
+    for k in finished:
+        st = json.loads(stats[stage.path(f"stats/shard-{k:05d}.json")])
         for key in totals:
             totals[key] += st.get(key, 0)
         if st.get("node_id"):  # which node ran which shard

@@ -33,7 +33,7 @@ async def _run(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
 
     created_at = time.time()
     worker = GenWorker(stage.url, stage.config, cfg.recipes, cfg.recipe_sampling, cfg.samples_per_seed, cache_dir,
-                       cfg.concurrency, cfg.cache_flush_every, cfg.cache_flush_s)
+                       cfg.concurrency, cfg.cache_flush_every, cfg.cache_flush_s, cfg.cache_flush_bytes)
     queue = sorted(shards)
     results: dict[int, dict[str, Any]] = {}
     failed: list[dict[str, Any]] = []

@@ -28,6 +28,7 @@ import json
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 import pyarrow as pa
@@ -182,7 +183,7 @@ async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], 
                         stage: StageDir, cache_dir: str, concurrency: int | None,
                         progress: Progress | None = None, complete_factory: Callable | None = None,
                         flush_every: int = 64, flush_s: float = 30.0, where: dict[str, Any] | None = None,
-                        gate: Gate | None = None) -> dict[str, Any]:
+                        gate: Gate | None = None, flush_bytes: int = 4 * 1024 * 1024) -> dict[str, Any]:
     """Run shard `k` and write its outputs; returns its stats (with `where` it ran, e.g. the Ray
     node). Raises TeacherError(retryable) to leave the shard unfinished (a later attempt or run
     redoes it, served from the cache). Several shards may run at once on one client: `gate` (the
@@ -193,14 +194,14 @@ async def process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], 
     try:
         with tempfile.TemporaryDirectory(prefix=f"factory-shard-{k:05d}-") as tmp, quiet_gc():
             return await _process_shard(k, rows, recipes, samples, client, stage, cache_dir, gate or make_gate(client, concurrency),
-                                        progress, complete_factory, flush_every, flush_s, where, tmp, t0)
+                                        progress, complete_factory, (flush_every, flush_s, flush_bytes), where, tmp, t0)
     finally:
         client_mod.TALLY.reset(tally)
 
 
 async def _process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any], samples: int, client: TeacherClient,
                          stage: StageDir, cache_dir: str, gate: Gate, progress: Progress | None,
-                         complete_factory: Callable | None, flush_every: int, flush_s: float,
+                         complete_factory: Callable | None, flush: tuple[int, float, int],
                          where: dict[str, Any] | None, tmp: str, t0: float) -> dict[str, Any]:
     progress = progress or Progress()
     tally = client_mod.TALLY.get()
@@ -215,7 +216,8 @@ async def _process_shard(k: int, rows: list[dict[str, Any]], recipes: list[Any],
     n_units = 0
     # the cache's load and close, and the shard's writes, run in a thread: the worker's other shard
     # keeps its requests flowing meanwhile (on object storage these take round trips)
-    cache = await asyncio.to_thread(CompletionCache, shard_file(cache_dir, k), flush_every, flush_s)
+    flush_every, flush_s, flush_bytes = flush
+    cache = await asyncio.to_thread(CompletionCache, shard_file(cache_dir, k), flush_every, flush_s, flush_bytes)
     try:
         make = complete_factory or (lambda c: functools.partial(client.complete, cache=c))
 
@@ -315,7 +317,9 @@ def write_shard(k: int, rows: list[dict[str, Any]], n_units: int, tally: collect
     name = shard_name(k)
     if stage.done(name):  # finished elsewhere meanwhile: that copy stands, this one is dropped
         return {**stats, "late": True}
-    stage.write_table(f"rejected/{name}", rejected.table())
-    stage.write_json(f"stats/shard-{k:05d}.json", stats)
+    with ThreadPoolExecutor(2) as ex:  # on a store: two PUTs at once; the docs last, the shard's completion marker
+        for f in [ex.submit(stage.write_table, f"rejected/{name}", rejected.table()),
+                  ex.submit(stage.write_json, f"stats/shard-{k:05d}.json", stats)]:
+            f.result()
     stage.write_table(doc_path(name), table)
     return stats

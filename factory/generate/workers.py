@@ -65,13 +65,14 @@ class GenWorker:
     the first shard brings the teacher config, the client is made then."""
 
     def __init__(self, stage_url: str, identity: dict[str, Any], recipes: list[str], recipe_sampling: dict[str, Any],
-                 samples: int, cache_dir: str, concurrency: int | None, flush_every: int = 64, flush_s: float = 30.0):
+                 samples: int, cache_dir: str, concurrency: int | None, flush_every: int = 64, flush_s: float = 30.0,
+                 flush_bytes: int = 4 * 1024 * 1024):
         from factory.recipes import load_recipe
         from factory.generate.shard import Progress
         import factory.teacher.client  # noqa: F401 - imported now, while the driver still probes
 
         self.samples, self.cache_dir, self.concurrency = samples, cache_dir, concurrency
-        self.flush = {"flush_every": flush_every, "flush_s": flush_s}
+        self.flush = {"flush_every": flush_every, "flush_s": flush_s, "flush_bytes": flush_bytes}
         self.stage = StageDir(stage_url, "generate", identity)
         self.recipes = [load_recipe(r, **recipe_sampling) for r in recipes]
         self.client: Any = None
@@ -127,7 +128,7 @@ class Workers:
         self.actor = ray.remote(GenWorker).options(num_cpus=cfg.worker_cpus, max_concurrency=4, max_restarts=2,
                                                    max_task_retries=2, scheduling_strategy="SPREAD")
         self.args = (stage.url, stage.config, cfg.recipes, cfg.recipe_sampling, cfg.samples_per_seed, str(cache_dir),
-                     cfg.concurrency, cfg.cache_flush_every, cfg.cache_flush_s)
+                     cfg.concurrency, cfg.cache_flush_every, cfg.cache_flush_s, cfg.cache_flush_bytes)
         self.created_at = time.time()
         self.actors = [self.new() for _ in range(self.n)]
         self.teardown_s: float | None = None

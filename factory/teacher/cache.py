@@ -9,12 +9,16 @@ layout (`layout-<id>/`, the id hashes which seed went to which shard). A record 
 - On an object store (s3://, gs://, ...), which cannot append, a shard's cache is a set of immutable
   segments `shard-k/seg-<time>-<uid>.jsonl`. The worker appends each completion to a node-local
   spool file (the same append log, under `FACTORY_SPOOL_DIR`, default `~/.cache/synth-factory/spool`)
-  and uploads the records not yet uploaded as a new segment every `flush_every` completions (in a
-  background thread: the requests never wait on the store), every `flush_s` seconds, and when the
-  shard ends. A killed worker loses nothing: its node's spool is uploaded when the shard opens again
+  and uploads the records not yet uploaded as a new segment every `flush_every` completions or
+  `flush_bytes` bytes, whichever comes first, every `flush_s` seconds, and when the shard ends.
+  Uploads run on a pool of threads shared by the process's shards (the requests never wait on the
+  store; the shards' segments go up concurrently), one at a time per shard: a window that fills
+  while its shard's last one is still going up waits for it and goes up whole, so a slow store gets
+  fewer, larger segments, never a queue of small ones. Nothing lists the shard's folder but its
+  open. A killed worker loses nothing: its node's spool is uploaded when the shard opens again
   there. A lost node repays, per shard it had in flight, what was not yet up: the window being
-  filled and the one being uploaded, so fewer than 2 x `flush_every` completions, none older than
-  `flush_s` seconds plus one upload.
+  filled and the one being uploaded, so fewer than 2 x `flush_every` completions (and 2 x
+  `flush_bytes` bytes), none older than `flush_s` seconds plus one upload.
 
 Opening a shard's cache reads its append log, every segment and the local spool, so a shard
 resumed on another node reads what every node paid for. Writers never overwrite: segments have
@@ -43,6 +47,18 @@ from factory.stage import is_local
 from factory.teacher.types import Completion
 
 SPOOL_ENV = "FACTORY_SPOOL_DIR"
+FLUSH_BYTES = 4 * 1024 * 1024  # a segment's size bound, beside flush_every
+UPLOAD_THREADS = 8  # segment uploads at once, over the process's shards
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+
+
+def _uploader() -> ThreadPoolExecutor:
+    """The process's pool of upload threads (shared by its shards' caches)."""
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="cache-upload"))
+        return _POOL[0]
 
 
 def request_key(model: str, messages: list[dict[str, Any]], sampling: dict[str, Any], sample: int, seed: int | None) -> str:
@@ -99,18 +115,20 @@ def _append(path: Path, data: bytes) -> None:
 class CompletionCache:
     """One shard's cache. `url` is the shard's append-log name (see `shard_file`)."""
 
-    def __init__(self, url: str, flush_every: int = 64, flush_s: float = 30.0):
+    def __init__(self, url: str, flush_every: int = 64, flush_s: float = 30.0, flush_bytes: int = FLUSH_BYTES):
         self.url = str(url)
         self.fs, self.path = fsspec.core.url_to_fs(self.url)
         self.local = is_local(self.fs)
         self.seg_dir = self.path[: -len(".jsonl")]
-        self.flush_every, self.flush_s = max(1, int(flush_every)), float(flush_s)
+        self.flush_every, self.flush_s, self.flush_bytes = max(1, int(flush_every)), float(flush_s), max(1, int(flush_bytes))
         # key -> its record's JSON line (parsed again on a hit): one bytes object per record, which the garbage
         # collector never walks, rather than a dict of objects it walks at every full collection
         self._data: dict[str, bytes] = {}
         self._pending: list[bytes] = []  # spooled lines not yet in a segment (object stores)
+        self._pending_bytes = 0
         self._lock = threading.Lock()
-        self._uploader = ThreadPoolExecutor(1, thread_name_prefix="cache-upload")
+        self._one_upload = threading.Lock()  # one segment upload at a time per shard (the stated bound)
+        self._queued = False  # an upload of this shard is waiting or running: new records join it
         self._uploads: list[Future] = []
         self._last_flush = time.monotonic()
         self.torn_lines = self.segments_written = 0
@@ -143,6 +161,7 @@ class CompletionCache:
             if key not in self._data:
                 self._data[key] = line
                 self._pending.append(line + b"\n")
+                self._pending_bytes += len(line) + 1
         return bad
 
     # the mapping --------------------------------------------------------------------------------
@@ -167,35 +186,52 @@ class CompletionCache:
         if not self.local:
             with self._lock:
                 self._pending.append(line)
-                due = len(self._pending) >= self.flush_every
-            if due:  # uploaded by a background thread: the event loop sending requests never waits on the store
-                self._uploads.append(self._uploader.submit(self.flush))
+                self._pending_bytes += len(line)
+                due = not self._queued and (len(self._pending) >= self.flush_every or self._pending_bytes >= self.flush_bytes)
+                if due:
+                    self._queued = True
+            if due:  # uploaded by the pool's threads: the event loop sending requests never waits on the store
+                self._uploads.append(_uploader().submit(self._queued_flush))
 
     def flush_due(self) -> bool:
         """True when spooled records have waited `flush_s` seconds (call `flush` then)."""
         return bool(self._pending) and time.monotonic() - self._last_flush >= self.flush_s
 
-    def flush(self) -> None:
+    def _queued_flush(self) -> None:
+        try:
+            self.flush(queued=True)
+        finally:
+            with self._lock:
+                self._queued = False
+                due = len(self._pending) >= self.flush_every or self._pending_bytes >= self.flush_bytes
+                if due:  # a window filled while this one went up: it goes up next, whole
+                    self._queued = True
+            if due:
+                self._uploads.append(_uploader().submit(self._queued_flush))
+
+    def flush(self, queued: bool = False) -> None:
         """Upload the spooled records as one immutable segment (object stores; a no-op locally)."""
         self._last_flush = time.monotonic()
-        with self._lock:  # put() may run meanwhile (the periodic flush runs in a thread)
-            batch, self._pending = self._pending, []
-        if self.local or not batch:
-            return
-        name = f"{self.seg_dir}/seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
-        try:
-            self.fs.pipe_file(name, b"".join(batch))
-        except BaseException:
-            with self._lock:
-                self._pending[:0] = batch
-            raise
-        self.segments_written += 1
+        with self._one_upload:
+            with self._lock:  # put() may run meanwhile (the periodic flush runs in a thread)
+                batch, self._pending, self._pending_bytes = self._pending, [], 0
+            if self.local or not batch:
+                return
+            name = f"{self.seg_dir}/seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+            data = b"".join(batch)
+            try:
+                self.fs.pipe_file(name, data)
+            except BaseException:
+                with self._lock:
+                    self._pending[:0] = batch
+                    self._pending_bytes += len(data)
+                raise
+            self.segments_written += 1
 
     def drain(self) -> None:
         """Wait for the background uploads (a failed one has put its records back for the next flush)."""
-        for f in self._uploads:
-            f.exception()
-        self._uploads.clear()
+        while self._uploads:
+            self._uploads.pop(0).exception()
 
     def for_seed(self, seed: str) -> "SeedCache":
         return SeedCache(self, seed)
@@ -206,7 +242,6 @@ class CompletionCache:
         os.fsync(self._fh.fileno())
         self._fh.close()
         self.drain()
-        self._uploader.shutdown(wait=True)
         if not self.local:
             self.flush()  # raises if the store is down: the spool stays for the next open
             self.log.unlink(missing_ok=True)  # every record is in a segment now
