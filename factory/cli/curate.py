@@ -35,8 +35,8 @@ def curate(
     out: Optional[str] = typer.Option(None, "--out", help="output stage folder (any fsspec URL)"),
     reference: Optional[List[str]] = typer.Option(None, "--reference", help="web/seed folder to dedup against"),
     bench: Optional[List[str]] = typer.Option(None, "--bench", help="benchmark JSONL file or folder to decontaminate against"),
-    ray: bool = typer.Option(False, "--ray", help="run on Ray (RAY_ADDRESS or a local ray.init())"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address"),
+    address: Optional[str] = typer.Option(None, "--address", help="run on Ray: a cluster's HOST:PORT, or `local` for "
+                                          "a Ray of its own (default: the config's executor; RAY_ADDRESS inside a job)"),
     tasks: Optional[int] = typer.Option(None, help="datatrove tasks per stage"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. --set filters.faithfulness.enabled=false "
                                              "(repeatable)"),
@@ -58,9 +58,9 @@ def curate(
         data["dedup"]["reference"] = list(reference)
     if bench:
         data["decont"]["benchmarks"] = list(bench)
-    if ray or address:
+    if address:
         data["executor"]["ray"] = True
-        data["executor"]["ray_address"] = address or os.environ.get("RAY_ADDRESS") or None
+        data["executor"]["ray_address"] = None if address == "local" else address
     elif os.environ.get("RAY_ADDRESS") and not cfg.executor.ray_address:  # inside a Ray job: use the cluster
         data["executor"]["ray"] = True
         data["executor"]["ray_address"] = os.environ["RAY_ADDRESS"]
