@@ -17,7 +17,7 @@ WHEEL_CACHE ?= $(HOME)/.cache/synth-factory/wheels
 LLAMA_KEY := $(shell printf '%s|%s|%s|%s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' "$$(uname -m)" "$$($(PY) -c 'import sys; print(sys.implementation.cache_tag)')" | sha256sum | cut -c1-16)
 LLAMA_WHEELS := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_KEY)
 
-.PHONY: demo test test-fast bench install browser clean
+.PHONY: demo test test-fast bench docs install browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -55,6 +55,11 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# the guide (docs/guide, MkDocs with the Material theme) into runs/docs; --strict: a broken link or anchor, or a
+# page left out of the nav, fails the build
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -f docs/mkdocs.yml -d $(CURDIR)/runs/docs
 
 clean:
 	rm -rf runs .pytest_cache
