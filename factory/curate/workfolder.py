@@ -131,7 +131,8 @@ class _Chain:
 
 class WorkFolder(DataFolder):
     """A DataFolder for datatrove's intermediates on an object store (see the module doc).
-    `defer=False` (the executor's logs folder) uploads each file when it is closed."""
+    `defer=False` (the executor's logs folder) uploads each file when it is closed, but a task's
+    stats, which go up together with its completion marker, written right after them."""
 
     def __init__(self, path: str, defer: bool = True, **kwargs: Any):
         super().__init__(path, auto_mkdir=False, **kwargs)
@@ -146,7 +147,11 @@ class WorkFolder(DataFolder):
                 os.unlink(old)
             except OSError:
                 pass
-        if not self.defer:
+        if not self.defer and rel.startswith("completions/"):  # the task's stats and its marker go up together
+            _STAGED[key], _OWED[key] = local, (self, local)
+            publish(self.path)
+            return
+        if not self.defer and not rel.startswith("stats/"):
             self.fs.put_file(local, self._join(rel))
             os.unlink(local)
             _STAGED.pop(key, None)

@@ -58,3 +58,17 @@ def test_a_listing_sees_the_tasks_own_files(s3_bucket):
     assert on_store(url) == [f"{i:05d}.dups" for i in range(3)]
     assert [f.read() for f in folder.open_files([f"{i:05d}.dups" for i in range(3)])] == [bytes([i]) * 16 for i in range(3)]
     wf.discard()
+
+
+def test_logs_go_up_when_closed_and_stats_with_the_completion_marker(s3_bucket):
+    url = f"{s3_bucket}/work/logs/filter"
+    logs = WorkFolder(url, defer=False)
+    wf.discard()
+    with logs.open("logs/task_00000.log", "w") as f:
+        f.write("done\n")
+    with logs.open("stats/00000.json", "w") as f:
+        f.write("[]")
+    assert on_store(url) == ["logs/task_00000.log"]
+    logs.open("completions/00000", "w").close()
+    assert on_store(url) == ["completions/00000", "logs/task_00000.log", "stats/00000.json"]
+    assert logs.isfile("completions/00000") and not logs.isfile("completions/00001")
