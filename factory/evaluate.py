@@ -47,4 +47,4 @@ def score_run(run_dir: str, benches: list[str] | None = None, max_items: int | N
     try:
         return evaluate(model, tok, benches, max_items=max_items, batch_size=batch_size)
     except BenchmarkError as e:
-        raise FactoryError(str(e), fix="see the benchmark format in the README") from None
+        raise FactoryError(str(e), fix="see the benchmark format in docs/guide/extending.md") from None

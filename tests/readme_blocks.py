@@ -1,6 +1,6 @@
-"""Helpers for tests that run the README's command blocks as written: the blocks between two
-markers, a user's environment (no Ray address, token or S3 settings of the caller), and bash in
-its own process group."""
+"""Helpers for tests that run the documentation's command blocks as written: the blocks between two
+markers (in README.md or a page of the guide, docs/guide/*.md), a user's environment (no Ray
+address, token or S3 settings of the caller), and bash in its own process group."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "guide"
 BIN = Path(sys.executable).parent  # the `factory` command of this environment
 CLEAN_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
              "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -20,10 +21,27 @@ CLEAN_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH
              "WORK", "VIRTUAL_ENV")
 
 
+def doc_files() -> list[Path]:
+    """The files a reader reads: README.md, then the guide's pages."""
+    return [README, *sorted(GUIDE.glob("*.md"))]
+
+
+def doc_text() -> str:
+    """README.md and every page of the guide, one after another."""
+    return "\n".join(p.read_text() for p in doc_files())
+
+
+def marked_file(start: str, end: str) -> Path:
+    """The one file of README.md and docs/guide/*.md that holds the `start` ... `end` markers."""
+    found = [p for p in doc_files() if start in (t := p.read_text()) and end in t]
+    assert len(found) == 1, f"{start} ... {end} should be in exactly one of README.md and docs/guide/*.md: {found}"
+    return found[0]
+
+
 def readme_blocks(start: str, end: str) -> list[str]:
-    """The ```bash blocks of README.md between the `start` and `end` markers."""
-    text = README.read_text()
-    assert start in text and end in text, f"README.md lost its {start} ... {end} markers"
+    """The ```bash blocks between the `start` and `end` markers, wherever they live (README.md or
+    a page of docs/guide)."""
+    text = marked_file(start, end).read_text()
     section = text.split(start, 1)[1].split(end, 1)[0]
     return re.findall(r"^```bash\n(.*?)^```", section, re.S | re.M)
 

@@ -1,4 +1,5 @@
-"""The README's one-machine cluster walk-through ("Running on a Ray cluster"), run as written.
+"""The one-machine cluster walk-through of the guide's "Running on a cluster" page
+(docs/guide/cluster.md), run as written.
 
 The bash blocks between `<!-- cluster-walkthrough -->` and `<!-- /cluster-walkthrough -->` are run
 with bash from the repository root, as a user would run them in one shell. The only rewrites:

@@ -146,8 +146,9 @@ START, END = "<!-- calibrate-commands -->", "<!-- /calibrate-commands -->"
 
 @pytest.mark.slow  # the command in a fresh process, on the default filters (about 15 s)
 def test_readme_calibrate_command_runs_as_written(tmp_path):
-    """The README's calibrate command, as written, on a run in the demo's layout that a reviewer
-    labeled in `factory review` (runs/demo/labels.jsonl); its curate stage ran today's defaults."""
+    """The calibrate command of the guide's review page (docs/guide/review.md), as written, on a run in
+    the demo's layout that a reviewer labeled in `factory review` (runs/demo/labels.jsonl); its curate
+    stage ran today's defaults."""
     import os
     import shlex
     import subprocess

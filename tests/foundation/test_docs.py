@@ -41,3 +41,13 @@ def test_mkdocs_build_strict(tmp_path):
         html = tmp_path / "site" / ("index.html" if page.stem == "index" else f"{page.stem}/index.html")
         assert html.exists(), html
 
+
+def test_readme_links_into_the_guide_resolve():
+    """The README is the front door: each of its links into docs/guide names a page that exists."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\((docs/guide/[^)#\s]+)", text)
+    assert len(links) >= 10, links
+    for link in links:
+        assert (ROOT / link).exists(), link

@@ -1,4 +1,4 @@
-"""The README's Extending section names real places: every file it names exists, and every
+"""The guide's Extending page (docs/guide/extending.md) names real places: every file it names exists, and every
 registry it names (`FILTERS`, `BENCHMARKS`, `PRESETS`, ...) is defined in the file beside it."""
 
 from __future__ import annotations
@@ -10,16 +10,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _section() -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("## Extending\n")
-    return text[start:text.index("\n## ", start + 1)]
+    return (ROOT / "docs" / "guide" / "extending.md").read_text()
 
 
 def test_extending_names_files_that_exist():
     paths = [p for p in re.findall(r"`((?:factory|train|tests|mixes|seeds)/[^`\s]+)`", _section())]
     assert len(paths) >= 5, paths
     for p in paths:
-        assert (ROOT / p).exists(), f"README Extending names {p}, which does not exist"
+        assert (ROOT / p).exists(), f"docs/guide/extending.md names {p}, which does not exist"
 
 
 def test_extending_registries_live_where_it_says():

@@ -1,11 +1,13 @@
-"""Every benchmark result the README cites exists and names its machine and date; a comparison
-(one with a ratio) carries ours, anchor, ratio, unit and target too."""
+"""Every benchmark result the README or the guide (docs/guide/*.md) cites exists and names its machine
+and date; a comparison (one with a ratio) carries ours, anchor, ratio, unit and target too."""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
+
+from tests.readme_blocks import doc_text
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -15,7 +17,7 @@ COMPARISON = ALWAYS | {"ours", "anchor", "ratio", "unit", "target"}
 
 
 def cited() -> set[str]:
-    names = set(re.findall(r"`([A-Za-z0-9_]+\.json)`", (ROOT / "README.md").read_text()))
+    names = set(re.findall(r"`([A-Za-z0-9_]+\.json)`", doc_text()))
     return names - PRODUCT_FILES
 
 
@@ -38,9 +40,9 @@ def test_every_cited_result_exists_with_its_keys():
 
 
 def test_each_cited_ratio_is_in_a_row_that_cites_it():
-    """A comparison's ratio appears (to 1-3 decimals) in a README line that cites its JSON: the text says
-    what the committed result says."""
-    lines = (ROOT / "README.md").read_text().splitlines()
+    """A comparison's ratio appears (to 1-3 decimals) in a line of the README or the guide that cites its
+    JSON: the text says what the committed result says."""
+    lines = doc_text().splitlines()
     problems = []
     for name in sorted(cited()):
         path = RESULTS / name
@@ -55,7 +57,7 @@ def test_each_cited_ratio_is_in_a_row_that_cites_it():
 
 def test_the_suite_times_in_the_readme_are_the_measured_ones():
     t = json.loads((RESULTS / "test_suite.json").read_text())
-    text = " ".join((ROOT / "README.md").read_text().split())
+    text = " ".join((ROOT / "README.md").read_text().split())  # beside `make test` at the top
     said = (f"`make test` {t['make_test_min']} min for {t['tests']} tests ({t['serial_min']} min serially), "
             f"`make test-fast` {t['test_fast_min']} min")
     assert said in text, said

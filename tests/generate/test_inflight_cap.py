@@ -1,6 +1,6 @@
 """`concurrency` caps the items a worker has in flight with adaptive windows too: what a killed
-worker repays is bounded by it (the README's bound). Once the windows overrode the cap (the items
-in flight were max(concurrency, 2 x the windows)), so a killed driver with `concurrency: 1`
+worker repays is bounded by it (the bound docs/guide/teacher.md states). Once the windows overrode
+the cap (the items in flight were max(concurrency, 2 x the windows)), so a killed driver with `concurrency: 1`
 repaid up to a window's worth of requests instead of one per worker. (The stub also answers each
 client's start-up check: one completion more.)"""
 

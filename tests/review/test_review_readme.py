@@ -1,5 +1,5 @@
-"""The README's "Review what a run made" commands, run as written on a run folder in the demo's
-layout (a synthetic one at runs/demo of a temporary folder: `make demo` takes minutes). A command
+"""The review commands of the guide's "Review and calibrate" page (docs/guide/review.md), run as
+written on a run folder in the demo's layout (a synthetic one at runs/demo of a temporary folder: `make demo` takes minutes). A command
 that serves gets `--port 0` added (8765 may be taken) and is asked for its page and funnel, then
 stopped; every other command runs to its end."""
 

@@ -92,8 +92,9 @@ def test_curate_through_a_flaky_store(flaky_s3, s3_bucket, tmp_path):
 
 
 def test_more_attempts_from_the_environment_outlast_a_run_of_500s(flaky_s3, s3_bucket, monkeypatch):
-    """The README's advice for flaky stores: botocore gives up on 5 InternalErrors in a row (s3fs
-    does not retry them), and AWS_MAX_ATTEMPTS / AWS_RETRY_MODE from the environment outlast them."""
+    """The guide's advice for flaky stores (docs/guide/cluster.md): botocore gives up on 5 InternalErrors
+    in a row (s3fs does not retry them), and AWS_MAX_ATTEMPTS / AWS_RETRY_MODE from the environment
+    outlast them."""
     import botocore.retries.standard
     import botocore.retryhandler
     from s3fs import S3FileSystem
