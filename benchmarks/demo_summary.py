@@ -35,9 +35,17 @@ def summarize(run: Path) -> dict:
                                  for b in BENCHES},
                               "wiki_val": [round(r["scores"]["wiki_val"]["score"], 3),
                                            round(1.96 * r["scores"]["wiki_val"]["stderr"], 3)]} for r in mixes},
+        "plans": {p.parent.name: teacher_share(json.loads(p.read_text())) for p in sorted((run / "mixes").glob("*/plan.json"))},
         "machine": f"{platform.machine()} {platform.processor() or ''} 2-core VM".replace("  ", " "),
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def teacher_share(plan: dict) -> dict:
+    """A plan's teacher-made (non-web) share of its training tokens, as asked and as drawn, and the capped sources."""
+    rows = [(r, ph["tokens"]) for ph in plan["phases"] for r in ph["sources"] if r["kind"] != "web"]
+    return {"asked": round(sum(r.get("asked_share", r["share"]) * t for r, t in rows) / plan["total_tokens"], 3),
+            "drawn": round(sum(r["tokens"] for r, _ in rows) / plan["total_tokens"], 3), "capped": plan.get("capped", [])}
 
 
 def reasons(d: dict) -> str:
@@ -69,8 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", nargs="?", default="runs/demo")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--note", default="", help="how the run was made, e.g. that the machine was shared")
     a = ap.parse_args(argv)
     s = summarize(Path(a.run))
+    if a.note:
+        s["note"] = a.note
     Path(a.out).write_text(json.dumps(s, indent=2) + "\n")
     print(table(s))
 

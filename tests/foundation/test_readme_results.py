@@ -76,3 +76,7 @@ def test_the_demo_tables_are_the_committed_run():
     gap = d["mixes"]["phi4"]["wiki_val"][0] - d["mixes"]["web_only"]["wiki_val"][0]
     assert f"worse on web knowledge by {gap:.2f} nats/token" in " ".join(readme.split())
     assert f"curation kept {d['curate']['kept']} of the {d['curate']['in']} documents" in " ".join(readme.split())
+    ph = d["plans"]["phi4"]  # the demo's plans stay inside their caps, and the README says what that leaves
+    assert ph["capped"] and ph["drawn"] <= ph["asked"]
+    assert f"asks for {ph['asked']:.0%} teacher-made text" in " ".join(readme.split())
+    assert f"the phi4 model draws {ph['drawn']:.1%} teacher-made text" in " ".join(readme.split())
