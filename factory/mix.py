@@ -236,12 +236,12 @@ def _fit_caps(cfg: MixConfig, specs: list, sizes: list[int], windows: dict[str, 
 
 
 def plan(mix_path: str | Path, data_root: str | Path = ".", tokens: int | None = None,
-         out: str | Path | None = None) -> dict[str, Any]:
+         out: str | Path | None = None, fit: str | None = None) -> dict[str, Any]:
     """Plan the mix in `mix_path` against the tokenized sources under `data_root` (any fsspec URL);
     write `out` (any fsspec URL) if given."""
     if out:
         check_store(str(out))
-    cfg = load_mix(mix_path, tokens=tokens)
+    cfg = load_mix(mix_path, tokens=tokens, fit=fit)
     p, _ = make_plan(cfg, data_root, str(mix_path))
     if out:
         write_plan(p, out)

@@ -30,8 +30,8 @@ class StorageError(ConfigError):
     """A store that cannot be used (no such bucket, no credentials, unreachable): URL, what, fix."""
 
     def __init__(self, url: str, what: str, fix: str):
-        self.url, self.what, self.fix = str(url), what, fix
-        super().__init__(f"{url}: {what} (fix: {fix})")
+        super().__init__(f"{url}: {what} (fix: {fix})", fix)
+        self.url, self.what = str(url), what
 
 
 def is_url(p) -> bool:
