@@ -11,7 +11,7 @@ the standard library) measures tokens/s on the card with a short calibration run
 budget whose grid fits the time limit, then trains and evaluates every cell and seed, several runs
 side by side (seed-major, so a run cut short by the limit still leaves whole seeds), appending to
 `results.jsonl`. `report` writes `benchmarks/results/ablation_gpu/{table.md,plot.png,report.md}`
-and `benchmarks/results/ablation_gpu.json` with `factory.report`.
+and `benchmarks/results/ablation_gpu.json` with `factory.ablate.report`.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def prepare(grid: Path, prep: Path, budgets: list[int]) -> Path:
     import yaml
 
     from factory import ablate as ab
-    from factory.config import read_yaml
-    from factory.mix import plan as plan_mix
+    from factory.core.config import read_yaml
+    from factory.mix.plan import plan as plan_mix
 
     g = ab.load_grid(grid)
     src_root = Path(g.data_root)
@@ -321,7 +321,7 @@ def _machine() -> dict:
 # --------------------------------------------------------------------------- report (factory side)
 
 def report(results: Path, prep: Path, out: Path, summary_path: Path | None, extra_notes: str = "") -> dict:
-    from factory import report as rep
+    from factory.ablate import report as rep
 
     man = json.loads((prep / "manifest.json").read_text())
     recs = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]

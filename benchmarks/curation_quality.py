@@ -52,8 +52,8 @@ def labels(split: str | None = None) -> list[dict]:
 
 def seed_rows() -> list[dict]:
     """The seed passages behind the labeled set, rebuilt from the offline corpus (never committed)."""
-    from factory.config import read_yaml
-    from factory.seeds import wiki_rows
+    from factory.core.config import read_yaml
+    from factory.seeds.sources import wiki_rows
 
     rows = {}
     for path in sorted(DATA.glob("seeds*.yaml")):
@@ -64,7 +64,7 @@ def seed_rows() -> list[dict]:
 
 
 def write_stage(path: Path, rows: list[dict], stage: str) -> str:
-    from factory.stage import StageDir
+    from factory.core.stage import StageDir
 
     sd = StageDir(str(path), stage, {"benchmark": stage, "n": len(rows)})
     sd.write_docs("part-00000.parquet", rows)
@@ -96,7 +96,7 @@ def outcome(out: Path) -> tuple[dict[str, str], dict[str, dict]]:
     """(rejected id -> reason, kept id -> row) of a curated stage folder."""
     import pyarrow.parquet as pq
 
-    from factory.stage import read_docs
+    from factory.core.stage import read_docs
 
     rej = {}
     for f in sorted(out.glob("**/rejected/*.parquet")):

@@ -35,11 +35,11 @@ steps:
 
 
 def seeds(n: int) -> list[dict]:
-    from factory.errors import FactoryError
-    from factory.schema import make_doc
+    from factory.core.errors import FactoryError
+    from factory.core.schema import make_doc
 
     try:
-        from factory.seeds import wiki_rows
+        from factory.seeds.sources import wiki_rows
 
         return wiki_rows(n, seed=0)
     except (FactoryError, ImportError):  # the offline corpus package is optional here

@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         Path(a.out).write_text(json.dumps(done, indent=2) + "\n")
         return done
     from factory.generate import GenerateConfig
-    from factory.schema import make_doc
+    from factory.core.schema import make_doc
     from factory.teacher.config import local_config
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))

@@ -188,7 +188,7 @@ class WorkerSampler(threading.Thread):
 
 def full_path(url: str, model: str, a: argparse.Namespace) -> dict[str, Any]:
     from factory.generate import GenerateConfig, run
-    from factory.schema import make_doc
+    from factory.core.schema import make_doc
     from factory.teacher.config import local_config
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-stub-"))

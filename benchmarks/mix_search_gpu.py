@@ -43,7 +43,7 @@ RESULTS = REPO / "benchmarks" / "results"
 
 def prepare(search_file: Path, reuse: bool = False) -> None:
     from benchmarks.ablation_packing import write_corpus
-    from factory.mixsearch import search
+    from factory.ablate.search import search
 
     if reuse and (PREP / "tokens" / "manifest.json").exists():  # the corpus as it is: a new search over it
         for d in ("out", "train_head"):
@@ -64,7 +64,7 @@ def prepare(search_file: Path, reuse: bool = False) -> None:
 
 
 def step(search_file: Path, results: list[Path]) -> dict:
-    from factory.mixsearch import search
+    from factory.ablate.search import search
 
     rep = search(search_file, validate=True, plan_only=True, results=results)
     print(f"{rep['imported']} runs imported; " + (f"{rep['step']}: {rep['to_run']} runs -> {rep['tasks_file']}"
@@ -73,8 +73,8 @@ def step(search_file: Path, results: list[Path]) -> dict:
 
 
 def report(search_file: Path, results: list[Path]) -> None:
-    from factory.mixsearch import search
-    from factory.report import interval
+    from factory.ablate.search import search
+    from factory.ablate.report import interval
 
     rep = search(search_file, validate=True, results=results)
     o, dest = Path(rep["out"] if "out" in rep else PREP / "out"), RESULTS / "mix_search"

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def build(folder: Path, seeds: int, samples: int) -> dict:
-    from factory.stage import StageDir
+    from factory.core.stage import StageDir
 
     done = folder / "curated" / "manifest.json"
     if done.exists() and (StageDir.read_manifest(str(folder / "curated")) or {}).get("status") == "done":

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     import ray
 
     from factory.cluster import init_ray
-    from factory.schema import make_doc
+    from factory.core.schema import make_doc
 
     load0 = round(os.getloadavg()[0], 2)  # a shared machine: how busy it was, beside the figures
     tmp = Path(tempfile.mkdtemp(prefix="storebench-"))

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.errors import FactoryError
-from factory.stage import StageDir, write_card
-from factory.ui import console, table, timed
+from factory.core.errors import FactoryError
+from factory.core.stage import StageDir, write_card
+from factory.core.ui import console, table, timed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ class DemoConfig(BaseModel):
 
 def _corpus(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     """Split the summaries into web / held-out / seed sets, and write the web and seed folders."""
-    from factory.seeds import WIKI_LICENCE, load_wiki_summaries, wiki_rows
+    from factory.seeds.sources import WIKI_LICENCE, load_wiki_summaries, wiki_rows
 
     recs = load_wiki_summaries()
     rng = random.Random(cfg.seed)
@@ -65,7 +65,7 @@ def _corpus(cfg: DemoConfig, out: Path) -> dict[str, Any]:
 
 
 def _curate_config(cfg: DemoConfig, out: Path, bench_files: list[str]):
-    from factory.config import read_yaml
+    from factory.core.config import read_yaml
     from factory.curate.config import DEFAULT_YAML, validate_config
 
     data = read_yaml(DEFAULT_YAML)
@@ -83,10 +83,14 @@ def _mix_share(plan: dict[str, Any], kinds: tuple[str, ...] = ("synthetic", "rew
 
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
-    from factory import curate, evalsets, generate, mix, report, tokenize
-    from factory.evaluate import score_run
-    from factory.ui import plan_table
-    from factory.mixspec import load_mix
+    from factory import curate, generate
+    from factory.evaluate import sets as evalsets
+    from factory.mix import plan as mix
+    from factory.ablate import report
+    from factory.mix import tokenize
+    from factory.evaluate.score import score_run
+    from factory.mix.plan import plan_table
+    from factory.mix.spec import load_mix
     from factory.teacher.server import LocalTeacher
     from train.launch import run as train_run
 
@@ -165,7 +169,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
 
 def data_note(plans: dict[str, dict[str, Any]], out: Path) -> str:
     """What the teacher made and curation kept, what each mix drew of it, and what that means for the comparison."""
-    from factory.mix import totals
+    from factory.mix.plan import totals
 
     lines, small = [], False
     gen, cur = (json.loads((out / s / "manifest.json").read_text()) for s in ("generated", "curated"))
@@ -213,7 +217,7 @@ def _fmt(s: dict | None) -> str:
 
 def check_ready() -> None:
     """Fail fast, before any work, when a part of the embedded default is missing."""
-    from factory.seeds import _wiki_file
+    from factory.seeds.sources import _wiki_file
     from factory.teacher.server import find_model
 
     _wiki_file("en-us")

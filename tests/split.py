@@ -26,11 +26,11 @@ PROGRESS = re.compile(r"^([.FEsxX]+)(?: +\[ *\d+%\])?$", re.M)  # pytest -q's pr
 OUT = ROOT / "runs" / "tests"
 # test time per directory with both lanes running (2-core VM, 2026-12-07): generate 404 s, the top-level end to
 # end tests 320, cluster 313, storage 233, ablate 116, train 111, curate 104, recipes 63, teacher 58,
-# foundation 31, mix 8, eval 5: about 890 s a lane
+# foundation 31, mix 8, evaluate 5, seeds 2 (counted in the top-level 320 before): about 890 s a lane
 LANES = [
     ["tests/generate", "tests/storage", "tests/train", "tests/curate", "tests/foundation", "tests/mix"],
-    ["tests/cluster", "tests/test_e2e.py", "tests/test_readme_walkthrough.py", "tests/test_seedcurate.py",
-     "tests/ablate", "tests/recipes", "tests/teacher", "tests/eval", "tests/review"],
+    ["tests/cluster", "tests/test_e2e.py", "tests/test_readme_walkthrough.py", "tests/seeds",
+     "tests/ablate", "tests/recipes", "tests/teacher", "tests/evaluate", "tests/review"],
 ]
 
 

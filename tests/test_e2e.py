@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from factory.stage import read_docs
+from factory.core.stage import read_docs
 from tests.ecosystem import loads_everywhere
 
 REPO = Path(__file__).resolve().parent.parent

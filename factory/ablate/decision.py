@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from factory.report import interval, welch
+from factory.ablate.report import interval, welch
 
 
 def _mix(cell: str) -> str:

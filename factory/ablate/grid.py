@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from factory.config import read_yaml, validate
-from factory.errors import FactoryError
-from factory.evalsets import BUILTIN, TRAINING_FREE
+from factory.core.config import read_yaml, validate
+from factory.core.errors import FactoryError
+from factory.evaluate.sets import BUILTIN, TRAINING_FREE
 
 
 class BenchConfig(BaseModel):
@@ -164,7 +164,7 @@ def _walk(d: Any, path: str, where: str, base: str) -> tuple[Any, str]:
 
 def _allowed(path: str, node: dict) -> set[str]:
     """Fields a path may set even when the base mix leaves them out."""
-    from factory.mixspec import MixConfig, PhaseSpec, SourceSpec
+    from factory.mix.spec import MixConfig, PhaseSpec, SourceSpec
 
     parts = path.split(".")
     if len(parts) == 1:
@@ -180,7 +180,7 @@ def _allowed(path: str, node: dict) -> set[str]:
 
 def expand(grid_path: str | Path, g: GridConfig | None = None) -> list[dict[str, Any]]:
     """The cells: [{"id", "params": {label: value}, "fields": {path: value}, "mix": mix dict}]."""
-    from factory.mixspec import mix_from_dict
+    from factory.mix.spec import mix_from_dict
 
     where = str(grid_path)
     g = g or load_grid(grid_path)

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from factory.ablate.grid import GridConfig, SubsetConfig
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from train import storage
 
 
 def build_benchmarks(g: GridConfig, out: Path, base_mix: dict, data_root: Path) -> list[str]:
-    from factory import evalsets
+    from factory.evaluate import sets as evalsets
 
     bdir = out / "benchmarks"
     b = g.benchmarks
@@ -92,7 +92,7 @@ def _lines(root: Path, name: str | None, field: str) -> list[str]:
 
 
 def _doc_titles(root: Path, name: str) -> list[str]:
-    from factory.stage import read_docs
+    from factory.core.stage import read_docs
 
     p = Path(name) if Path(name).is_absolute() else root / name
     try:

@@ -34,8 +34,8 @@ import yaml
 
 from factory.ablate.grid import GridConfig, expand, load_grid, scaled
 from factory.ablate.inputs import Out, build_benchmarks, make_subset, plan_info, run_config
-from factory.config import read_yaml
-from factory.errors import FactoryError
+from factory.core.config import read_yaml
+from factory.core.errors import FactoryError
 from train import storage
 
 
@@ -51,7 +51,7 @@ def _default_train(nproc: int) -> Callable[[dict], str]:
 
 
 def default_eval(run_dir: str, benches: list[str], max_items: int | None, batch_size: int) -> dict:
-    from factory.evaluate import score_run
+    from factory.evaluate.score import score_run
 
     return score_run(run_dir, benches, max_items=max_items, batch_size=batch_size)
 
@@ -107,7 +107,7 @@ def plan_tasks(grid_path: str | Path, out: str | Path | None = None, *, plan_fn:
         raise FactoryError("data root not found", where=str(grid_path), field="data_root", fix="tokenize first, or fix the path")
     cells = scaled(expand(grid_path, g), g)
     if plan_fn is None:
-        from factory.mix import plan as plan_fn  # type: ignore[no-redef]
+        from factory.mix.plan import plan as plan_fn  # type: ignore[no-redef]
     o.local.mkdir(parents=True, exist_ok=True)
     o.write("grid.yaml", yaml.safe_dump(g.model_dump(mode="json"), sort_keys=False))  # for a URL: fails early on a bad store
     for name, sub in g.subsets.items():
@@ -254,7 +254,7 @@ def run(grid_path: str | Path, out: str | Path | None = None, *, train_fn: Calla
     after writing tasks.json (train it with `python -m train.suite`, then run again to report).
     `address` (or RAY_ADDRESS with `parallel: ray`) runs them on that Ray cluster.
     """
-    from factory.ui import console, progress
+    from factory.core.ui import console, progress
 
     p = plan_tasks(grid_path, out, plan_fn=plan_fn, data_root=data_root, scratch=scratch)
     g, o, cells, tasks = p["grid"], p["out"], p["cells"], p["tasks"]
@@ -295,7 +295,7 @@ def _watched(tasks: list[dict], work: Callable[[], Any], show: bool, poll_s: flo
     """Run `work()` (runs in other processes) while a progress line counts the runs whose eval.json exists."""
     import concurrent.futures as cf
 
-    from factory.ui import progress
+    from factory.core.ui import progress
 
     with progress(disable=not show) as bar, cf.ThreadPoolExecutor(1) as ex:
         job = bar.add_task("ablation runs", total=len(tasks), unit="runs", info="")
@@ -312,8 +312,8 @@ def _watched(tasks: list[dict], work: Callable[[], Any], show: bool, poll_s: flo
 def finish(p: dict, show: bool = True) -> dict[str, Any]:
     """Copy the results of mixes trained once to the cells that name them again, collect every
     eval.json and write the report."""
-    from factory import report
-    from factory.ui import console, table
+    from factory.ablate import report
+    from factory.core.ui import console, table
 
     g, o, cells = p["grid"], p["out"], p["cells"]
     for c, orig in p["aliases"]:

@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from factory.errors import FactoryError, stop_on_sigterm, stopped
+from factory.core.errors import FactoryError, stop_on_sigterm, stopped
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Synthetic pretraining data factory.")
 

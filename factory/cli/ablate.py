@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from factory.ui import console
+from factory.core.ui import console
 
 
 def ablate(
@@ -25,8 +25,8 @@ def ablate(
 ) -> None:
     """Expand a mix grid, train and evaluate every cell x seed (finished ones are skipped), write the report."""
     from factory import ablate as ab
-    from factory.errors import FactoryError
-    from factory.ui import table
+    from factory.core.errors import FactoryError
+    from factory.core.ui import table
     from train.storage import StorageError
 
     if dry_run:

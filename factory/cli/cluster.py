@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from factory.ui import console, table
+from factory.core.ui import console, table
 
 ADDRESS_HELP = "the head's dashboard, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, then RAY_ADDRESS)"
 

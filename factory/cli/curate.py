@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from typer.core import TyperGroup
 
-from factory.ui import console, table
+from factory.core.ui import console, table
 
 
 class _CurateGroup(TyperGroup):
@@ -67,7 +67,7 @@ def curate(
     if tasks:
         data["executor"]["tasks"] = tasks
     if set_:  # the same `section.key=value` overrides as `factory train --set`
-        from factory.errors import FactoryError
+        from factory.core.errors import FactoryError
         from train.config import ConfigError, _merge, parse_overrides
 
         try:
@@ -100,7 +100,7 @@ def calibrate(
     """Each filter's precision and recall of "drop" against labels, threshold sweeps, and a
     cross-validated curate config written beside the labels."""
     from factory.curate.calibrate import calibrate as run_calibration
-    from factory.errors import FactoryError
+    from factory.core.errors import FactoryError
 
     if not 0 <= min_clean_recall <= 1:
         raise FactoryError(f"{min_clean_recall} is not a share", field="--min-clean-recall", fix="give 0 to 1, e.g. 0.8")

@@ -10,8 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from factory.errors import FactoryError
-from factory.ui import console, table
+from factory.core.errors import FactoryError
+from factory.core.ui import console, table
 
 
 def evaluate(
@@ -23,7 +23,7 @@ def evaluate(
     out: Optional[str] = typer.Option(None, help="write the scores as JSON here, a path or a URL (default: RUN_DIR/eval.json)"),
 ) -> None:
     """Score a trained model on benchmarks (multiple choice by log-likelihood, greedy exact match, loss)."""
-    from factory.evaluate import score_run
+    from factory.evaluate.score import score_run
     from train import storage
 
     res = score_run(run_dir, bench, max_items=max_items, batch_size=batch_size, n_builtin=n)
@@ -43,8 +43,8 @@ def evalsets(
     seed: int = typer.Option(0, help="item sampling seed (same seed, same files)"),
     holdout: Optional[Path] = typer.Option(None, help="file of wiki titles kept out of training, one a line (makes wiki_val)"),
 ) -> None:
-    """Write the built-in benchmarks (factory.evalsets.BENCHMARKS; wiki_val only with --holdout)."""
-    from factory import evalsets as ev
+    """Write the built-in benchmarks (factory.evaluate.sets.BENCHMARKS; wiki_val only with --holdout)."""
+    from factory.evaluate import sets as ev
 
     titles = [t for t in holdout.read_text().splitlines() if t.strip()] if holdout else None
     made = ev.build(out, holdout_titles=titles, seed=seed, n=n)

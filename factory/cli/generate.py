@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from factory.ui import console, table
+from factory.core.ui import console, table
 
 
 def generate(config: str = typer.Argument(..., help="generation config YAML"),
@@ -20,7 +20,7 @@ def generate(config: str = typer.Argument(..., help="generation config YAML"),
              curate_config: Optional[str] = typer.Option(None, "--curate", help="with --pilot: the curation config YAML "
                                                          "(default: the packaged one)")) -> None:
     """Generate synthetic documents; rerun the same command to resume."""
-    from factory.config import load_config
+    from factory.core.config import load_config
     from factory.generate import GenerateConfig, run
 
     overrides = {k: v for k, v in {"out": out, "ray_address": ray_address, "limit": limit}.items() if v is not None}

@@ -10,7 +10,8 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from factory.ui import console, plan_table
+from factory.core.ui import console
+from factory.mix.plan import plan_table
 
 mix_app = typer.Typer(no_args_is_help=True, help="Plan token mixes (YAML) for training.")
 
@@ -25,9 +26,9 @@ def plan_cmd(
                                                           "source over its max_epochs does."),
 ) -> None:
     """Count unique tokens per source, print the mixture table, write plan.json."""
-    from factory.mix import make_plan, write_plan
-    from factory.mixspec import load_mix
-    from factory.stage import check_store
+    from factory.mix.plan import make_plan, write_plan
+    from factory.mix.spec import load_mix
+    from factory.core.stage import check_store
 
     if out:
         check_store(out)
@@ -53,7 +54,7 @@ def search_cmd(
                                                  "eval.json records, or a folder of eval.json files (repeatable)."),
 ) -> None:
     """Proxy runs, a regression from shares to the target, and the best feasible mix (a ready YAML)."""
-    from factory.mixsearch import search
+    from factory.ablate.search import search
 
     rep = search(file, out, validate=validate, plan_only=plan_only, results=results)
     if rep.get("imported"):
@@ -87,7 +88,7 @@ def _next_step(rep: dict[str, Any], file: Path, out: Optional[str], validate: bo
 @mix_app.command("schema")
 def schema_cmd(out: Path = typer.Option(Path("mixes/schema.json"), "--out")) -> None:
     """Write the JSON Schema of mix files."""
-    from factory.mixspec import json_schema
+    from factory.mix.spec import json_schema
 
     out.write_text(json.dumps(json_schema(), indent=2) + "\n")
     console.print(f"schema written to {out}")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from factory.ui import console, table
+from factory.core.ui import console, table
 
 sub = typer.Typer(no_args_is_help=True, help="Phi-4-style recipes (YAML + Jinja2): list, show, try, measure diversity.")
 DIRS = typer.Option(None, "--recipes-dir", "-d", help="a folder of user recipes (repeatable); also $FACTORY_RECIPES")
@@ -51,17 +51,17 @@ def show(name: str, dirs: Optional[list[str]] = DIRS) -> None:
 def _seed(recipe, index: int | None):
     """The seed at `index`, or (None) the first seed the recipe accepts."""
     if "code" in recipe.spec.seed_kinds:
-        from factory.seedcurate import code_rows
+        from factory.seeds.curate import code_rows
 
         rows = code_rows()
     else:
-        from factory.seeds import wiki_rows
+        from factory.seeds.sources import wiki_rows
 
         rows = wiki_rows()
     if index is None:
         return next((row for row in rows if recipe.accepts(row)), rows[0])
     if not 0 <= index < len(rows):
-        from factory.errors import FactoryError
+        from factory.core.errors import FactoryError
 
         raise FactoryError(f"seed index {index} is out of range (0..{len(rows) - 1})", field="--seed-index")
     return rows[index]
@@ -124,7 +124,7 @@ def diversity(path: str = typer.Argument(..., help="a stage folder or parquet fi
               out: Optional[str] = typer.Option(None, help="also write the report as JSON here")) -> None:
     """Repeated openings and n-gram repetition, overall and per recipe."""
     from factory.recipes.diversity import report_rows
-    from factory.stage import read_docs
+    from factory.core.stage import read_docs
 
     rep = report_rows(read_docs(path).to_pylist(), ngram=ngram)
     rows = []

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from factory.ui import console
+from factory.core.ui import console
 
 
 def review(
@@ -24,7 +24,7 @@ def review(
     """Review a run's documents beside their seeds and label them by keyboard."""
     import asyncio
 
-    from factory.errors import FactoryError
+    from factory.core.errors import FactoryError
     from factory.review.server import Review, Server, serve_forever, write_html
 
     who = reviewer or os.environ.get("USER") or os.environ.get("USERNAME") or "reviewer"

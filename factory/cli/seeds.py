@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from factory.config import load_config
-from factory.errors import FactoryError
-from factory.ui import console, table
+from factory.core.config import load_config
+from factory.core.errors import FactoryError
+from factory.core.ui import console, table
 
 
 def seeds(
@@ -19,7 +19,7 @@ def seeds(
     n: Optional[int] = typer.Option(None, "--n", help="override the number of seeds"),
 ) -> None:
     """Write seed documents (Wikipedia summaries, JSONL or parquet rows) to a stage folder."""
-    from factory import seeds as stage
+    from factory.seeds import sources as stage
 
     cfg = load_config(stage.SeedsConfig, config, {k: v for k, v in {"n": n, "out": out}.items() if v})
     m = stage.run(cfg)
@@ -35,8 +35,8 @@ def curate_seeds(
     code: bool = typer.Option(False, "--code", help="also add the code seeds shipped in seeds/code/"),
 ) -> None:
     """Split seeds into passages, score them for educational value, balance by topic."""
-    from factory import seedcurate
-    from factory.config import validate
+    from factory.seeds import curate as seedcurate
+    from factory.core.config import validate
 
     if config and Path(config).is_dir():
         raise FactoryError("the argument is the seed-curation config file, not the seed folder", where=config,

@@ -9,7 +9,7 @@ import threading
 
 import typer
 
-from factory.ui import console, table
+from factory.core.ui import console, table
 
 sub = typer.Typer(no_args_is_help=True, help="The teacher LLM: serve local replicas, check endpoints.")
 
@@ -48,7 +48,7 @@ def serve(replicas: int = typer.Option(1, "--replicas", help="llama.cpp server p
 def check(config: str = typer.Argument(..., help="teacher config YAML")) -> None:
     """Check every endpoint of a teacher config as a run will use it: the model listed, one real chat
     completion with the configured key; prints auth, latency and the rate-limit headers it saw."""
-    from factory.config import load_config
+    from factory.core.config import load_config
     from factory.teacher.client import TeacherClient
     from factory.teacher.config import TeacherConfig
 

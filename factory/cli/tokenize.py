@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from factory.errors import FactoryError
-from factory.ui import console, table
+from factory.core.errors import FactoryError
+from factory.core.ui import console, table
 
 
 def _parse_source(spec: str) -> tuple[str, dict]:
@@ -30,8 +30,8 @@ def tokenize_cmd(
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Use this tokenizer.json instead of training."),
 ) -> None:
     """Train (or load) a tokenizer and write datatrove .ds shards, one folder per source."""
-    from factory.config import read_yaml, validate
-    from factory.tokenize import TokenizeConfig, run
+    from factory.core.config import read_yaml, validate
+    from factory.mix.tokenize import TokenizeConfig, run
 
     data = read_yaml(config) if config else {}
     where = str(config) if config else "command line"

@@ -9,8 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from factory.errors import FactoryError
-from factory.ui import console, table
+from factory.core.errors import FactoryError
+from factory.core.ui import console, table
 
 
 def train(

@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 LOCAL_OBJECT_STORE_BYTES = 300 * 1024**2
 # A local Ray started here has no dashboard, so nobody reads its task events or metrics: it stops

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from factory.cluster.connect import AUTH_ENV, _auth_fix, _first_line, apply_auth_env, check_reachable
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 WORKING_DIR_EXCLUDES = [".venv", "venv", "runs", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache",
                         ".hypothesis", ".ruff_cache", "benchmarks/results", "tmp", "*.gguf", "*.ds", "*.parquet"]

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 CLEAN = "clean"
 CONFIG_FILE, REPORT_FILE, PLOT_FILE = "curate_calibrated.yaml", "calibration.json", "calibration.png"

@@ -12,12 +12,12 @@ from typing import Any, Literal
 from pydantic_core import PydanticCustomError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from factory.config import read_yaml
+from factory.core.config import read_yaml
 from factory.curate.registry import (CHATTER_PATTERNS, FILTERS, JUDGE_RUBRIC, META_PATTERNS,  # noqa: F401
                                      Build, CommentaryCfg, DatatroveCfg, FaithfulnessCfg, FiltersCfg, JudgeCfg,
                                      LanguageCfg, LeakageCfg, LengthCfg, QualityCfg, RefusalCfg, TruncatedCfg,
                                      VerificationCfg)
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 

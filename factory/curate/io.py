@@ -18,8 +18,8 @@ from datatrove.pipeline.readers import JsonlReader, ParquetReader
 from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 from datatrove.utils.word_tokenizers import WordTokenizer, load_word_tokenizer
 
-from factory.errors import FactoryError
-from factory.schema import DOC_SCHEMA
+from factory.core.errors import FactoryError
+from factory.core.schema import DOC_SCHEMA
 
 REJECTED_SCHEMA = pa.schema(list(DOC_SCHEMA) + [pa.field("reason", pa.string()), pa.field("detail", pa.string())])
 EMPTY = "\u2205"  # placeholder text for an empty row, so datatrove keeps it until the `empty` filter rejects it
@@ -233,7 +233,7 @@ class RejectWriter(ParquetWriter):
 
 def shard_files(url: str) -> tuple[str, list[str]]:
     """(root URL, document shard paths relative to it) of a stage folder or one parquet file (any fsspec URL)."""
-    from factory.stage import doc_files, fresh_fs, storage_errors, to_url
+    from factory.core.stage import doc_files, fresh_fs, storage_errors, to_url
 
     with storage_errors(url):
         fs, root = fresh_fs(url)

@@ -41,11 +41,11 @@ class QuietLocalExecutor(LocalPipelineExecutor):
 @contextlib.contextmanager
 def to_stage_file(stage_url: str) -> Iterator[str]:
     """Within the block, stderr (and so datatrove's loguru sink) writes to `stage_url/datatrove.log`;
-    the console of factory.ui keeps the stderr it had. Yields the log's URL."""
+    the console of factory.core.ui keeps the stderr it had. Yields the log's URL."""
     from loguru import logger
 
-    from factory.stage import is_url, put_bytes
-    from factory.ui import console
+    from factory.core.stage import is_url, put_bytes
+    from factory.core.ui import console
 
     url = f"{stage_url.rstrip('/')}/{LOG}"
     sink = io.StringIO() if is_url(url) else open(url, "a", buffering=1, encoding="utf-8")
@@ -76,7 +76,7 @@ def to_stage_file(stage_url: str) -> Iterator[str]:
 def shown(stage_url: str, jobs: list, n_docs: int) -> Iterator[Callable[[str, float], None]]:
     """A progress line over the tasks of the jobs to run while datatrove's logs go to the stage's
     `datatrove.log`; yields `done(job_name, seconds)`, to call as each job finishes."""
-    from factory.ui import progress
+    from factory.core.ui import progress
 
     todo = [j for j in jobs if not j.skip]
     names = [j.name for j in todo]

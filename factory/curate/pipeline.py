@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from factory.curate.config import CurateConfig
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 WORK = "_work"
 
@@ -56,7 +56,7 @@ def filter_steps(cfg: CurateConfig, rejected: str, index_dir: str | None) -> lis
 
 
 def on_store(url: str) -> bool:
-    from factory.stage import OBJECT_STORES
+    from factory.core.stage import OBJECT_STORES
 
     return url.split("://", 1)[0] in OBJECT_STORES
 
@@ -84,8 +84,8 @@ def one_machine(cfg: CurateConfig) -> bool:
 
 def work_folder(cfg: CurateConfig, out_url: str) -> tuple[str, bool]:
     """The URL of the run's work folder, and whether it is this machine's scratch (see the module doc)."""
-    from factory.schema import sha
-    from factory.stage import OBJECT_STORES
+    from factory.core.schema import sha
+    from factory.core.stage import OBJECT_STORES
     from factory.teacher.cache import spool_root
 
     if cfg.executor.work_dir:
@@ -194,7 +194,7 @@ def run_jobs(cfg: CurateConfig, jobs: list[Job], work: str, on_job: Callable[[st
     import time
     from contextlib import nullcontext
 
-    from factory.stage import forget_listings
+    from factory.core.stage import forget_listings
 
     todo = [j for j in jobs if not j.skip]
     ex = cfg.executor

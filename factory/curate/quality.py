@@ -110,7 +110,7 @@ class Model:
 
         import fsspec
 
-        from factory.errors import FactoryError
+        from factory.core.errors import FactoryError
 
         try:
             with fsspec.open(url, "rb") as f:
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
                kind: str = typer.Option("ngrams", help="ngrams (the text alone) or seed (against its seed)"),
                out: str = typer.Option("quality.npz", help="where to write the weights")) -> None:
         from factory.curate.faithful import load_seeds
-        from factory.errors import FactoryError
+        from factory.core.errors import FactoryError
 
         by_id = load_seeds(seeds)
         rows = read_labels(labels, split)
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     def _cb() -> None:
         """Quality classifier."""
 
-    from factory.errors import FactoryError
+    from factory.core.errors import FactoryError
 
     try:
         app(argv)

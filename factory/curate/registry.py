@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 
 class _M(BaseModel):

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from factory.curate.config import CurateConfig
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 def _rows(fs, files: list[str]) -> int:
     n = 0
@@ -73,7 +73,7 @@ def run(cfg: CurateConfig, *, log: Any = None, inject: Any = None) -> dict[str, 
     `log(str)` receives one line per finished job. `inject(jobs)` may edit the compiled datatrove
     jobs before they run: it exists for fault and latency injection in tests.
     """
-    from factory.stage import check_store, storage_errors
+    from factory.core.stage import check_store, storage_errors
 
     if cfg.out:
         check_store(cfg.out)
@@ -85,7 +85,7 @@ def run(cfg: CurateConfig, *, log: Any = None, inject: Any = None) -> dict[str, 
 def _run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, Any]:
     from factory.curate.decont import benchmark_files
     from factory.curate.io import shard_files
-    from factory.stage import StageDir, to_url
+    from factory.core.stage import StageDir, to_url
 
     if not cfg.out:
         raise FactoryError("no output folder given", field="out", fix="set out: PATH (or --out)")
@@ -118,7 +118,7 @@ def _curate(cfg: CurateConfig, stage, inputs, refs, bench, out_url: str, log: An
     from factory.curate.logs import shown
     from factory.curate.pipeline import compile_jobs, run_jobs, work_folder
     from factory.curate.report import build, markdown, read_rejected
-    from factory.stage import DATA, doc_files, doc_path, licences, write_card
+    from factory.core.stage import DATA, doc_files, doc_path, licences, write_card
 
     fs, out = stage.fs, stage.root
     work_url, scratch = work_folder(cfg, out_url)

@@ -19,7 +19,7 @@ from typing import Any
 
 import openai
 
-from factory.stage import StageDir
+from factory.core.stage import StageDir
 from factory.teacher.cache import CompletionCache, SeedCache, request_key, shard_file
 from factory.teacher.client import TeacherClient
 from factory.teacher.http import TRANSIENT_STATUS

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from factory.config import load_config
+from factory.core.config import load_config
 from factory.teacher.config import TeacherConfig
 
 

@@ -20,13 +20,13 @@ from typing import Any, Iterator
 import fsspec
 import pyarrow as pa
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from factory.generate.config import GenerateConfig, identity, teacher_config
 from factory.generate.inputs import load_seeds, split
 from factory.generate.shard import ACCOUNT_KEYS, REJECT_SCHEMA, seed_id_of, shard_name
 from factory.generate.workers import Workers, in_process, run_on_ray
-from factory.schema import sha
-from factory.stage import StageDir, doc_path, is_local, licences, write_card
+from factory.core.schema import sha
+from factory.core.stage import StageDir, doc_path, is_local, licences, write_card
 from factory.teacher.cache import adopt
 from factory.teacher.config import TeacherConfig, local_config
 
@@ -92,7 +92,7 @@ def run(cfg: GenerateConfig, where: str = "generate config", show_progress: bool
         note = r.check_lengths(where, "recipe_sampling.max_tokens" if cfg.recipe_sampling.get("max_tokens")
                                else f"recipes[{i}]")
         if note and show_progress:
-            from factory.ui import console
+            from factory.core.ui import console
 
             console.print(note, markup=False)
     for r in recipes:  # an undefined template variable fails here, before any request

@@ -63,8 +63,8 @@ def paid_per_seed(cache_dir: str) -> dict[str, tuple[int, int]]:
 
 def per_seed_docs(folder: str) -> dict[str, int]:
     """Documents per seed id in a stage folder (none when the stage kept nothing)."""
-    from factory.errors import FactoryError
-    from factory.stage import read_docs
+    from factory.core.errors import FactoryError
+    from factory.core.stage import read_docs
 
     counts: dict[str, int] = defaultdict(int)
     try:

@@ -13,10 +13,10 @@ import asyncio
 import time
 from typing import Any
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from factory.generate.config import GenerateConfig
 from factory.generate.workers import SHARDS_PER_WORKER, GenWorker, _first_line, accounting, show
-from factory.stage import StageDir
+from factory.core.stage import StageDir
 from factory.teacher.config import TeacherConfig
 
 
@@ -29,7 +29,7 @@ def run_in_process(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, l
 
 async def _run(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[dict[str, Any]]], recipes: list[Any],
                stage: StageDir, cache_dir: str, show_progress: bool) -> dict[str, Any]:
-    from factory.ui import progress as make_progress
+    from factory.core.ui import progress as make_progress
 
     created_at = time.time()
     worker = GenWorker(stage.url, stage.config, cfg.recipes, cfg.recipe_sampling, cfg.samples_per_seed, cache_dir,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from factory.generate.config import GenerateConfig
 from factory.generate.shard import reject_row, seed_id_of
-from factory.readers import read_jsonl
-from factory.stage import exists, read_docs
+from factory.core.readers import read_jsonl
+from factory.core.stage import exists, read_docs
 
 
 def load_seeds(cfg: GenerateConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -4,7 +4,7 @@ the teacher, written atomically when all are done.
 Outputs per shard k (the docs parquet is written last and is the shard's completion marker):
   rejected/shard-k.parquet  quarantined items: seed_id, recipe, sample, reason, detail (JSON)
   stats/shard-k.json        accounting of the run that finished the shard
-  data/train-shard-k.parquet  the documents, sorted by id, ids unique (factory.stage.doc_path)
+  data/train-shard-k.parquet  the documents, sorted by id, ids unique (factory.core.stage.doc_path)
 The request cache is `<cache_dir>/shard-k.jsonl` or its segments (see factory.teacher.cache); what
 a seed's requests write to it carries the seed id. A shard that another worker finished meanwhile
 (a node that came back late, a retried task) is not written again.
@@ -35,9 +35,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from factory.errors import FactoryError
-from factory.schema import DOC_SCHEMA
-from factory.stage import StageDir, doc_path
+from factory.core.errors import FactoryError
+from factory.core.schema import DOC_SCHEMA
+from factory.core.stage import StageDir, doc_path
 from factory.teacher.cache import CompletionCache, shard_file
 from factory.teacher import client as client_mod
 from factory.teacher.client import TeacherClient

@@ -16,9 +16,9 @@ import contextlib
 import time
 from typing import Any, Iterator
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from factory.generate.config import GenerateConfig
-from factory.stage import StageDir
+from factory.core.stage import StageDir
 from factory.teacher.config import TeacherConfig
 
 SHARDS_PER_WORKER = 2  # shards an actor runs at once: the next one starts while one drains
@@ -223,7 +223,7 @@ def run_on_ray(cfg: GenerateConfig, tcfg: TeacherConfig, shards: dict[int, list[
     shards and its timeline. wall_s runs from the first shard handed out to the last one back."""
     import ray
 
-    from factory.ui import progress as make_progress
+    from factory.core.ui import progress as make_progress
 
     n_workers = pool.n
     share = tcfg.scaled(n_workers)

@@ -18,10 +18,10 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from factory.recipes import verify as V
 from factory.recipes.parse import ParseError, parse, render
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from factory.recipes.spec import TOKENS_PER_WORD, RecipeSpec, StepSpec, VerifySpec, content_sha, load_spec, resolve
-from factory.schema import extra as row_extra
-from factory.schema import make_doc, sha
+from factory.core.schema import extra as row_extra
+from factory.core.schema import make_doc, sha
 
 
 class CompletionLike(Protocol):

@@ -14,8 +14,8 @@ from jinja2 import StrictUndefined, TemplateNotFound, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from factory.config import read_text_file, read_yaml, validate
-from factory.errors import FactoryError
+from factory.core.config import read_text_file, read_yaml, validate
+from factory.core.errors import FactoryError
 
 BUILTIN = Path(__file__).parent / "builtin"
 # BPE tokenizers of today's teachers (SmolLM2, Llama 3, Qwen 2.5, GPT-4o) spend about 1.3 tokens per English
@@ -206,7 +206,7 @@ def content_sha(path: Path, spec: RecipeSpec) -> str:
     templates they include, so an edited recipe is a changed config for the stages that ran it."""
     from jinja2 import meta
 
-    from factory.schema import sha
+    from factory.core.schema import sha
 
     env = environment(path.parent)
     texts = [path.read_bytes()]

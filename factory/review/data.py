@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from factory.errors import FactoryError
-from factory.stage import MANIFEST, StageDir, doc_files, is_local, storage_errors
+from factory.core.errors import FactoryError
+from factory.core.stage import MANIFEST, StageDir, doc_files, is_local, storage_errors
 
 GENERATE, CURATE = "generate", "curate"
 SEED_STAGES = ("seeds", "seedcurate")

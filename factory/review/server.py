@@ -27,10 +27,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from factory.review.data import STATUSES, Index, find_stages
 from factory.review.labels import FILE, LABELS, MAX_NOTE, LabelStore, agreement
-from factory.stage import is_url
+from factory.core.stage import is_url
 
 MAX_BODY = 16 * 1024
 MAX_PAGE = 200
@@ -311,7 +311,7 @@ async def serve_forever(server: Server, on_ready=None) -> None:
 def write_html(review: Review, out: str, limit: int = 200) -> int:
     """A self-contained page: the funnel and the first `limit` entries (documents, seeds, marks),
     inline script and style, no network. Returns how many entries it holds."""
-    from factory.stage import put_bytes
+    from factory.core.stage import put_bytes
 
     ix = review.index
     n = min(limit, len(ix))

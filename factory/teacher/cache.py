@@ -42,8 +42,8 @@ from typing import Any
 
 import fsspec
 
-from factory.schema import sha
-from factory.stage import is_local
+from factory.core.schema import sha
+from factory.core.stage import is_local
 from factory.teacher.types import Completion
 
 SPOOL_ENV = "FACTORY_SPOOL_DIR"

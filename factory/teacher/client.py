@@ -28,8 +28,8 @@ from typing import Any
 
 import aiohttp
 
-from factory.errors import FactoryError
-from factory.schema import sha
+from factory.core.errors import FactoryError
+from factory.core.schema import sha
 from factory.teacher import http
 from factory.teacher.cache import CompletionCache, request_key
 from factory.teacher.config import TeacherConfig

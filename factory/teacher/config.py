@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 
 class Endpoint(BaseModel):

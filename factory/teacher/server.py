@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 if TYPE_CHECKING:
     from factory.teacher.config import TeacherConfig

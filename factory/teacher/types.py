@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 
 @dataclass

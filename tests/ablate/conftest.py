@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 TINY_MODEL = {"preset": "tiny", "dim": 64, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "ffn_dim": 128}
 
 
 @pytest.fixture(scope="session")
 def tokens(tmp_path_factory) -> Path:
-    from factory import tokenize
-    from factory.schema import make_doc
-    from factory.seeds import load_wiki_summaries, wiki_rows
-    from factory.stage import StageDir
+    from factory.mix import tokenize
+    from factory.core.schema import make_doc
+    from factory.seeds.sources import load_wiki_summaries, wiki_rows
+    from factory.core.stage import StageDir
 
     tmp = tmp_path_factory.mktemp("ablate_data")
     try:

@@ -8,7 +8,8 @@ import json
 import pytest
 import yaml
 
-from factory import ablate, report
+from factory import ablate
+from factory.ablate import report
 from factory.ablate.decision import decision_accuracy, effects
 from tests.ablate.conftest import TINY_MODEL, base_mix
 
@@ -87,7 +88,7 @@ def test_a_two_scale_grid_reports_decision_accuracy(tmp_path, tokens):
 
 
 def test_a_scale_without_tokens_is_one_clear_error(tmp_path):
-    from factory.errors import FactoryError
+    from factory.core.errors import FactoryError
 
     base_mix(tmp_path)
     grid = tmp_path / "grid.yaml"

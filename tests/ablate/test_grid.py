@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory import ablate, report
-from factory.errors import FactoryError
+from factory import ablate
+from factory.ablate import report
+from factory.core.errors import FactoryError
 
 BASE = {"name": "base", "total_tokens": 4096, "seq_len": 64, "tokenizer": "tokenizer.json", "seed": 0,
         "sources": [{"name": "web", "path": "web", "kind": "web", "share": 0.5, "max_epochs": 4},

@@ -13,7 +13,7 @@ import yaml
 
 from factory import ablate
 from factory.ablate.run import _default_train
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from tests.ablate.conftest import TINY_MODEL, base_mix
 
 pytestmark = pytest.mark.slow

@@ -42,7 +42,7 @@ def test_tiny_search_on_the_real_runner(tmp_path, tokens):
     assert obs[-1]["score"] < obs[0]["score"]
     assert rep["proposal"]["web"] > 0.5
     mix = tmp_path / "tiny_search.yaml"
-    from factory.mix import plan
+    from factory.mix.plan import plan
 
     assert plan(mix, tokens)["phases"][0]["sources"]
     again = subprocess.run([str(exe), "mix", "search", str(spec), "--out", str(tmp_path / "out")], capture_output=True,
@@ -108,7 +108,7 @@ def test_search_in_two_trainer_calls_planned_here(tmp_path, tokens, monkeypatch)
     shutil.copytree(here, there)
     got = _suite_records(there / "out/proxies/runs/tasks.json", there)
     assert len(got.read_text().splitlines()) == 4
-    from factory.mixsearch import search
+    from factory.ablate.search import search
 
     monkeypatch.chdir(here)  # the search file's data_root and out are relative to the working directory
     rep = search(spec, here / "out", validate=True, plan_only=True, results=[got], show=False)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from factory.cluster import auth_mode, auth_report, init_ray, token_available
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 from .conftest import free_ports
 

@@ -66,7 +66,7 @@ def test_a_stage_runs_as_a_job_on_the_cluster(ray_head, head_env):
 
 def test_secrets_travel_by_name_only(ray_head, head_env):
     from factory.cluster import jobs
-    from factory.errors import FactoryError
+    from factory.core.errors import FactoryError
 
     digest = hashlib.sha256(SECRET.encode()).hexdigest()
     code = (f"import hashlib,os; assert 'FACTORY_TEST_OTHER_KEY' not in os.environ; "
@@ -93,7 +93,7 @@ def test_secrets_travel_by_name_only(ray_head, head_env):
 # generation + curation, stop and resume --------------------------------------------------------
 
 def write_inputs(tmp: Path, teacher, base_url: str, n_seeds: int, shards: int) -> Path:
-    from factory.seeds import wiki_rows
+    from factory.seeds.sources import wiki_rows
 
     seeds = tmp / "seeds.jsonl"
     seeds.write_text("".join(json.dumps(r, default=str) + "\n" for r in wiki_rows(n=n_seeds, seed=0)))

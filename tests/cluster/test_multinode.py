@@ -17,7 +17,7 @@ import time
 import pytest
 import yaml
 
-from factory.stage import StageDir, read_docs
+from factory.core.stage import StageDir, read_docs
 from factory.teacher.cache import SPOOL_ENV
 from gen_helpers import recipe, request_keys, seed_rows
 from tests.proxy import FaultProxy

@@ -35,7 +35,7 @@ def _gopher_clean(recs: list[dict]) -> list[dict]:
 
 
 def build(tmp, n_distinct: int = 220, seed: int = 0) -> Planted:
-    from factory.seeds import wiki_rows
+    from factory.seeds.sources import wiki_rows
 
     rng = random.Random(seed)
     recs = records(70)

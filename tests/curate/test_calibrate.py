@@ -15,7 +15,7 @@ import yaml
 
 from factory.curate import config as C
 from factory.curate.calibrate import calibrate, read_labels
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from tests.clihelp import cli, one_error
 
 from .corpus import syn, write_stage
@@ -185,7 +185,7 @@ def test_readme_calibrate_command_runs_as_written(tmp_path):
 def test_llm_judge_is_calibrated_like_any_filter(tmp_path, teacher):
     """The judge step against a real OpenAI-compatible endpoint (the local teacher as the judge):
     its drop decision and its score threshold are reported against the labels, its verdicts cached."""
-    from factory.seeds import wiki_rows
+    from factory.seeds.sources import wiki_rows
 
     from .corpus import lesson, records
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory.curate import load, run
-from factory.stage import read_docs
+from factory.core.stage import read_docs
 from tests.ecosystem import loads_everywhere
 
 

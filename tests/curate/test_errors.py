@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from factory.curate import load, run
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 from .corpus import syn, write_stage
 

@@ -93,7 +93,7 @@ def test_killed_ray_worker_changes_nothing(planted, local_run, ray_session, tmp_
 def test_failing_rank_on_ray_stops_with_its_job_and_the_rerun_completes(planted, local_run, ray_session, tmp_path):
     from ray import cloudpickle
 
-    from factory.errors import FactoryError
+    from factory.core.errors import FactoryError
 
     cloudpickle.register_pickle_by_value(faults)
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory.curate.io import FILES_PER_RANK, doc_reader
-from factory.stage import ROW_GROUP
+from factory.core.stage import ROW_GROUP
 
 
 def _files(tmp_path, sizes: list[int], with_ids: bool = True) -> list[str]:

@@ -33,7 +33,7 @@ def test_a_failing_task_leaves_stderr_and_the_console_as_they_were(tmp_path, cap
 
     import pytest
 
-    from factory.ui import console
+    from factory.core.ui import console
 
     from . import faults
 

@@ -10,13 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 from datatrove.data import Document
 
-from factory.config import read_yaml
+from factory.core.config import read_yaml
 from factory.curate import config as C
 from factory.curate import load, run
 from factory.curate.chatter import CommentaryFilter
 from factory.curate.faithful import Support, spans, unsupported
-from factory.errors import FactoryError
-from factory.stage import read_docs
+from factory.core.errors import FactoryError
+from factory.core.stage import read_docs
 
 from .corpus import lesson, records, syn, write_stage
 
@@ -172,7 +172,7 @@ def test_faithfulness_filter_rejects_wrong_relations_with_them_in_the_row():
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
     """A real curation run: lessons around real seeds, some faithful, some with facts the seed lacks."""
-    from factory.seeds import wiki_rows
+    from factory.seeds.sources import wiki_rows
 
     tmp = tmp_path_factory.mktemp("quality_steps")
     recs = [r for r in records(60) if not any(ch.isdigit() for ch in r["extract"])][:12]
@@ -289,7 +289,7 @@ def test_quality_filter_without_or_with_a_bad_model_is_one_clear_error(tmp_path)
 
 def test_train_command_writes_a_model_from_labels_and_seeds(tmp_path, capsys):
     from factory.curate.quality import Model, main
-    from factory.seeds import wiki_rows
+    from factory.seeds.sources import wiki_rows
 
     recs = records(60)[:30]
     seeds = write_stage(tmp_path / "seeds", wiki_rows(records=recs[:20]), "seeds", shards=1)
@@ -332,7 +332,7 @@ def test_judge_score_is_the_last_score_line():
 def test_llm_judge_on_the_local_teacher_scores_filters_and_caches(tmp_path):
     """A real llama.cpp judge over four documents; the rerun with the judge stopped decides the same
     from the cache."""
-    from factory.seeds import wiki_rows
+    from factory.seeds.sources import wiki_rows
     from factory.teacher.server import LocalTeacher
 
     recs = [r for r in records(40) if len(r["extract"].split()) < 80][:4]

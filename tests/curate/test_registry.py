@@ -10,7 +10,7 @@ import pytest
 from factory.curate import load, run
 from factory.curate.pipeline import filter_steps
 from factory.curate.registry import DATATROVE, FILTERS
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 from .corpus import syn, write_stage
 

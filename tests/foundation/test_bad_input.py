@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from tests.clihelp import ROOT, cli, one_error
 
 BINARY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"
@@ -120,7 +120,7 @@ def test_generate_that_fails_after_start_leaves_manifest_failed(tmp_path):
 
 
 def test_stage_dir_marks_a_failed_run_but_keeps_done_output(tmp_path):
-    from factory.stage import StageDir
+    from factory.core.stage import StageDir
 
     with pytest.raises(FactoryError):
         with StageDir(str(tmp_path / "s"), "x", {"a": 1}):

@@ -5,9 +5,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from factory.config import load_config
-from factory.errors import FactoryError
-from factory import seeds
+from factory.core.config import load_config
+from factory.core.errors import FactoryError
+from factory.seeds import sources as seeds
 from tests.clihelp import cli, one_error
 from tests.ecosystem import loads_everywhere
 

@@ -22,7 +22,7 @@ def test_extending_names_files_that_exist():
 
 def test_extending_registries_live_where_it_says():
     section = _section()
-    for symbol, where in (("FILTERS", "factory/curate/registry.py"), ("BENCHMARKS", "factory/evalsets.py"),
+    for symbol, where in (("FILTERS", "factory/curate/registry.py"), ("BENCHMARKS", "factory/evaluate/sets.py"),
                           ("PRESETS", "train/model.py")):
         row = next(line for line in section.splitlines() if f"`{symbol}`" in line)
         assert f"`{where}`" in row, row

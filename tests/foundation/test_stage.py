@@ -5,9 +5,9 @@ import json
 import datasets
 import pytest
 
-from factory.errors import FactoryError
-from factory.schema import DOC_SCHEMA, doc_id, extra, make_doc
-from factory.stage import StageDir, licences, read_docs, write_card
+from factory.core.errors import FactoryError
+from factory.core.schema import DOC_SCHEMA, doc_id, extra, make_doc
+from factory.core.stage import StageDir, licences, read_docs, write_card
 from tests.ecosystem import loads_everywhere
 
 

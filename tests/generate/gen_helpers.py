@@ -8,7 +8,7 @@ RECIPES = Path(__file__).parent / "recipes"
 
 
 def seed_rows(n: int) -> list[dict]:
-    from factory.schema import make_doc
+    from factory.core.schema import make_doc
 
     topics = ["volcano", "river", "piano", "comet", "forest", "bridge", "honey", "glacier", "desert", "violin",
               "harbor", "orchid", "lighthouse", "canyon", "owl", "meteor", "castle", "coral", "tundra", "kite"]
@@ -28,8 +28,8 @@ def request_keys(out) -> list[tuple[str, str, int]]:
     """(seed id, recipe, sample) of every document under `out`, sorted: which requests produced a
     document. Runs are compared by these, not by ids: ids hash the text, and a teacher's greedy
     output can change with request order (prefix reuse, batching), so two clean runs may differ."""
-    from factory.schema import extra
-    from factory.stage import read_docs
+    from factory.core.schema import extra
+    from factory.core.stage import read_docs
 
     rows = read_docs(str(out)).select(["meta"]).to_pylist()
     return sorted((r["meta"]["seed_id"], r["meta"]["recipe"], int(extra(r).get("sample", 0))) for r in rows)

@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from gen_helpers import gen_cfg, request_keys
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from factory.generate import run
-from factory.schema import extra
-from factory.stage import read_docs
+from factory.core.schema import extra
+from factory.core.stage import read_docs
 from factory.teacher.server import free_port
 from tests.proxy import FaultProxy
 from tests.ecosystem import loads_everywhere

@@ -8,7 +8,7 @@ import re
 from benchmarks.fleet_simulator import MODEL, FleetSimulator
 from gen_helpers import gen_cfg
 from factory.generate import run
-from factory.stage import read_docs
+from factory.core.stage import read_docs
 
 
 def test_generate_on_a_fleet_grows_the_windows_and_loses_nothing(ray_local, seeds_file, tmp_path, capfd, monkeypatch):

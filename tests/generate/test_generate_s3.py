@@ -7,7 +7,7 @@ import fsspec
 import pytest
 
 from factory.generate import run
-from factory.stage import StageDir
+from factory.core.stage import StageDir
 from gen_helpers import gen_cfg, request_keys
 
 

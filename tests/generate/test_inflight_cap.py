@@ -13,7 +13,7 @@ import pytest
 from benchmarks._stub_server import StubServer
 from factory.generate.shard import process_shard
 from factory.recipes import load_recipe
-from factory.stage import StageDir
+from factory.core.stage import StageDir
 from factory.teacher.client import TeacherClient
 from factory.teacher.config import AdaptiveOptions, Endpoint, TeacherConfig
 from gen_helpers import recipe, seed_rows

@@ -12,11 +12,11 @@ import time
 import pytest
 import yaml
 
-from factory.config import validate
-from factory.errors import FactoryError
+from factory.core.config import validate
+from factory.core.errors import FactoryError
 from factory.generate import GenerateConfig
 from factory.generate.workers import in_process, worker_count
-from factory.stage import read_docs
+from factory.core.stage import read_docs
 from gen_helpers import recipe, request_keys
 from tests.proxy import FaultProxy
 from test_resume import descendants

@@ -13,9 +13,9 @@ import time
 import pytest
 import yaml
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from factory.generate import run
-from factory.stage import StageDir
+from factory.core.stage import StageDir
 from gen_helpers import gen_cfg, recipe
 from tests.providers import ProviderProxy
 

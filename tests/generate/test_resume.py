@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from factory.generate import GenerateConfig, run
-from factory.stage import read_docs
+from factory.core.stage import read_docs
 from factory.teacher.config import BatchOptions, Endpoint, RetryPolicy, TeacherConfig
 from fake_batch import FakeBatchAPI
 from tests.proxy import FaultProxy

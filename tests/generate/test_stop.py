@@ -14,7 +14,7 @@ import fsspec
 import pytest
 import yaml
 
-from factory.stage import StageDir, read_docs
+from factory.core.stage import StageDir, read_docs
 from gen_helpers import recipe
 from tests.proxy import FaultProxy
 from test_resume import descendants

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from factory.schema import make_doc
-from factory.stage import StageDir
+from factory.core.schema import make_doc
+from factory.core.stage import StageDir
 
 WORDS = ("the cat sat on a mat while café naïve Straße 東京 ümlaut dog ran far away quick brown fox "
          "river stone tree house small big red blue").split()
@@ -45,7 +45,7 @@ def stages(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tokenized(stages, tmp_path_factory) -> Path:
     """A tokenize output folder with sources web, synthetic, rewrite (shards of 100 docs)."""
-    from factory.tokenize import TokenizeConfig, run
+    from factory.mix.tokenize import TokenizeConfig, run
 
     out = tmp_path_factory.mktemp("tok") / "tok"
     run(TokenizeConfig(sources={"web": {"path": str(stages["seeds"])},

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from tokenizers import Tokenizer
 
-from factory.errors import FactoryError
-from factory.mix import plan
+from factory.core.errors import FactoryError
+from factory.mix.plan import plan
 from train.loader import MixLoader
 
 ROOT = Path(__file__).parents[2]
@@ -71,8 +71,8 @@ def test_loader_draws_exactly_the_plan(data, tmp_path):
 
 
 def test_over_max_epochs_is_refused_by_default_and_warned_when_asked(data, tmp_path):
-    from factory.mix import make_plan
-    from factory.mixspec import load_mix
+    from factory.mix.plan import make_plan
+    from factory.mix.spec import load_mix
 
     f = mix_file(tmp_path, total_tokens=150_000)
     with pytest.raises(FactoryError, match="'web' is drawn [0-9.]+ epochs, over its max_epochs 4") as e:
@@ -83,14 +83,14 @@ def test_over_max_epochs_is_refused_by_default_and_warned_when_asked(data, tmp_p
 
 
 def epochs(p) -> dict[str, float]:
-    from factory.mix import totals
+    from factory.mix.plan import totals
 
     return {k: v["epochs"] for k, v in totals(p).items()}
 
 
 def test_cap_lowers_a_share_to_its_max_epochs_and_gives_the_rest_to_the_others(data, tmp_path):
-    from factory.mix import make_plan
-    from factory.mixspec import load_mix
+    from factory.mix.plan import make_plan
+    from factory.mix.spec import load_mix
 
     f = mix_file(tmp_path, total_tokens=80_000, fit="cap")
     free, _ = make_plan(load_mix(f, fit="warn"), data, str(f))
@@ -107,8 +107,8 @@ def test_cap_lowers_a_share_to_its_max_epochs_and_gives_the_rest_to_the_others(d
 
 
 def test_cap_in_phases_and_when_nothing_can_fill_the_phase(data, tmp_path):
-    from factory.mix import make_plan
-    from factory.mixspec import load_mix
+    from factory.mix.plan import make_plan
+    from factory.mix.spec import load_mix
 
     f = mix_file(tmp_path, total_tokens=80_000, fit="cap", phases=[
         {"name": "main", "fraction": 0.8}, {"name": "anneal", "fraction": 0.2, "shares": {"web": 0.3, "synthetic": 0.2, "rewrite": 0.5}}])

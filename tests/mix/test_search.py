@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
-from factory.errors import FactoryError
-from factory.mixsearch import search
+from factory.core.errors import FactoryError
+from factory.ablate.search import search
 
 OPT = {"web": 0.5, "synthetic": 0.3, "rewrite": 0.2}  # the maximum of sum_i OPT_i log(w_i) on the simplex
 
@@ -67,7 +67,7 @@ def test_search_finds_the_optimum_of_a_known_objective(data, tmp_path):
     assert truth(got) >= max(truth(r["shares"]) for r in rep["observed"]) - 0.01  # at least as good as any proxy
     mix = yaml.safe_load((tmp_path / "mixes" / "s1.yaml").read_text())  # a ready mix file beside the base mix
     assert {s["name"]: s["share"] for s in mix["sources"]} == pytest.approx(got, abs=2e-3)
-    from factory.mix import plan
+    from factory.mix.plan import plan
 
     assert plan(tmp_path / "mixes" / "s1.yaml", data)["phases"][0]["sources"]  # the planner accepts it
     assert (tmp_path / "out" / "fit.png").stat().st_size > 0 and "Spearman" in (tmp_path / "out" / "report.md").read_text()
@@ -79,8 +79,8 @@ def test_every_proxy_is_inside_the_bounds_and_the_epoch_limits(data, tmp_path):
                  vary={"web": {"min": 0.1, "max": 0.9}, "synthetic": {"min": 0.0, "max": 0.8, "max_epochs": 1.5},
                        "rewrite": {"min": 0.0, "max": 0.6}})
     rep = search(spec, tmp_path / "out", objective=objective(calls), show=False)
-    from factory.mix import make_plan
-    from factory.mixspec import mix_from_dict
+    from factory.mix.plan import make_plan
+    from factory.mix.spec import mix_from_dict
 
     base = yaml.safe_load((tmp_path / "mixes" / "base.yaml").read_text())
     for m in calls + [rep["proposal"]]:
@@ -136,7 +136,7 @@ def test_bad_search_files_are_one_clear_line(data, tmp_path):
 
 
 def test_the_shipped_search_file_is_valid():
-    from factory.mixsearch import load
+    from factory.ablate.search import load
 
     root = Path(__file__).parents[2]
     for name in ("search_phi4.yaml", "search_gpu.yaml"):
@@ -150,7 +150,7 @@ def test_the_shipped_search_file_is_valid():
 def test_runs_trained_elsewhere_are_put_where_the_search_looks(tmp_path):
     """Records matched to planned runs by cell and seed land in their eval.json once; records no
     planned run matches, bad JSON and records without scores are refused naming file and line."""
-    from factory.mixsearch.transfer import import_results
+    from factory.ablate.search.transfer import import_results
 
     o = tmp_path / "out"
     runs = o / "proxies" / "runs"
@@ -194,7 +194,7 @@ def test_a_search_named_like_its_file_is_refused(data, tmp_path):
 
 
 def test_a_scale_s_trainer_settings_go_over_the_search_s_section_by_section():
-    from factory.mixsearch.run import _merge
+    from factory.ablate.search.run import _merge
 
     got = _merge({"optim": {"lr": 1e-3, "warmup_steps": 20}, "train": {"compile": True}}, {"optim": {"lr": 2e-3}})
     assert got == {"optim": {"lr": 2e-3, "warmup_steps": 20}, "train": {"compile": True}}

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from factory.errors import FactoryError
-from factory.stage import read_docs
-from factory.tokenize import TokenizeConfig, file_sha, run
+from factory.core.errors import FactoryError
+from factory.core.stage import read_docs
+from factory.mix.tokenize import TokenizeConfig, file_sha, run
 
 
 def read_ds_docs(folder: Path, token_size: int = 2) -> list[list[int]]:

@@ -4,15 +4,15 @@ import pytest
 from typer.testing import CliRunner
 
 from factory.cli import app
-from factory.schema import make_doc
-from factory.stage import StageDir
+from factory.core.schema import make_doc
+from factory.core.stage import StageDir
 
 runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
 def wide_console():
-    from factory.ui import console
+    from factory.core.ui import console
 
     old = console.width
     console.width = 200  # names must not wrap in captured output

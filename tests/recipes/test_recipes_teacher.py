@@ -9,8 +9,8 @@ import asyncio
 import pytest
 
 from factory.recipes import list_recipes, load_recipe
-from factory.schema import extra, make_doc, to_table
-from factory.seedcurate import code_rows
+from factory.core.schema import extra, make_doc, to_table
+from factory.seeds.curate import code_rows
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def trimmed(row, words=70):
 
 @pytest.fixture(scope="module")
 def seeds():
-    from factory.seeds import wiki_rows
+    from factory.seeds.sources import wiki_rows
 
     return {"web": [trimmed(r) for r in wiki_rows(2, seed=7)], "code": code_rows()[:2]}
 
@@ -105,7 +105,7 @@ def test_wrong_seed_kind_rejected_without_calls(seeds):
 
 
 def test_teacher_labels_for_classifier(teacher, seeds):
-    from factory.seedcurate import teacher_labels
+    from factory.seeds.curate import teacher_labels
     from factory.teacher.client import TeacherClient
 
     async def go():

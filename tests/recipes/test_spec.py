@@ -2,9 +2,9 @@
 
 import pytest
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from factory.recipes import list_recipes, load_recipe, seed_context
-from factory.schema import make_doc
+from factory.core.schema import make_doc
 
 BUILTINS = {"textbook", "qa_rewrite", "wiki_rewrite", "distill", "knowledge_list", "exercises", "discussion",
             "self_revision", "instruction_reversal", "qa_vote"}

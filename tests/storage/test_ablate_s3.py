@@ -95,7 +95,7 @@ def test_grid_on_the_store_and_reruns_from_it(s3_bucket, tmp_path):
 
 def test_a_missing_bucket_is_one_clear_line(s3_server, tmp_path):
     from factory.cli import app
-    from factory.errors import FactoryError
+    from factory.core.errors import FactoryError
 
     res = CliRunner().invoke(app, ["ablate", str(_grid(tmp_path, tmp_path / "data")), "--out", "s3://no-such-bucket-abl/x"])
     assert isinstance(res.exception, FactoryError), res.output

@@ -18,8 +18,8 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 
-from factory.errors import FactoryError
-from factory.stage import StageDir, read_docs
+from factory.core.errors import FactoryError
+from factory.core.stage import StageDir, read_docs
 from tests.ecosystem import loads_everywhere
 
 ROOT = Path(__file__).parents[2]
@@ -100,7 +100,7 @@ def small_docs(n: int = 60, seed: int = 0) -> list[dict]:
 # seeds ----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_seeds_cli_reads_and_writes_s3_like_local(s3_server, bucket, tmp_path):
-    from factory import seeds
+    from factory.seeds import sources as seeds
 
     lines = [json.dumps({"text": f"seed number {i} about rivers and stones"}) for i in range(30)]
     lines[4], lines[9] = "not json", json.dumps({"other": 1})
@@ -134,8 +134,8 @@ def test_seeds_cli_reads_and_writes_s3_like_local(s3_server, bucket, tmp_path):
 
 
 def test_curate_seeds_local_input_s3_output(bucket, tmp_path):
-    from factory import seedcurate
-    from factory.seeds import wiki_rows
+    from factory.seeds import curate as seedcurate
+    from factory.seeds.sources import wiki_rows
 
     src = write_stage(str(tmp_path / "seeds"), wiki_rows(40, seed=2))
     cfg = seedcurate.SeedCurateConfig(n=20)
@@ -157,7 +157,7 @@ def token_inputs(tmp_path_factory) -> dict[str, str]:
 
 
 def tok_cfg(inputs: dict[str, str], out: str):
-    from factory.tokenize import TokenizeConfig
+    from factory.mix.tokenize import TokenizeConfig
 
     return TokenizeConfig(sources={"web": {"path": inputs["seeds"]},
                                    "synthetic": {"path": inputs["curated"], "kinds": ["synthetic"]},
@@ -167,7 +167,7 @@ def tok_cfg(inputs: dict[str, str], out: str):
 
 @pytest.fixture(scope="module")
 def local_tokens(token_inputs, tmp_path_factory) -> str:
-    from factory.tokenize import run
+    from factory.mix.tokenize import run
 
     out = str(tmp_path_factory.mktemp("tok") / "tokens")
     run(tok_cfg(token_inputs, out))
@@ -177,7 +177,7 @@ def local_tokens(token_inputs, tmp_path_factory) -> str:
 def test_tokenize_local_inputs_to_s3_like_local(s3_server, bucket, token_inputs, local_tokens):
     import boto3
 
-    from factory.tokenize import run
+    from factory.mix.tokenize import run
 
     out = f"{bucket}/tokens"
     m = run(tok_cfg(token_inputs, out))
@@ -211,8 +211,8 @@ def test_tokenize_local_inputs_to_s3_like_local(s3_server, bucket, token_inputs,
 
 @pytest.mark.slow
 def test_mix_plan_cli_on_s3_and_training_from_a_local_copy(bucket, token_inputs, local_tokens, tmp_path):
-    from factory.mix import plan
-    from factory.tokenize import run
+    from factory.mix.plan import plan
+    from factory.mix.tokenize import run
     from train.loader import MixLoader
 
     data = f"{bucket}/mixdata"
@@ -355,8 +355,8 @@ def test_curate_on_ray_local_inputs_to_s3_like_local(bucket, planted, local_cura
 
 # benchmarks -------------------------------------------------------------------------------------
 def test_benchmarks_built_on_s3_like_local(bucket, tmp_path):
-    from factory import evalsets
-    from factory.seeds import load_wiki_summaries
+    from factory.evaluate import sets as evalsets
+    from factory.seeds.sources import load_wiki_summaries
 
     recs = load_wiki_summaries()[:400]
     made = evalsets.build(f"{bucket}/bench", holdout_titles=[r["title"] for r in recs[:20]], n=20, records=recs)
@@ -368,19 +368,19 @@ def test_benchmarks_built_on_s3_like_local(bucket, tmp_path):
 
 # errors -----------------------------------------------------------------------------------------
 def _seeds(out):
-    from factory import seeds
+    from factory.seeds import sources as seeds
 
     seeds.run(seeds.SeedsConfig(n=3, out=out))
 
 
 def _seedcurate(out, src):
-    from factory import seedcurate
+    from factory.seeds import curate as seedcurate
 
     seedcurate.run(seedcurate.SeedCurateConfig(n=2, inputs=src, out=out))
 
 
 def _tokenize(out, src):
-    from factory.tokenize import TokenizeConfig, run
+    from factory.mix.tokenize import TokenizeConfig, run
 
     run(TokenizeConfig(sources={"web": {"path": src}}, tokenizer={"train": {"vocab_size": 300}}, out=out))
 
@@ -392,13 +392,13 @@ def _curate(out, src):
 
 
 def _mix(out, tokens):
-    from factory.mix import plan
+    from factory.mix.plan import plan
 
     plan(ROOT / "mixes/phi4.yaml", tokens, out=out)
 
 
 def _bench(out):
-    from factory import evalsets
+    from factory.evaluate import sets as evalsets
 
     evalsets.build(out, n=5, benches=["arith_mc"], records=[])
 

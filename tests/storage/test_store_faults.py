@@ -15,7 +15,7 @@ import fsspec
 import pytest
 import yaml
 
-from factory.stage import StageDir, read_docs
+from factory.core.stage import StageDir, read_docs
 from gen_helpers import recipe, request_keys, seed_rows
 
 pytestmark = pytest.mark.slow

@@ -118,7 +118,7 @@ def test_cli_trains_onto_the_store(s3_bucket, tmp_path):
 
 def test_missing_bucket_is_one_clear_line(s3_server, tmp_path):
     from factory.cli import app
-    from factory.errors import FactoryError
+    from factory.core.errors import FactoryError
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(tmp_path / "run")))

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from factory.teacher.cache import CompletionCache
 from factory.teacher.client import TeacherClient
 from factory.teacher.http import retry_after_s

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from factory.teacher.server import LocalTeacher, find_model
 
 

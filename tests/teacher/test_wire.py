@@ -233,7 +233,7 @@ def test_classes_of_errors():
 def test_a_host_that_does_not_resolve_is_one_error_naming_it():
     """A real DNS failure (the .invalid domain never resolves): retried as a blip, then one error naming the
     endpoint and the fix, before any work."""
-    from factory.errors import FactoryError
+    from factory.core.errors import FactoryError
 
     ep = Endpoint(base_url="http://no-such-teacher.invalid/v1", model="m")
     cfg = TeacherConfig(endpoints=[ep], retry=RetryPolicy(max_attempts=2, base_s=0.05, max_s=0.1))

@@ -33,7 +33,7 @@ def test_cli_trains_with_overrides(app, tmp_path):
 def test_cli_bad_field_is_one_line(app, tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(tmp_path / "run")))
-    from factory.errors import FactoryError
+    from factory.core.errors import FactoryError
 
     res = CliRunner().invoke(app, ["train", str(cfg), "--set", "optim.lrate=1"])
     assert isinstance(res.exception, FactoryError)  # `factory` prints it as one line and exits 2

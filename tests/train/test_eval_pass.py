@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.eval.conftest import WORDS, BagModel, word_tokenizer
+from tests.evaluate.conftest import WORDS, BagModel, word_tokenizer
 from train.eval import Evaluator, evaluate, load_benchmark, loglikelihoods, mc_requests, score_mc, score_val
 
 ITEMS = [{"question": "What is the capital of paris ?", "choices": ["france", "italy", "spain"], "answer": 0},

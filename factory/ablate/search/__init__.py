@@ -2,7 +2,7 @@
 target (fit), the best feasible mix and its validation (run), and the report (report). The search
 file's schema is in spec."""
 
-from factory.mixsearch.run import search
-from factory.mixsearch.spec import SearchConfig, load
+from factory.ablate.search.run import search
+from factory.ablate.search.spec import SearchConfig, load
 
 __all__ = ["SearchConfig", "load", "search"]

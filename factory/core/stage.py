@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from factory.config import config_hash
-from factory.errors import FactoryError, stopped
-from factory.schema import DOC_SCHEMA, to_table
+from factory.core.config import config_hash
+from factory.core.errors import FactoryError, stopped
+from factory.core.schema import DOC_SCHEMA, to_table
 
 MANIFEST = "manifest.json"
 DATA = "data"  # document shards: data/train-<name>.parquet, the Hub's layout (see doc_path)

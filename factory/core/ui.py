@@ -126,28 +126,3 @@ def human(n: float) -> str:
         if abs(n) >= div:
             return f"{n / div:.3g}{unit}"
     return f"{n:.0f}"
-
-
-def plan_table(p: dict[str, Any]) -> Table:
-    from factory.mix import totals
-
-    t = Table(title=f"mix {p['mix']}: {human(p['total_tokens'])} tokens, seq_len {p['seq_len']}, vocab {p['vocab_size']}")
-    for c in ("phase", "source", "kind", "share", "unique", "drawn", "epochs", "max ep."):
-        t.add_column(c, justify="left" if c in ("phase", "source", "kind") else "right", no_wrap=True)
-    t.caption = "unique: tokens in the shards; drawn: tokens trained on; epochs: drawn windows / windows"
-    tot = totals(p)
-    multi = len(p["phases"]) > 1
-    for ph in p["phases"]:
-        for s in ph["sources"]:
-            over = s["max_epochs"] is not None and tot[s["name"]]["epochs"] > s["max_epochs"]
-            t.add_row(ph["name"], s["name"], s["kind"], f"{s['share']:.1%}", human(s["unique_tokens"]), human(s["tokens"]),
-                      f"[yellow]{s['epochs']:.2f}[/]" if over else f"{s['epochs']:.2f}",
-                      "-" if s["max_epochs"] is None else f"{s['max_epochs']:g}")
-        t.add_section()
-    if multi:
-        for name, s in tot.items():
-            over = s["max_epochs"] is not None and s["epochs"] > s["max_epochs"]
-            t.add_row("[bold]all", name, s["kind"], f"{s['tokens'] / p['total_tokens']:.1%}", human(s["unique_tokens"]),
-                      human(s["tokens"]), f"[yellow]{s['epochs']:.2f}[/]" if over else f"{s['epochs']:.2f}",
-                      "-" if s["max_epochs"] is None else f"{s['max_epochs']:g}")
-    return t

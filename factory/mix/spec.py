@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.config import read_yaml, validate
-from factory.errors import FactoryError
+from factory.core.config import read_yaml, validate
+from factory.core.errors import FactoryError
 
 SHARE_TOL = 1e-6
 NAME = r"^[A-Za-z0-9_.-]+$"

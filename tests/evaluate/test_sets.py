@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory import evalsets
-from factory.errors import FactoryError
+from factory.evaluate import sets as evalsets
+from factory.core.errors import FactoryError
 from train.eval import load_benchmark
 
 TOPICS = ["Arts", "Geography", "Mathematics"]
@@ -104,7 +104,7 @@ def test_unknown_benchmark_and_empty_build(tmp_path):
 
 
 def test_real_corpus_items(tmp_path):
-    from factory.seeds import load_wiki_summaries
+    from factory.seeds.sources import load_wiki_summaries
 
     try:
         recs = load_wiki_summaries()

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 M = TypeVar("M", bound=BaseModel)
 

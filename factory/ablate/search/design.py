@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 
 def check(lo: np.ndarray, hi: np.ndarray, mass: float, names: list[str], where: str, why: str) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 QA_PROMPT = "Question: {question}\nAnswer:"
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
@@ -36,7 +36,7 @@ _WORD = re.compile(r"^[A-Za-z][a-z]{3,}$")
 def write_benchmark(out_dir: str | Path, spec: dict[str, Any], items: list[dict[str, Any]]) -> str:
     """Write one benchmark folder (benchmark.yaml + data.jsonl) under `out_dir` (any fsspec URL);
     return the folder's URL."""
-    from factory.stage import join, put_bytes, storage_errors
+    from factory.core.stage import join, put_bytes, storage_errors
 
     d = join(str(out_dir), spec["name"])
     with storage_errors(d):
@@ -194,7 +194,7 @@ def arith_em(n: int, seed: int) -> tuple[dict, list[dict]]:
 
 
 def wiki_val(records: list[dict], n: int, seed: int) -> tuple[dict, list[dict]]:
-    from factory.seeds import wiki_text
+    from factory.seeds.sources import wiki_text
 
     rng = random.Random(f"wiki_val:{seed}")
     recs = rng.sample(records, min(n, len(records)))
@@ -209,7 +209,7 @@ def source_loss_bench(out_dir: str | Path, name: str, ds_folder: str | Path, win
     """A val_loss benchmark over the last `windows` windows of a tokenized source (a folder of .ds
     shards, local or any fsspec URL). Those windows are held out only if the tokenize stage kept
     them out of training."""
-    from factory.stage import is_url
+    from factory.core.stage import is_url
 
     ds = str(ds_folder) if is_url(str(ds_folder)) else str(Path(ds_folder).resolve())
     spec = {"name": name, "type": "val_loss", "higher_is_better": False, "ds": ds,
@@ -249,7 +249,7 @@ def build(
     Returns {"dirs": {name: folder}, "titles": sorted subject titles of the knowledge items};
     `out_dir` and the folders are local paths or fsspec URLs.
     """
-    from factory.stage import check_store
+    from factory.core.stage import check_store
 
     benches = list(benches)
     bad = [b for b in benches if b not in BUILTIN]
@@ -257,7 +257,7 @@ def build(
         raise FactoryError(f"unknown built-in benchmark(s) {bad}", where="evalsets", field="benches", fix=f"pick from {list(BUILTIN)}")
     check_store(str(out_dir))
     if records is None:
-        from factory.seeds import load_wiki_summaries
+        from factory.seeds.sources import load_wiki_summaries
 
         records = load_wiki_summaries()
     hold = set(holdout_titles or ())

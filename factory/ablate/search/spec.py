@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from factory.config import load_config
+from factory.core.config import load_config
 
 
 class _M(BaseModel):

@@ -56,7 +56,7 @@ def plot(rep: dict[str, Any], names: list[str], model, sign: float, region, path
     ax.set_ylabel(f"held-out prediction ({rep['chosen']})")
     ax.set_title(f"fit: Spearman {rep['fit'][rep['chosen']]['spearman']:.2f}")
     ax = axes[1]
-    from factory.mixsearch.design import sample
+    from factory.ablate.search.design import sample
 
     cand = sample(region.lo, region.hi, region.mass, 4000, np.random.default_rng(0))
     sc = ax.scatter(cand[:, 0], cand[:, 1], c=sign * model.predict(cand), s=6, cmap="viridis")

@@ -6,10 +6,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 from factory.recipes.sandbox import run_python
-from factory.schema import extra, make_doc, to_table
-from factory.seedcurate import (HashedLogReg, SeedCurateConfig, cluster_topics, code_rows, curate, heuristic_scores,
+from factory.core.schema import extra, make_doc, to_table
+from factory.seeds.curate import (HashedLogReg, SeedCurateConfig, cluster_topics, code_rows, curate, heuristic_scores,
                                 qa_rows, split_passages)
 
 EDU = ("Photosynthesis is the process by which green plants convert light energy into chemical energy. "
@@ -48,7 +48,7 @@ def test_hashed_logreg_learns_and_roundtrips(tmp_path):
 
 @pytest.fixture(scope="module")
 def wiki():
-    from factory.seeds import wiki_rows
+    from factory.seeds.sources import wiki_rows
 
     return wiki_rows(300, seed=0)
 
@@ -108,8 +108,8 @@ def test_qa_rows(tmp_path):
 
 
 def test_stage_run_writes_manifest_and_skips_rerun(tmp_path, wiki):
-    from factory.seedcurate import run
-    from factory.stage import StageDir, read_docs
+    from factory.seeds.curate import run
+    from factory.core.stage import StageDir, read_docs
 
     src = StageDir(str(tmp_path / "seeds"), "seeds", {"n": 50})
     src.write_docs("part-0.parquet", wiki[:50])

@@ -11,8 +11,8 @@ import io
 import json
 from typing import Any
 
-from factory.errors import FactoryError
-from factory.stage import read_bytes
+from factory.core.errors import FactoryError
+from factory.core.stage import read_bytes
 
 
 def bad_row(line: int, reason: str, problem: str, raw: str = "", unit: str = "line") -> dict[str, Any]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory.errors import FactoryError
-from factory.mixspec import MixConfig, json_schema, load_mix, mix_from_dict, phase_shares
+from factory.core.errors import FactoryError
+from factory.mix.spec import MixConfig, json_schema, load_mix, mix_from_dict, phase_shares
 
 ROOT = Path(__file__).parents[2]
 

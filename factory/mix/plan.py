@@ -1,6 +1,6 @@
 """Plan a mix: count each source's unique tokens, split every phase into samples, cost the epochs.
 
-`plan(mix_path, data_root)` reads a mix YAML (see `factory.mixspec`), checks the tokenized shards
+`plan(mix_path, data_root)` reads a mix YAML (see `factory.mix.spec`), checks the tokenized shards
 against the tokenizer, and returns plan.json's dict, which `train.loader.MixLoader` draws exactly:
 
 - A phase of T tokens is N = T // seq_len samples (each trains seq_len targets). Token budgets
@@ -29,10 +29,12 @@ from typing import Any
 
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
+from rich.table import Table
 
-from factory.errors import FactoryError
-from factory.mixspec import MixConfig, load_mix, phase_shares
-from factory.stage import check_store, fresh_fs, is_url, join, put_bytes, storage_errors
+from factory.core.errors import FactoryError
+from factory.mix.spec import MixConfig, load_mix, phase_shares
+from factory.core.stage import check_store, fresh_fs, is_url, join, put_bytes, storage_errors
+from factory.core.ui import human
 
 CHUNK = 1 << 26  # bytes per read when scanning a remote shard for its largest token id
 
@@ -263,3 +265,26 @@ def totals(p: dict[str, Any]) -> dict[str, dict[str, Any]]:
             t["tokens"] += s["tokens"]
             t["epochs"] = round(t["epochs"] + s["epochs"], 4)
     return out
+
+
+def plan_table(p: dict[str, Any]) -> Table:
+    t = Table(title=f"mix {p['mix']}: {human(p['total_tokens'])} tokens, seq_len {p['seq_len']}, vocab {p['vocab_size']}")
+    for c in ("phase", "source", "kind", "share", "unique", "drawn", "epochs", "max ep."):
+        t.add_column(c, justify="left" if c in ("phase", "source", "kind") else "right", no_wrap=True)
+    t.caption = "unique: tokens in the shards; drawn: tokens trained on; epochs: drawn windows / windows"
+    tot = totals(p)
+    multi = len(p["phases"]) > 1
+    for ph in p["phases"]:
+        for s in ph["sources"]:
+            over = s["max_epochs"] is not None and tot[s["name"]]["epochs"] > s["max_epochs"]
+            t.add_row(ph["name"], s["name"], s["kind"], f"{s['share']:.1%}", human(s["unique_tokens"]), human(s["tokens"]),
+                      f"[yellow]{s['epochs']:.2f}[/]" if over else f"{s['epochs']:.2f}",
+                      "-" if s["max_epochs"] is None else f"{s['max_epochs']:g}")
+        t.add_section()
+    if multi:
+        for name, s in tot.items():
+            over = s["max_epochs"] is not None and s["epochs"] > s["max_epochs"]
+            t.add_row("[bold]all", name, s["kind"], f"{s['tokens'] / p['total_tokens']:.1%}", human(s["unique_tokens"]),
+                      human(s["tokens"]), f"[yellow]{s['epochs']:.2f}[/]" if over else f"{s['epochs']:.2f}",
+                      "-" if s["max_epochs"] is None else f"{s['max_epochs']:g}")
+    return t

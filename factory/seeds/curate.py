@@ -23,11 +23,11 @@ from typing import Any, Iterable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.errors import FactoryError
-from factory.schema import extra as row_extra
-from factory.schema import make_doc, sha
+from factory.core.errors import FactoryError
+from factory.core.schema import extra as row_extra
+from factory.core.schema import make_doc, sha
 
-CODE_SEEDS = Path(__file__).resolve().parents[1] / "seeds" / "code"
+CODE_SEEDS = Path(__file__).resolve().parents[2] / "seeds" / "code"
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*|\d+(?:\.\d+)?")
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
@@ -175,7 +175,7 @@ class HashedLogReg:
 
     def save(self, path: str | Path) -> None:
         """Write the weights (npz) to `path` (any fsspec URL)."""
-        from factory.stage import put_bytes
+        from factory.core.stage import put_bytes
 
         nz = np.nonzero(self.w)[0]
         buf = io.BytesIO()
@@ -184,7 +184,7 @@ class HashedLogReg:
 
     @classmethod
     def load(cls, path: str | Path) -> "HashedLogReg":
-        from factory.stage import read_bytes
+        from factory.core.stage import read_bytes
 
         z = np.load(io.BytesIO(read_bytes(str(path))))
         m = cls(int(z["dim"]))
@@ -348,7 +348,7 @@ def curate(rows: Iterable[dict[str, Any]], cfg: SeedCurateConfig | None = None,
 # other seed kinds ---------------------------------------------------------------------------
 def qa_rows(pairs: Iterable[dict[str, Any]] | str | Path, source: str = "qa") -> list[dict[str, Any]]:
     """Seed rows from Q&A pairs (dicts, or a JSONL file at any fsspec URL with `question` and `answer`)."""
-    from factory.stage import exists, read_text
+    from factory.core.stage import exists, read_text
 
     where = None
     if isinstance(pairs, (str, Path)):
@@ -370,7 +370,7 @@ def qa_rows(pairs: Iterable[dict[str, Any]] | str | Path, source: str = "qa") ->
 def code_rows(folder: str | Path = CODE_SEEDS) -> list[dict[str, Any]]:
     """Seed rows from `NAME.py` + `NAME_test.py` pairs in a folder at any fsspec URL (tests import
     the code as `solution`)."""
-    from factory.stage import fresh_fs, storage_errors
+    from factory.core.stage import fresh_fs, storage_errors
 
     where = str(folder)
     with storage_errors(where):
@@ -392,7 +392,7 @@ def run(cfg: SeedCurateConfig) -> dict[str, Any]:
     """The seed-curation stage: read seed rows from `cfg.inputs`, write curated passages to `cfg.out`
     (plus the code seeds when `cfg.code`), with counts and the topic mix in the manifest. Both are
     fsspec URLs, each with its own filesystem."""
-    from factory.stage import StageDir, check_store, licences, read_docs, storage_errors, write_card
+    from factory.core.stage import StageDir, check_store, licences, read_docs, storage_errors, write_card
 
     inputs, out, code = cfg.inputs, cfg.out, cfg.code
     if not inputs:

@@ -43,10 +43,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.config import load_config
-from factory.errors import FactoryError
-from factory.stage import StageDir, check_store, exists, read_bytes, read_docs, read_text, storage_errors, to_url
-from factory.ui import progress
+from factory.core.config import load_config
+from factory.core.errors import FactoryError
+from factory.core.stage import StageDir, check_store, exists, read_bytes, read_docs, read_text, storage_errors, to_url
+from factory.core.ui import progress
 
 EOS = "<|endoftext|>"
 

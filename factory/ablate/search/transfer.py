@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 STEPS = ("proxies", "validate")
 

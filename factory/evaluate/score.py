@@ -10,12 +10,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 
 def builtin_benchmarks(run_dir: str, n: int = 500) -> list[str]:
     """The built-in benchmark folders: next to a local run, or in a shared temp folder for a URL."""
-    from factory import evalsets
+    from factory.evaluate import sets as evalsets
     from train import storage
 
     where = Path(tempfile.gettempdir()) / "factory-eval" / f"n{n}" if storage.is_url(run_dir) else Path(run_dir)

@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import yaml
 
-from factory.config import config_hash, read_yaml
-from factory.errors import FactoryError
-from factory.mixsearch import design, fit
-from factory.mixsearch.spec import Scale, SearchConfig, load
+from factory.core.config import config_hash, read_yaml
+from factory.core.errors import FactoryError
+from factory.ablate.search import design, fit
+from factory.ablate.search.spec import Scale, SearchConfig, load
 
 Objective = Callable[[list[dict[str, float]], Path], Iterator[tuple[int, float]]]
 
@@ -59,8 +59,8 @@ class Region:
 
 def _base(cfg: SearchConfig, where: str) -> tuple[Path, dict, dict[str, int]]:
     """The base mix file, its dict and each source's unique tokens (from the planner's own scan)."""
-    from factory.mix import make_plan
-    from factory.mixspec import mix_from_dict
+    from factory.mix.plan import make_plan
+    from factory.mix.spec import mix_from_dict
 
     path = (Path(where).parent / cfg.base_mix).resolve()
     base = read_yaml(path)
@@ -156,8 +156,8 @@ def search(path: str | Path, out: str | Path | None = None, objective: Objective
     "to_run", ...}; train it with `python -m train.suite TASKS` and call again. `results` are the
     finished runs brought back from another machine (JSONL of eval.json records, or folders of
     eval.json files), put in place before anything else."""
-    from factory.mixsearch.report import write
-    from factory.mixsearch.transfer import import_results
+    from factory.ablate.search.report import write
+    from factory.ablate.search.transfer import import_results
 
     where = str(path)
     cfg = load(path)
@@ -256,7 +256,7 @@ def _validate(cfg: SearchConfig, base_path: Path, region: Region, proposal: dict
     """The proposal and each baseline at the validation scale, seeds x target, with 95% intervals
     (with `plan_only` and runs still to do: {"tasks_file", "to_run", "done"} instead)."""
     from factory import ablate
-    from factory.report import interval, welch
+    from factory.ablate.report import interval, welch
 
     v = cfg.validate_
     if v is None:

@@ -1,0 +1,1 @@
+"""Evaluation: the built-in benchmark sets (sets) and scoring a trained model on them (score)."""
