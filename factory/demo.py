@@ -217,10 +217,10 @@ def _fmt(s: dict | None) -> str:
 
 def check_ready() -> None:
     """Fail fast, before any work, when a part of the embedded default is missing."""
-    from factory.seeds.sources import _wiki_file
+    from factory.seeds.sources import wiki_file
     from factory.teacher.server import find_model
 
-    _wiki_file("en-us")
+    wiki_file("en-us")
     find_model()
     for mod in ("llama_cpp.server", "datatrove", "ray", "torch"):
         try:

@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from factory.core.merge import deep_merge
+
 
 class ConfigError(ValueError):
     """A bad run config: the message names the file, the field and the fix (`fix`, where it is
@@ -190,13 +192,6 @@ def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict[str, Any]:
     return nested
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out.get(k) or {}, v) if isinstance(v, dict) and isinstance(out.get(k), (dict, type(None))) else v
-    return out
-
-
 def load(config: str | Path | dict | RunConfig | None = None,
          overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
     """A RunConfig from a YAML path, a dict or a RunConfig, with overrides applied on top."""
@@ -218,7 +213,7 @@ def load(config: str | Path | dict | RunConfig | None = None,
             raise ConfigError(f"{p}: not a UTF-8 text file (byte {e.start}); give a YAML run config saved as UTF-8") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    data = _merge(data, parse_overrides(overrides))
+    data = deep_merge(data, parse_overrides(overrides))
     cfg = _build(RunConfig, data, where)
     _check(cfg, where)
     return cfg

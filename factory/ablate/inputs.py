@@ -3,7 +3,7 @@ URL, with a local copy of what the planner and trainer read from disk) and each 
 
 from __future__ import annotations
 
-import copy
+
 import hashlib
 import json
 import tempfile
@@ -12,6 +12,7 @@ from typing import Any
 
 from factory.ablate.grid import GridConfig, SubsetConfig
 from factory.core.errors import FactoryError
+from factory.core.merge import deep_merge
 from train import storage
 
 
@@ -37,13 +38,6 @@ def build_benchmarks(g: GridConfig, out: Path, base_mix: dict, data_root: Path) 
             raise FactoryError("benchmark file not found", where=f, field="benchmarks.files", fix="check the path")
         dirs.append(f)
     return dirs
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 class Out:
@@ -79,7 +73,7 @@ def run_config(g: GridConfig, seed_dir: Path, seed: int, run_dir: str | None = N
     s = g.scales[scale] if scale else None
     fixed = {"run_dir": run_dir or str((seed_dir / "run").resolve()), "seed": seed, "model": dict(s.model if s else g.model),
              "data": {"source": "plan", "plan": str((seed_dir / "plan.json").resolve())}}
-    return _merge(_merge(_merge({"train": {"steps": 0}}, g.run_config), s.run_config if s else {}), fixed)
+    return deep_merge(deep_merge(deep_merge({"train": {"steps": 0}}, g.run_config), s.run_config if s else {}), fixed)
 
 
 def _lines(root: Path, name: str | None, field: str) -> list[str]:

@@ -68,10 +68,11 @@ def curate(
         data["executor"]["tasks"] = tasks
     if set_:  # the same `section.key=value` overrides as `factory train --set`
         from factory.core.errors import FactoryError
-        from train.config import ConfigError, _merge, parse_overrides
+        from factory.core.merge import deep_merge
+        from train.config import ConfigError, parse_overrides
 
         try:
-            data = _merge(data, parse_overrides(set_))
+            data = deep_merge(data, parse_overrides(set_))
         except ConfigError as e:
             raise FactoryError(str(e), field="--set", fix="write --set section.key=value") from None
     cfg = C.validate_config(data, config or str(C.DEFAULT_YAML))

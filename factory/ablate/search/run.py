@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from factory.core.config import config_hash, read_yaml
+from factory.core.merge import deep_merge
 from factory.core.errors import FactoryError
 from factory.ablate.search import design, fit
 from factory.ablate.search.spec import Scale, SearchConfig, load
@@ -80,7 +81,7 @@ def _grid(cfg: SearchConfig, base_path: Path, region: Region, mixes: list[dict[s
     vary["description"] = [str(i) for i in range(len(mixes))]  # the cell's index, as its label `mix`
     return {"name": name, "base_mix": str(base_path), "data_root": str(Path(cfg.data_root).resolve()),
             "tokens": scale.tokens, "seeds": scale.seeds, "model": scale.model, "nproc": scale.nproc,
-            "run_config": _merge(cfg.run_config, scale.run_config), "vary": [vary], "drop_zero_shares": False,
+            "run_config": deep_merge(cfg.run_config, scale.run_config), "vary": [vary], "drop_zero_shares": False,
             "benchmarks": cfg.benchmarks or {"builtin": sorted(cfg.target)}, "labels": {"description": "mix"},
             "report": {"x": "mix", "group": None, "title": f"{name}", "notes": where}}
 
@@ -91,14 +92,6 @@ def _shown(p: Path) -> str:
         return str(p.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(p)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    """`over` on `base`, section by section (a scale's `optim: {lr}` keeps the search's warmup)."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def target_of(scores: dict[str, Any], target: dict[str, float], where: str) -> float:
