@@ -86,7 +86,7 @@ def save(root: str | Path, step: int, model, optim, meta: dict, keep: int = 2) -
 
 def _save_url(root: str, step: int, model, optim, meta: dict, keep: int) -> str:
     """save() on a URL: written in place, meta.json last; older and unfinished ones pruned."""
-    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+    from factory.core.compat import dcp_fsspec_writer
 
     rank = dist.get_rank()
     final = storage.join(root, f"step_{step:07d}")
@@ -95,7 +95,7 @@ def _save_url(root: str, step: int, model, optim, meta: dict, keep: int) -> str:
     dist.barrier()
     msd, osd = get_state_dict(model, optim)
     with storage.errors(final):  # the store commits each object on close: no fsync needed
-        dcp.save({"model": msd, "optim": osd}, storage_writer=FsspecWriter(final, sync_files=False))
+        dcp.save({"model": msd, "optim": osd}, storage_writer=dcp_fsspec_writer(final, sync_files=False))
     buf = io.BytesIO()
     torch.save(rng_state(), buf)
     storage.write_bytes(storage.join(final, f"rng_{rank}.pt"), buf.getvalue())
@@ -149,8 +149,9 @@ def load(path: str | Path, model, optim=None) -> dict:
     meta = _read_meta(path)
     where = {"checkpoint_id": str(path)}
     if url:
-        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
-        where = {"storage_reader": FsspecReader(path)}
+        from factory.core.compat import dcp_fsspec_reader
+
+        where = {"storage_reader": dcp_fsspec_reader(path)}
     with storage.errors(path):
         if optim is not None:
             msd, osd = get_state_dict(model, optim)

@@ -86,13 +86,13 @@ def _refresh_ray_auth() -> None:
     """Make an already-imported Ray see a changed RAY_AUTH_MODE / token (it caches both)."""
     try:
         import ray
-        from ray._raylet import AuthenticationTokenLoader, Config
     except ImportError:
         return
     if ray.is_initialized():  # a connected process keeps the config it connected with
         return
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
+    from factory.core.compat import ray_reload_auth
+
+    ray_reload_auth()
 
 
 def ray_env(extra: dict | None = None, starting_local: bool = False) -> dict:

@@ -80,13 +80,11 @@ def snapshot(working_dir: str, excludes: list[str]) -> Path:
     """
     import tempfile
 
-    from ray._private import ray_constants
-    from ray._private.runtime_env.packaging import create_package
+    from factory.core.compat import ray_package_working_dir
 
     target = Path(tempfile.mkdtemp(prefix="factory-submit-")) / "working_dir.zip"
-    create_package(working_dir, target, include_gitignore=os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE") != "1",
-                   excludes=ray_constants.get_runtime_env_default_excludes() + excludes)
-    return target
+    return ray_package_working_dir(working_dir, target, excludes,
+                                   include_gitignore=os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE") != "1")
 
 
 def runtime_env_for(working_dir: str | None, env_vars: list[str] = (), extra: dict | None = None) -> dict:

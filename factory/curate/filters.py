@@ -18,6 +18,7 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.filters.language_filter import LanguageFilter
 
+from factory.core.compat import fasttext_loaded
 from factory.curate.io import reject
 
 
@@ -248,7 +249,7 @@ class OfflineLanguageFilter(LanguageFilter):
     reason = "language"
 
     def filter(self, doc):
-        if self.model._model is None:
+        if not fasttext_loaded(self.model):
             ensure_lid_asset()
         ok = super().filter(doc)
         if not ok:

@@ -17,6 +17,8 @@ from typing import Callable, Iterator
 import multiprocess
 from datatrove.executor.local import LocalPipelineExecutor
 
+from factory.core.compat import rich_console_file
+
 LOG = "datatrove.log"
 
 
@@ -49,7 +51,7 @@ def to_stage_file(stage_url: str) -> Iterator[str]:
 
     url = f"{stage_url.rstrip('/')}/{LOG}"
     sink = io.StringIO() if is_url(url) else open(url, "a", buffering=1, encoding="utf-8")
-    real, pinned = sys.stderr, console._file  # None: the console follows sys.stderr
+    real, pinned = sys.stderr, rich_console_file(console)  # None: the console follows sys.stderr
     console.file = pinned or real
     logger.remove()
     logger.add(sink, level="DEBUG")

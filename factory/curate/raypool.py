@@ -17,6 +17,8 @@ from typing import Any
 
 from datatrove.utils.logging import logger
 
+from factory.core.compat import datatrove_run_rank
+
 GIB = 1024**3
 
 
@@ -28,7 +30,7 @@ class CurationWorker:
 
     def run(self, executor, ranks: list[int]) -> list[int]:
         for rank in ranks:  # a fresh copy per rank, as datatrove's forked process: steps count one rank each
-            copy.deepcopy(executor)._run_for_rank(rank, 1)  # errors only on the console: the rest is in the task log
+            datatrove_run_rank(copy.deepcopy(executor), rank)  # errors only on the console: the rest is in the task log
         return ranks
 
 
