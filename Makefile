@@ -17,7 +17,7 @@ WHEEL_CACHE ?= $(HOME)/.cache/synth-factory/wheels
 LLAMA_KEY := $(shell printf '%s|%s|%s|%s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' "$$(uname -m)" "$$($(PY) -c 'import sys; print(sys.implementation.cache_tag)')" | sha256sum | cut -c1-16)
 LLAMA_WHEELS := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_KEY)
 
-.PHONY: demo test test-fast bench docs install browser clean
+.PHONY: demo test test-fast lint bench docs install browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,12 +46,16 @@ browser:
 	  echo "chromium not installed: the review page's browser test will skip"
 
 # the suite as two lanes side by side (one per core), then the time per directory and the slowest tests
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(BIN)/python -m tests.split
 
 # the edit loop: everything but the end-to-end tests on real parts (teacher, Ray, torchrun)
-test-fast: $(STAMP)
+test-fast: $(STAMP) lint
 	$(BIN)/python -m tests.split -m "not slow"
+
+# ruff (configured in pyproject.toml): pyflakes, pycodestyle's errors, import order
+lint: $(STAMP)
+	$(BIN)/ruff check factory train tests benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

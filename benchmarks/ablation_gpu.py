@@ -255,7 +255,10 @@ def run(prep: Path, out: Path, budget_s: float, jobs: int, nproc: int, tokens: i
     left = budget_s - (time.time() - t_start)
     cfg0 = ctask["config"]
     forced = int(extra.get("train", {}).get("steps", 0)) * int(cfg0["train"]["global_batch"]) * _seq_len(prep, small, cells[0])
-    tok = (lambda B: min(B, forced) if forced else B)
+
+    def tok(B: int) -> int:
+        return min(B, forced) if forced else B
+
     est = {B: n_runs * (tok(B) / tps + fixed / jobs) for B in man["budgets"]}
     fits = [B for B in man["budgets"] if est[B] <= 0.85 * left]
     while not tokens and len(seeds) > 2 and (max(fits) if fits else 0) < min_tokens:  # fewer seeds, more tokens

@@ -63,9 +63,9 @@ def _restated(recs: list[dict], kind: str) -> list[dict]:
 def write_corpus(prep: Path) -> None:
     """The three sources (web summaries, templated synthetic and rewrite text) under `prep`, tokenized
     into `prep/tokens` with a 4k vocabulary."""
+    from factory.core.stage import StageDir
     from factory.mix import tokenize
     from factory.seeds.sources import load_wiki_summaries, wiki_rows
-    from factory.core.stage import StageDir
 
     recs = load_wiki_summaries()
     for name, kind, rows in (("web", "web", wiki_rows(records=recs)), ("synthetic", "synthetic", _restated(recs[::2], "synthetic")),

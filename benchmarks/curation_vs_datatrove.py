@@ -33,8 +33,8 @@ def corpus(tmp: Path, n_docs: int, seed: int = 0, shards: int = 8) -> tuple[str,
     """A synthetic-looking corpus from the offline Wikipedia summaries: lessons, near and exact
     copies, copies of seeds, a few refusals/truncations, and benchmark items taken from it."""
     from factory.core.schema import make_doc
-    from factory.seeds.sources import load_wiki_summaries, wiki_rows
     from factory.core.stage import StageDir
+    from factory.seeds.sources import load_wiki_summaries, wiki_rows
 
     rng = random.Random(seed)
     recs = [r for r in load_wiki_summaries() if len(r["extract"].split()) >= 40]

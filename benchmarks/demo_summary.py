@@ -61,7 +61,7 @@ def table(s: dict) -> str:
             f"| generate | {g['requests']} requests, {g['docs']} documents ({sum(g['rejected'].values())} rejected by the "
             f"recipes: {reasons(g['rejected'])}), {g['completion_tokens'] / 1000:.1f}k completion tokens | {tm['generate']:.0f} s |",
             f"| curate | {c['kept']} kept of {c['in']}: {reasons(c['rejected'])} | {tm['curate']:.0f} s |",
-            f"| tokenize | " + ", ".join(f"{k} {v / 1000:.1f}k tokens" for k, v in tk.items()) + f" | {tm['tokenize']:.0f} s |",
+            "| tokenize | " + ", ".join(f"{k} {v / 1000:.1f}k tokens" for k, v in tk.items()) + f" | {tm['tokenize']:.0f} s |",
             f"| train | one model per mix | {' and '.join(f'{v:.0f} s' for v in train)} |",
             f"| eval | the knowledge benchmarks | {' and '.join(f'{v:.0f} s' for v in ev)} |",
             f"| total | | {sum(tm.values()):.0f} s |", "",

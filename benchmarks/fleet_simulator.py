@@ -49,7 +49,6 @@ import heapq
 import itertools
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -345,9 +344,9 @@ def make_app(replica: Replica):
 
 
 async def serve(n: int, model: ReplicaModel, host: str = "127.0.0.1", ready=None, http: str = "aiohttp") -> None:
-    from aiohttp import web
-
     import logging
+
+    from aiohttp import web
 
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # clients hanging up mid-request are normal here
     runners, ports = [], []

@@ -35,8 +35,8 @@ import asyncio
 import contextlib
 import datetime
 import fcntl
-import math
 import json
+import math
 import os
 import platform
 import signal
@@ -282,8 +282,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         done["per_size"] = sorted([size_point(p) for p in a.sizes], key=lambda x: x["requests"])
         Path(a.out).write_text(json.dumps(done, indent=2) + "\n")
         return done
-    from factory.generate import GenerateConfig
     from factory.core.schema import make_doc
+    from factory.generate import GenerateConfig
     from factory.teacher.config import local_config
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))

@@ -187,8 +187,8 @@ class WorkerSampler(threading.Thread):
 
 
 def full_path(url: str, model: str, a: argparse.Namespace) -> dict[str, Any]:
-    from factory.generate import GenerateConfig, run
     from factory.core.schema import make_doc
+    from factory.generate import GenerateConfig, run
     from factory.teacher.config import local_config
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-stub-"))

@@ -112,8 +112,8 @@ def run_ours(a: argparse.Namespace, w: dict[str, Any], out: Path, timed: str = "
     handshake with the teacher, and the first shard's start to the last shard's end: the Ray worker
     processes' start left out, like the anchor's process start) or "workers_start" (from the
     workers' creation, as Ray Data's actors are timed). Ray's tear-down is in neither."""
-    from factory.generate import GenerateConfig, run
     from factory.core.stage import read_docs
+    from factory.generate import GenerateConfig, run
 
     cfg = GenerateConfig(seeds=w["seeds"], recipes=[w["recipe"]], shards=a.shards, teacher=w["tcfg"], out=str(out),
                          workers=a.workers, concurrency=a.concurrency)

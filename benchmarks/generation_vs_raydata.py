@@ -41,7 +41,17 @@ os.environ.setdefault("RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare_rounds import alternate, report  # noqa: E402
-from generation_vs_inferencerunner import common_args, machine, removed, run_ours, save, settings, teacher, warm_up, workload  # noqa: E402
+from generation_vs_inferencerunner import (  # noqa: E402
+    common_args,
+    machine,
+    removed,
+    run_ours,
+    save,
+    settings,
+    teacher,
+    warm_up,
+    workload,
+)
 
 
 def raydata_available() -> str | None:

@@ -73,8 +73,8 @@ def step(search_file: Path, results: list[Path]) -> dict:
 
 
 def report(search_file: Path, results: list[Path]) -> None:
-    from factory.ablate.search import search
     from factory.ablate.report import interval
+    from factory.ablate.search import search
 
     rep = search(search_file, validate=True, results=results)
     o, dest = Path(rep["out"] if "out" in rep else PREP / "out"), RESULTS / "mix_search"

@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from factory.teacher.cache import SPOOL_ENV
     from factory.teacher.server import LocalTeacher
-    from tests.proxy import FaultProxy
     from tests.cluster.nodes import Cluster
+    from tests.proxy import FaultProxy
     from tests.s3server import S3Server
 
     tmp = Path(tempfile.mkdtemp(prefix="nodeloss-"))

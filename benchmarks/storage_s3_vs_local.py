@@ -119,15 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     if not a.no_profile and not a.profile_only:
         profile = counted(a)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from _stub_server import MODEL, StubServer
-    from curation_vs_datatrove import corpus
-    from tests.s3server import S3Server
-
     import fsspec
     import ray
+    from _stub_server import MODEL, StubServer
+    from curation_vs_datatrove import corpus
 
     from factory.cluster import init_ray
     from factory.core.schema import make_doc
+    from tests.s3server import S3Server
 
     load0 = round(os.getloadavg()[0], 2)  # a shared machine: how busy it was, beside the figures
     tmp = Path(tempfile.mkdtemp(prefix="storebench-"))

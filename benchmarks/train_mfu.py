@@ -36,7 +36,7 @@ def run_anchor(path: str) -> dict:
             "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); m.run(*%r)" % (ANCHOR_350M,))
     out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True,
                          env={**os.environ, "NCCL_NVLS_ENABLE": "0"})
-    line = [l for l in out.stdout.splitlines() if l.startswith("{")][-1]
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1]
     return json.loads(line)
 
 

@@ -84,11 +84,11 @@ def _mix_share(plan: dict[str, Any], kinds: tuple[str, ...] = ("synthetic", "rew
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
     from factory import curate, generate
-    from factory.evaluate import sets as evalsets
-    from factory.mix import plan as mix
     from factory.ablate import report
-    from factory.mix import tokenize
+    from factory.evaluate import sets as evalsets
     from factory.evaluate.score import score_run
+    from factory.mix import plan as mix
+    from factory.mix import tokenize
     from factory.mix.plan import plan_table
     from factory.mix.spec import load_mix
     from factory.teacher.server import LocalTeacher

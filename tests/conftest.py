@@ -20,7 +20,6 @@ TEACHER_KEY_ENV = "FACTORY_TEACHER_KEY"
 
 import pytest  # noqa: E402
 
-
 from tests.s3server import S3Server  # noqa: E402
 
 # The S3 test server's endpoint, dummy keys and a spool folder are exported before any test runs, so

@@ -10,8 +10,8 @@ tests can count teacher calls and repeats after a resume.
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 import random
 import socket
 import struct

@@ -28,9 +28,9 @@ OUT = ROOT / "runs" / "tests"
 # end tests 320, cluster 313, storage 233, ablate 116, train 111, curate 104, recipes 63, teacher 58,
 # foundation 31, mix 8, evaluate 5, seeds 2 (counted in the top-level 320 before): about 890 s a lane
 LANES = [
-    ["tests/generate", "tests/storage", "tests/train", "tests/curate", "tests/foundation", "tests/mix"],
+    ["tests/generate", "tests/storage", "tests/train", "tests/curate", "tests/mix"],
     ["tests/cluster", "tests/test_e2e.py", "tests/test_readme_walkthrough.py", "tests/seeds",
-     "tests/ablate", "tests/recipes", "tests/teacher", "tests/evaluate", "tests/review"],
+     "tests/ablate", "tests/recipes", "tests/teacher", "tests/evaluate", "tests/review", "tests/foundation"],
 ]
 
 

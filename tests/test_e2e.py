@@ -52,7 +52,7 @@ def test_demo_end_to_end(tmp_path):
         plan = json.loads((out / "mixes" / mix / "plan.json").read_text())
         assert plan["phases"][0]["sources"]
         assert (out / "train" / mix / "hf" / "config.json").exists()
-    results = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    results = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines()]
     assert {r["cell"] for r in results} == {"web_only", "phi4"}
     assert all("wiki_mc" in r["scores"] for r in results)
     table = (out / "report" / "table.md").read_text()

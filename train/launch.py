@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from train import config as config_mod, storage
+from train import config as config_mod
+from train import storage
 
 # Kept set in every launch: NVLink multicast off (it can take shared GPUs out of service).
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
@@ -226,7 +227,8 @@ def run_ray(config: dict | str | Path, address: str | None = None, num_workers: 
     """Train with Ray Train's TorchTrainer on the cluster at `address` (same loop inside)."""
     try:
         import ray
-        from ray.train import RunConfig as RayRunConfig, ScalingConfig
+        from ray.train import RunConfig as RayRunConfig
+        from ray.train import ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
     except ImportError as e:
         raise TrainFailed(f"Ray Train is not available ({e}); install 'ray[train]' or use torchrun") from None

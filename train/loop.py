@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from train import checkpoint, config as config_mod, storage
-from train.config import RunConfig
+from train import checkpoint, storage
+from train import config as config_mod
 from train.build import attention_kernel, build_model, build_optimizer
+from train.config import RunConfig
 from train.loader import RandomData
 from train.metrics import MetricsLog, device_name, peak_flops
 from train.progress import clock, eta_s, every_s
-
 
 # --------------------------------------------------------------------------- ranks and devices
 

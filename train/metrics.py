@@ -62,7 +62,7 @@ class MetricsLog:
             remote = storage.join(self.url, "metrics.jsonl")
             self.path.write_text(storage.read_text(remote) if resume_step and storage.exists(remote) else "")
         if resume_step and self.path.exists():  # drop steps a killed run logged after its checkpoint
-            keep = [l for l in self.path.read_text().splitlines() if l.strip() and _step(l) <= resume_step]
+            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and _step(ln) <= resume_step]
             self.path.write_text("".join(k + "\n" for k in keep))
         elif self.path.exists():
             self.path.unlink()
@@ -119,4 +119,4 @@ def _step(line: str) -> int:
 def read(run_dir: str | Path) -> list[dict]:
     """The step records of a run (a local folder or a URL); [] when it has none yet."""
     p = storage.join(run_dir, "metrics.jsonl")
-    return [json.loads(l) for l in storage.read_text(p).splitlines() if l.strip()] if storage.exists(p) else []
+    return [json.loads(ln) for ln in storage.read_text(p).splitlines() if ln.strip()] if storage.exists(p) else []

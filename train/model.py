@@ -224,7 +224,8 @@ def load_for_eval(path: str | Path, device: str | torch.device = "cpu", dtype: t
     fsspec URL (s3://, gs://: read straight from the store). `model(tokens)` returns float32
     logits [B, T, V]; `model.args` holds the sizes (`max_seq_len`, `vocab_size`).
     """
-    from safetensors.torch import load as load_bytes, load_file
+    from safetensors.torch import load as load_bytes
+    from safetensors.torch import load_file
 
     from train import storage
 

@@ -168,10 +168,10 @@ def run_lane(lane: dict, echo: Callable[[str], None] = print) -> list[dict]:
     from tokenizers import Tokenizer
 
     from train import storage
+    from train.build import data_shape, initial_model
+    from train.config import load as load_config
     from train.eval import Evaluator
     from train.launch import prepare
-    from train.config import load as load_config
-    from train.build import data_shape, initial_model
     from train.loop import train
 
     move = Mover(lane.get("root"))

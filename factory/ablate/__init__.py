@@ -2,8 +2,18 @@
 every cell x scale x seed with runs packed onto GPUs (run), and decision accuracy between scales
 (decision)."""
 
-from factory.ablate.grid import (BenchConfig, EvalConfig, GridConfig, ReportConfig, ScaleConfig, SubsetConfig,
-                                 expand, label, load_grid, scaled)
+from factory.ablate.grid import (
+                                 BenchConfig,
+                                 EvalConfig,
+                                 GridConfig,
+                                 ReportConfig,
+                                 ScaleConfig,
+                                 SubsetConfig,
+                                 expand,
+                                 label,
+                                 load_grid,
+                                 scaled,
+)
 from factory.ablate.inputs import Out, build_benchmarks, make_subset, plan_info, run_config
 from factory.ablate.run import collect, default_eval, plan_tasks, run
 

@@ -3,7 +3,6 @@ URL, with a local copy of what the planner and trainer read from disk) and each 
 
 from __future__ import annotations
 
-
 import hashlib
 import json
 import tempfile

@@ -38,7 +38,6 @@ from factory.core.config import read_yaml
 from factory.core.errors import FactoryError
 from train import storage
 
-
 # --------------------------------------------------------------------------- running
 
 def _default_train(nproc: int) -> Callable[[dict], str]:

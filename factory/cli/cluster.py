@@ -85,9 +85,9 @@ def stop(job_id: str, address: Optional[str] = typer.Option(None, help=ADDRESS_H
 @jobs.command("list")
 def list_(address: Optional[str] = typer.Option(None, help=ADDRESS_HELP)) -> None:
     """Every job the cluster knows, newest first."""
-    from factory.cluster import jobs as job_api
-
     from rich.console import Console
+
+    from factory.cluster import jobs as job_api
 
     rows = sorted(job_api.list_jobs(address), key=lambda j: j.get("start_time") or 0, reverse=True)
     t = table("jobs", ["id", "status", "start", "end", "entrypoint"],

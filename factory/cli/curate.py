@@ -100,8 +100,8 @@ def calibrate(
 ) -> None:
     """Each filter's precision and recall of "drop" against labels, threshold sweeps, and a
     cross-validated curate config written beside the labels."""
-    from factory.curate.calibrate import calibrate as run_calibration
     from factory.core.errors import FactoryError
+    from factory.curate.calibrate import calibrate as run_calibration
 
     if not 0 <= min_clean_recall <= 1:
         raise FactoryError(f"{min_clean_recall} is not a share", field="--min-clean-recall", fix="give 0 to 1, e.g. 0.8")

@@ -26,9 +26,9 @@ def plan_cmd(
                                                           "source over its max_epochs does."),
 ) -> None:
     """Count unique tokens per source, print the mixture table, write plan.json."""
+    from factory.core.stage import check_store
     from factory.mix.plan import make_plan, write_plan
     from factory.mix.spec import load_mix
-    from factory.core.stage import check_store
 
     if out:
         check_store(out)

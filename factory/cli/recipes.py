@@ -123,8 +123,8 @@ def diversity(path: str = typer.Argument(..., help="a stage folder or parquet fi
               ngram: int = typer.Option(4, help="n for n-gram repetition"),
               out: Optional[str] = typer.Option(None, help="also write the report as JSON here")) -> None:
     """Repeated openings and n-gram repetition, overall and per recipe."""
-    from factory.recipes.diversity import report_rows
     from factory.core.stage import read_docs
+    from factory.recipes.diversity import report_rows
 
     rep = report_rows(read_docs(path).to_pylist(), ngram=ngram)
     rows = []

@@ -35,8 +35,8 @@ def curate_seeds(
     code: bool = typer.Option(False, "--code", help="also add the code seeds shipped in seeds/code/"),
 ) -> None:
     """Split seeds into passages, score them for educational value, balance by topic."""
-    from factory.seeds import curate as seedcurate
     from factory.core.config import validate
+    from factory.seeds import curate as seedcurate
 
     if config and Path(config).is_dir():
         raise FactoryError("the argument is the seed-curation config file, not the seed folder", where=config,

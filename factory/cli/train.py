@@ -27,7 +27,8 @@ def train(
     """Train one model on a mix plan (or random tokens) and export it to HF format."""
     import json
 
-    from train import config as tcfg, storage
+    from train import config as tcfg
+    from train import storage
     from train.launch import TrainFailed, run, run_ray
 
     try:

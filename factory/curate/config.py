@@ -9,15 +9,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic_core import PydanticCustomError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from factory.core.config import read_yaml
-from factory.curate.registry import (CHATTER_PATTERNS, FILTERS, JUDGE_RUBRIC, META_PATTERNS,  # noqa: F401
-                                     Build, CommentaryCfg, DatatroveCfg, FaithfulnessCfg, FiltersCfg, JudgeCfg,
-                                     LanguageCfg, LeakageCfg, LengthCfg, QualityCfg, RefusalCfg, TruncatedCfg,
-                                     VerificationCfg)
 from factory.core.errors import FactoryError
+from factory.curate.registry import (  # noqa: F401
+    CHATTER_PATTERNS,
+    FILTERS,
+    JUDGE_RUBRIC,
+    META_PATTERNS,
+    Build,
+    CommentaryCfg,
+    DatatroveCfg,
+    FaithfulnessCfg,
+    FiltersCfg,
+    JudgeCfg,
+    LanguageCfg,
+    LeakageCfg,
+    LengthCfg,
+    QualityCfg,
+    RefusalCfg,
+    TruncatedCfg,
+    VerificationCfg,
+)
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 

@@ -19,9 +19,9 @@ from datatrove.utils.hashing import create_hash_func
 from datatrove.utils.text import ngrams, simplify_text
 from datatrove.utils.word_tokenizers import load_word_tokenizer
 
-from factory.curate.io import reject
 from factory.core.errors import FactoryError
 from factory.core.stage import fresh_fs, join, put_bytes, read_text, storage_errors, to_url
+from factory.curate.io import reject
 
 LENGTHS_FILE = "lengths.json"
 

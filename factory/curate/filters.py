@@ -156,8 +156,8 @@ def recipe_phrases(recipe: str, min_words: int = 6) -> tuple[str, ...]:
     try:
         from jinja2 import Environment
 
-        from factory.recipes.spec import BUILTIN, resolve
         from factory.core.config import read_yaml
+        from factory.recipes.spec import BUILTIN, resolve
 
         path = resolve(recipe)
         spec = read_yaml(path)

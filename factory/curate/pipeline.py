@@ -23,8 +23,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from factory.curate.config import CurateConfig
 from factory.core.errors import FactoryError
+from factory.curate.config import CurateConfig
 
 WORK = "_work"
 
@@ -98,8 +98,12 @@ def work_folder(cfg: CurateConfig, out_url: str) -> tuple[str, bool]:
 def compile_jobs(cfg: CurateConfig, inputs: list[tuple[str, list[str]]], refs: list[tuple[str, list[str]]],
                  work: str, index_dir: str | None) -> list[Job]:
     """The five datatrove jobs for this config (intermediate files under the work folder URL `work`)."""
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
-                                                  MinhashDedupSignature)
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupSignature,
+    )
 
     from factory.curate.dedup import ApplyDecisions, Decide, DocIndex, OffsetSignature, VerifyPairs
     from factory.curate.io import DocWriter, RankJsonlReader, RejectWriter, SharedTokenizer, doc_reader, work_writer

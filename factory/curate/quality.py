@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> None:
                                                          "or each document's seed (seed)"),
                kind: str = typer.Option("ngrams", help="ngrams (the text alone) or seed (against its seed)"),
                out: str = typer.Option("quality.npz", help="where to write the weights")) -> None:
-        from factory.curate.faithful import load_seeds
         from factory.core.errors import FactoryError
+        from factory.curate.faithful import load_seeds
 
         by_id = load_seeds(seeds)
         rows = read_labels(labels, split)

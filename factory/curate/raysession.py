@@ -45,8 +45,8 @@ class FactoryRayExecutor(RayPipelineExecutor):
         _default_sigterm()
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-        from factory.curate.workfolder import discard
         from factory.core.stage import forget_listings
+        from factory.curate.workfolder import discard
 
         _default_sigterm()
         discard()  # what an earlier failed task of this process staged never goes up (workfolder.py)

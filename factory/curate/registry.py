@@ -10,8 +10,8 @@ those run where `datatrove` stands in `FILTERS`, in the order written.
 from __future__ import annotations
 
 import importlib
-from abc import abstractmethod
 import inspect
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal
 

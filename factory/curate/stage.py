@@ -16,8 +16,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from factory.curate.config import CurateConfig
 from factory.core.errors import FactoryError
+from factory.curate.config import CurateConfig
+
 
 def _rows(fs, files: list[str]) -> int:
     n = 0
@@ -83,9 +84,9 @@ def run(cfg: CurateConfig, *, log: Any = None, inject: Any = None) -> dict[str, 
 
 
 def _run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, Any]:
+    from factory.core.stage import StageDir, to_url
     from factory.curate.decont import benchmark_files
     from factory.curate.io import shard_files
-    from factory.core.stage import StageDir, to_url
 
     if not cfg.out:
         raise FactoryError("no output folder given", field="out", fix="set out: PATH (or --out)")
@@ -114,11 +115,11 @@ def _run(cfg: CurateConfig, log: Any = None, inject: Any = None) -> dict[str, An
 def _curate(cfg: CurateConfig, stage, inputs, refs, bench, out_url: str, log: Any, inject: Any) -> dict[str, Any]:
     import fsspec
 
+    from factory.core.stage import DATA, doc_files, doc_path, licences, write_card
     from factory.curate.decont import build_index
     from factory.curate.logs import shown
     from factory.curate.pipeline import compile_jobs, run_jobs, work_folder
     from factory.curate.report import build, markdown, read_rejected
-    from factory.core.stage import DATA, doc_files, doc_path, licences, write_card
 
     fs, out = stage.fs, stage.root
     work_url, scratch = work_folder(cfg, out_url)

@@ -20,11 +20,11 @@ from typing import Any
 import openai
 
 from factory.core.stage import StageDir
+from factory.generate.shard import process_shard
 from factory.teacher.cache import CompletionCache, SeedCache, request_key, shard_file
 from factory.teacher.client import TeacherClient
-from factory.teacher.http import TRANSIENT_STATUS
 from factory.teacher.config import TeacherConfig
-from factory.generate.shard import process_shard
+from factory.teacher.http import TRANSIENT_STATUS
 from factory.teacher.types import Completion, Deferred, TeacherError
 
 DONE = {"completed", "failed", "expired", "cancelled"}

@@ -21,12 +21,12 @@ import fsspec
 import pyarrow as pa
 
 from factory.core.errors import FactoryError
+from factory.core.schema import sha
+from factory.core.stage import StageDir, doc_path, is_local, licences, write_card
 from factory.generate.config import GenerateConfig, identity, teacher_config
 from factory.generate.inputs import load_seeds, split
 from factory.generate.shard import ACCOUNT_KEYS, REJECT_SCHEMA, seed_id_of, shard_name
 from factory.generate.workers import Workers, in_process, run_on_ray
-from factory.core.schema import sha
-from factory.core.stage import StageDir, doc_path, is_local, licences, write_card
 from factory.teacher.cache import adopt
 from factory.teacher.config import TeacherConfig, local_config
 

@@ -14,9 +14,9 @@ import time
 from typing import Any
 
 from factory.core.errors import FactoryError
+from factory.core.stage import StageDir
 from factory.generate.config import GenerateConfig
 from factory.generate.workers import SHARDS_PER_WORKER, GenWorker, _first_line, accounting, show
-from factory.core.stage import StageDir
 from factory.teacher.config import TeacherConfig
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from factory.core.errors import FactoryError
-from factory.generate.config import GenerateConfig
-from factory.generate.shard import reject_row, seed_id_of
 from factory.core.readers import read_jsonl
 from factory.core.stage import exists, read_docs
+from factory.generate.config import GenerateConfig
+from factory.generate.shard import reject_row, seed_id_of
 
 
 def load_seeds(cfg: GenerateConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

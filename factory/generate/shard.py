@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 from factory.core.errors import FactoryError
 from factory.core.schema import DOC_SCHEMA
 from factory.core.stage import StageDir, doc_path
-from factory.teacher.cache import CompletionCache, shard_file
 from factory.teacher import client as client_mod
+from factory.teacher.cache import CompletionCache, shard_file
 from factory.teacher.client import TeacherClient
 from factory.teacher.types import Deferred, TeacherError
 

@@ -17,8 +17,8 @@ import time
 from typing import Any, Iterator
 
 from factory.core.errors import FactoryError
-from factory.generate.config import GenerateConfig
 from factory.core.stage import StageDir
+from factory.generate.config import GenerateConfig
 from factory.teacher.config import TeacherConfig
 
 SHARDS_PER_WORKER = 2  # shards an actor runs at once: the next one starts while one drains
@@ -67,9 +67,9 @@ class GenWorker:
     def __init__(self, stage_url: str, identity: dict[str, Any], recipes: list[str], recipe_sampling: dict[str, Any],
                  samples: int, cache_dir: str, concurrency: int | None, flush_every: int = 64, flush_s: float = 30.0,
                  flush_bytes: int = 4 * 1024 * 1024):
-        from factory.recipes import load_recipe
-        from factory.generate.shard import Progress
         import factory.teacher.client  # noqa: F401 - imported now, while the driver still probes
+        from factory.generate.shard import Progress
+        from factory.recipes import load_recipe
 
         self.samples, self.cache_dir, self.concurrency = samples, cache_dir, concurrency
         self.flush = {"flush_every": flush_every, "flush_s": flush_s, "flush_bytes": flush_bytes}

@@ -32,9 +32,9 @@ from fsspec.implementations.local import LocalFileSystem
 from rich.table import Table
 
 from factory.core.errors import FactoryError
-from factory.mix.spec import MixConfig, load_mix, phase_shares
 from factory.core.stage import check_store, fresh_fs, is_url, join, put_bytes, storage_errors
 from factory.core.ui import human
+from factory.mix.spec import MixConfig, load_mix, phase_shares
 
 CHUNK = 1 << 26  # bytes per read when scanning a remote shard for its largest token id
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
-from factory.recipes import verify as V
-from factory.recipes.parse import ParseError, parse, render
 from factory.core.errors import FactoryError
-from factory.recipes.spec import TOKENS_PER_WORD, RecipeSpec, StepSpec, VerifySpec, content_sha, load_spec, resolve
 from factory.core.schema import extra as row_extra
 from factory.core.schema import make_doc, sha
+from factory.recipes import verify as V
+from factory.recipes.parse import ParseError, parse, render
+from factory.recipes.spec import TOKENS_PER_WORD, RecipeSpec, StepSpec, VerifySpec, content_sha, load_spec, resolve
 
 
 class CompletionLike(Protocol):

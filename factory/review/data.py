@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from factory.core.errors import FactoryError
-from factory.core.stage import MANIFEST, StageDir, doc_files, is_local, storage_errors
+from factory.core.stage import StageDir, doc_files, is_local, storage_errors
 
 GENERATE, CURATE = "generate", "curate"
 SEED_STAGES = ("seeds", "seedcurate")

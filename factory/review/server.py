@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from factory.core.errors import FactoryError
+from factory.core.stage import is_url
 from factory.review.data import STATUSES, Index, find_stages
 from factory.review.labels import FILE, LABELS, MAX_NOTE, LabelStore, agreement
-from factory.core.stage import is_url
 
 MAX_BODY = 16 * 1024
 MAX_PAGE = 200

@@ -31,9 +31,9 @@ import aiohttp
 from factory.core.errors import FactoryError
 from factory.core.schema import sha
 from factory.teacher import http
+from factory.teacher.adaptive import AdaptiveWindow
 from factory.teacher.cache import CompletionCache, request_key
 from factory.teacher.config import TeacherConfig
-from factory.teacher.adaptive import AdaptiveWindow
 from factory.teacher.limits import Balancer, EndpointState, RateLimiter
 from factory.teacher.types import Completion, EndpointFatal, TeacherError
 

@@ -15,10 +15,10 @@ TINY_MODEL = {"preset": "tiny", "dim": 64, "n_layers": 2, "n_heads": 2, "n_kv_he
 
 @pytest.fixture(scope="session")
 def tokens(tmp_path_factory) -> Path:
-    from factory.mix import tokenize
     from factory.core.schema import make_doc
-    from factory.seeds.sources import load_wiki_summaries, wiki_rows
     from factory.core.stage import StageDir
+    from factory.mix import tokenize
+    from factory.seeds.sources import load_wiki_summaries, wiki_rows
 
     tmp = tmp_path_factory.mktemp("ablate_data")
     try:

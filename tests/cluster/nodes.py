@@ -101,8 +101,8 @@ def ray_env(token: Path, extra: dict | None = None) -> dict:
 
 
 def _psutil():
-    import ray  # noqa: F401  (puts the psutil that Ray ships on sys.path)
     import psutil
+    import ray  # noqa: F401  (puts the psutil that Ray ships on sys.path)
 
     return psutil
 

@@ -36,9 +36,9 @@ def ran_on(head, prefix: str) -> bool:
 
 
 def test_curate_train_and_ablate_reach_a_token_auth_head_by_address(ray_head, tmp_path):
+    from factory.core.stage import StageDir
     from factory.mix import tokenize
     from factory.seeds.sources import load_wiki_summaries, wiki_rows
-    from factory.core.stage import StageDir
     from tests.curate.conftest import build
 
     planted = build(tmp_path / "corpus")

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import BIN
 from tests.proxy import FaultProxy
+
+from .conftest import BIN
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,12 +16,12 @@ import time
 
 import pytest
 import yaml
+from gen_helpers import recipe, request_keys, seed_rows
 
 from factory.core.stage import StageDir, read_docs
 from factory.teacher.cache import SPOOL_ENV
-from gen_helpers import recipe, request_keys, seed_rows
-from tests.proxy import FaultProxy
 from tests.cluster.nodes import Cluster
+from tests.proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-c", "from factory.cli import main; main()"]

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from factory.core.schema import make_doc
-from factory.seeds.sources import load_wiki_summaries, wiki_rows
 from factory.core.stage import StageDir, write_card
+from factory.seeds.sources import load_wiki_summaries
 
 
 def records(min_words: int = 60) -> list[dict]:

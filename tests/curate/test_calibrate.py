@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from factory.core.errors import FactoryError
 from factory.curate import config as C
 from factory.curate.calibrate import calibrate, read_labels
-from factory.core.errors import FactoryError
 from tests.clihelp import cli, one_error
 
 from .corpus import syn, write_stage

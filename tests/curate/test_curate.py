@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from factory.curate import load, run
 from factory.core.stage import read_docs
+from factory.curate import load, run
 from tests.ecosystem import loads_everywhere
 
 

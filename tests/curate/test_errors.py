@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from factory.curate import load, run
 from factory.core.errors import FactoryError
+from factory.curate import load, run
 
 from .corpus import syn, write_stage
 

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from factory.curate.io import FILES_PER_RANK, doc_reader
 from factory.core.stage import ROW_GROUP
+from factory.curate.io import FILES_PER_RANK, doc_reader
 
 
 def _files(tmp_path, sizes: list[int], with_ids: bool = True) -> list[str]:

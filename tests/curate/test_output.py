@@ -4,7 +4,6 @@ logs in the stage folder (in-process tasks here; the CLI's worker processes in t
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from factory.curate import load, run
 

@@ -11,12 +11,12 @@ import pytest
 from datatrove.data import Document
 
 from factory.core.config import read_yaml
+from factory.core.errors import FactoryError
+from factory.core.stage import read_docs
 from factory.curate import config as C
 from factory.curate import load, run
 from factory.curate.chatter import CommentaryFilter
 from factory.curate.faithful import Support, spans, unsupported
-from factory.core.errors import FactoryError
-from factory.core.stage import read_docs
 
 from .corpus import lesson, records, syn, write_stage
 
@@ -182,8 +182,8 @@ def curated(tmp_path_factory):
         sid = s["meta"]["seed_id"]
         text = lesson(r)
         if i % 2:  # facts from nowhere
-            text += (f"\n\nHistorians in Buenos Aires and Kyoto dated it to 1642, and Gustav Lindqvist counted "
-                     f"4,381 records of it at the Royal Danish Library in 1911.")
+            text += ("\n\nHistorians in Buenos Aires and Kyoto dated it to 1642, and Gustav Lindqvist counted "
+                     "4,381 records of it at the Royal Danish Library in 1911.")
             want_reason = "unfaithful"
         else:
             want_reason = None

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
+from factory.core.errors import FactoryError
 from factory.curate import load, run
 from factory.curate.pipeline import filter_steps
 from factory.curate.registry import DATATROVE, FILTERS
-from factory.core.errors import FactoryError
 
 from .corpus import syn, write_stage
 

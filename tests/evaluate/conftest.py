@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 WORDS = ["<|endoftext|>", "<unk>", "Question:", "Answer:", "What", "is", "the", "capital", "of", "?", ".", "\n",
          "paris", "rome", "madrid", "berlin", "france", "italy", "spain", "germany",

@@ -11,7 +11,6 @@ import yaml
 
 from train.eval import BenchmarkError, evaluate, greedy, load_benchmark, loglikelihoods
 
-
 CAPITALS = {"paris": "france", "rome": "italy", "madrid": "spain", "berlin": "germany"}
 
 

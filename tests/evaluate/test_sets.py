@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory.evaluate import sets as evalsets
 from factory.core.errors import FactoryError
+from factory.evaluate import sets as evalsets
 from train.eval import load_benchmark
 
 TOPICS = ["Arts", "Geography", "Mathematics"]
@@ -27,7 +27,7 @@ def _records(n_per_topic: int = 12) -> list[dict]:
 
 
 def _items(d: str | Path) -> list[dict]:
-    return [json.loads(l) for l in (Path(d) / "data.jsonl").read_text().splitlines()]
+    return [json.loads(ln) for ln in (Path(d) / "data.jsonl").read_text().splitlines()]
 
 
 def test_same_arguments_same_files(tmp_path):

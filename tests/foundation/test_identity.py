@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from factory.core.errors import FactoryError
-from tests.clihelp import ROOT, cli, one_error
+from tests.clihelp import cli, one_error
 
 RECIPE = "name: tiny\ndescription: d\nkind: synthetic\nsampling: {{max_tokens: 8}}\nsteps:\n  - name: fact\n    user: \"{user}\"\n"
 
@@ -86,8 +86,8 @@ def test_builtin_recipes_render_against_their_sample_seed():
 
 
 def test_edited_tokenizer_file_is_a_changed_config(tmp_path):
-    from factory.seeds import sources as seeds
     from factory.mix import tokenize
+    from factory.seeds import sources as seeds
 
     seeds.run(seeds.SeedsConfig(n=40, out=str(tmp_path / "seeds")))
     src = {"web": {"path": str(tmp_path / "seeds")}}
@@ -121,9 +121,9 @@ def test_tokenize_warns_about_a_source_with_no_documents(tmp_path):
 
 def test_edited_benchmark_file_is_a_changed_curation_config(tmp_path):
     """Decontamination reads the benchmark files: editing one makes a rerun into the same folder refuse."""
-    from factory.curate import load, run
     from factory.core.schema import make_doc
     from factory.core.stage import StageDir
+    from factory.curate import load, run
 
     src = StageDir(str(tmp_path / "gen"), "gen", {"n": 3})
     src.write_docs("part-0.parquet", [make_doc(f"Document {i} says rivers carry water and silt to the sea, "

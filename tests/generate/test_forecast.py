@@ -5,11 +5,11 @@ output lengths that vary per prompt), checked against the full run on the same s
 from __future__ import annotations
 
 import pytest
+from gen_helpers import gen_cfg
 
 from benchmarks.fleet_simulator import MODEL, FleetSimulator
-from gen_helpers import gen_cfg
-from factory.generate.forecast import estimate, rows, run_pilot, spread
 from factory.generate import run
+from factory.generate.forecast import estimate, rows, run_pilot, spread
 from factory.teacher.config import Price
 
 

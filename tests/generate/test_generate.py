@@ -6,15 +6,15 @@ import re
 
 import pyarrow.parquet as pq
 import pytest
-
 from gen_helpers import gen_cfg, request_keys
+
 from factory.core.errors import FactoryError
-from factory.generate import run
 from factory.core.schema import extra
 from factory.core.stage import read_docs
+from factory.generate import run
 from factory.teacher.server import free_port
-from tests.proxy import FaultProxy
 from tests.ecosystem import loads_everywhere
+from tests.proxy import FaultProxy
 
 
 def ids(out) -> list[str]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import re
 
-from benchmarks.fleet_simulator import MODEL, FleetSimulator
 from gen_helpers import gen_cfg
-from factory.generate import run
+
+from benchmarks.fleet_simulator import MODEL, FleetSimulator
 from factory.core.stage import read_docs
+from factory.generate import run
 
 
 def test_generate_on_a_fleet_grows_the_windows_and_loses_nothing(ray_local, seeds_file, tmp_path, capfd, monkeypatch):

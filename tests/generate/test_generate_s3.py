@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import fsspec
 import pytest
-
-from factory.generate import run
-from factory.core.stage import StageDir
 from gen_helpers import gen_cfg, request_keys
+
+from factory.core.stage import StageDir
+from factory.generate import run
 
 
 @pytest.mark.slow
@@ -45,9 +45,9 @@ def test_a_late_writer_does_not_replace_a_finished_shard(teacher, ray_local, see
     import asyncio
 
     from factory.generate import load_seeds, split, teacher_config
+    from factory.generate.shard import process_shard
     from factory.recipes import load_recipe
     from factory.teacher.client import TeacherClient
-    from factory.generate.shard import process_shard
 
     out = f"{s3_bucket}/late"
     cfg = gen_cfg(seeds_file(4), out, teacher.endpoints, teacher.model, shards=2)

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from gen_helpers import recipe, seed_rows
 
 from benchmarks._stub_server import StubServer
+from factory.core.stage import StageDir
 from factory.generate.shard import process_shard
 from factory.recipes import load_recipe
-from factory.core.stage import StageDir
 from factory.teacher.client import TeacherClient
 from factory.teacher.config import AdaptiveOptions, Endpoint, TeacherConfig
-from gen_helpers import recipe, seed_rows
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])

@@ -11,15 +11,15 @@ import time
 
 import pytest
 import yaml
+from gen_helpers import recipe, request_keys
+from test_resume import descendants
 
 from factory.core.config import validate
 from factory.core.errors import FactoryError
+from factory.core.stage import read_docs
 from factory.generate import GenerateConfig
 from factory.generate.workers import in_process, worker_count
-from factory.core.stage import read_docs
-from gen_helpers import recipe, request_keys
 from tests.proxy import FaultProxy
-from test_resume import descendants
 
 CLI = [sys.executable, "-c", "from factory.cli import main; main()"]
 

@@ -12,11 +12,11 @@ import time
 
 import pytest
 import yaml
+from gen_helpers import gen_cfg, recipe
 
 from factory.core.errors import FactoryError
-from factory.generate import run
 from factory.core.stage import StageDir
-from gen_helpers import gen_cfg, recipe
+from factory.generate import run
 from tests.providers import ProviderProxy
 
 KEY_ENV = "PROVIDER_TEST_KEY"

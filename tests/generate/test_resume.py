@@ -14,13 +14,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
-from factory.generate import GenerateConfig, run
-from factory.core.stage import read_docs
-from factory.teacher.config import BatchOptions, Endpoint, RetryPolicy, TeacherConfig
 from fake_batch import FakeBatchAPI
-from tests.proxy import FaultProxy
 from gen_helpers import recipe, request_keys
+
+from factory.core.stage import read_docs
+from factory.generate import GenerateConfig, run
+from factory.teacher.config import BatchOptions, Endpoint, RetryPolicy, TeacherConfig
+from tests.proxy import FaultProxy
 
 CLI = [sys.executable, "-c", "from factory.cli import main; main()"]
 

@@ -7,9 +7,9 @@ import gc
 
 import pyarrow as pa
 
+from factory.core.schema import DOC_SCHEMA, make_doc
 from factory.generate import shard
 from factory.generate.shard import REJECT_SCHEMA, Spool, quiet_gc, reject_row, unique_by_id
-from factory.core.schema import DOC_SCHEMA, make_doc
 
 
 def doc(i: int, text: str | None = None) -> dict:

@@ -13,11 +13,11 @@ import time
 import fsspec
 import pytest
 import yaml
+from gen_helpers import recipe
+from test_resume import descendants
 
 from factory.core.stage import StageDir, read_docs
-from gen_helpers import recipe
 from tests.proxy import FaultProxy
-from test_resume import descendants
 
 CLI = [sys.executable, "-c", "from factory.cli import main; main()"]
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
-from factory.core.errors import FactoryError
 from factory.ablate.search import search
+from factory.core.errors import FactoryError
 
 OPT = {"web": 0.5, "synthetic": 0.3, "rewrite": 0.2}  # the maximum of sum_i OPT_i log(w_i) on the simplex
 

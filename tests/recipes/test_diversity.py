@@ -1,7 +1,7 @@
 """Diversity report: repeated openings and n-gram repetition."""
 
-from factory.recipes.diversity import ngram_repetition, openings, report, report_rows
 from factory.core.schema import make_doc
+from factory.recipes.diversity import ngram_repetition, openings, report, report_rows
 
 
 def test_repeated_openings_found():

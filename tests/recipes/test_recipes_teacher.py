@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from factory.recipes import list_recipes, load_recipe
 from factory.core.schema import extra, make_doc, to_table
+from factory.recipes import list_recipes, load_recipe
 from factory.seeds.curate import code_rows
 
 pytestmark = pytest.mark.slow

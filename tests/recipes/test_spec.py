@@ -3,8 +3,8 @@
 import pytest
 
 from factory.core.errors import FactoryError
-from factory.recipes import list_recipes, load_recipe, seed_context
 from factory.core.schema import make_doc
+from factory.recipes import list_recipes, load_recipe, seed_context
 
 BUILTINS = {"textbook", "qa_rewrite", "wiki_rewrite", "distill", "knowledge_list", "exercises", "discussion",
             "self_revision", "instruction_reversal", "qa_vote"}

@@ -3,8 +3,16 @@
 import pytest
 import sympy
 
-from factory.recipes.verify import (MathParseError, answers_agree, check_code_match, check_math, check_python,
-                                    check_vote, code_similarity, parse_math)
+from factory.recipes.verify import (
+    MathParseError,
+    answers_agree,
+    check_code_match,
+    check_math,
+    check_python,
+    check_vote,
+    code_similarity,
+    parse_math,
+)
 
 
 @pytest.mark.parametrize("s,val", [

@@ -11,10 +11,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from factory.curate.io import REJECTED_SCHEMA
-from factory.generate.shard import REJECT_SCHEMA
 from factory.core.schema import make_doc
 from factory.core.stage import StageDir
+from factory.curate.io import REJECTED_SCHEMA
+from factory.generate.shard import REJECT_SCHEMA
 
 RECIPES = {"textbook": ("synthetic", "teacher-a"), "wiki_rewrite": ("rewrite", "teacher-b"), "qa_rewrite": ("qa", "teacher-a")}
 # what request r of a recipe becomes, by r % 10 (a qa_rewrite request with r % 5 == 4 makes no document)

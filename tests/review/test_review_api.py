@@ -11,14 +11,13 @@ import math
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import pytest
 
-from tests.clihelp import cli, one_error
 from factory.review.labels import LabelStore, agreement
 from factory.review.server import Review, Server
+from tests.clihelp import cli, one_error
 from tests.review.runfolder import make_run
 
 

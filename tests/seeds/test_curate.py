@@ -7,10 +7,18 @@ import numpy as np
 import pytest
 
 from factory.core.errors import FactoryError
-from factory.recipes.sandbox import run_python
 from factory.core.schema import extra, make_doc, to_table
-from factory.seeds.curate import (HashedLogReg, SeedCurateConfig, cluster_topics, code_rows, curate, heuristic_scores,
-                                qa_rows, split_passages)
+from factory.recipes.sandbox import run_python
+from factory.seeds.curate import (
+    HashedLogReg,
+    SeedCurateConfig,
+    cluster_topics,
+    code_rows,
+    curate,
+    heuristic_scores,
+    qa_rows,
+    split_passages,
+)
 
 EDU = ("Photosynthesis is the process by which green plants convert light energy into chemical energy. "
        "It takes place in the chloroplasts, which contain chlorophyll. Because light drives the reaction, "
@@ -108,8 +116,8 @@ def test_qa_rows(tmp_path):
 
 
 def test_stage_run_writes_manifest_and_skips_rerun(tmp_path, wiki):
-    from factory.seeds.curate import run
     from factory.core.stage import StageDir, read_docs
+    from factory.seeds.curate import run
 
     src = StageDir(str(tmp_path / "seeds"), "seeds", {"n": 50})
     src.write_docs("part-0.parquet", wiki[:50])

@@ -14,9 +14,9 @@ import sys
 import fsspec
 import pytest
 import yaml
+from gen_helpers import recipe, request_keys, seed_rows
 
 from factory.core.stage import StageDir, read_docs
-from gen_helpers import recipe, request_keys, seed_rows
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-c", "from factory.cli import main; main()"]

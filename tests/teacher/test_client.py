@@ -10,8 +10,8 @@ import pytest
 from factory.core.errors import FactoryError
 from factory.teacher.cache import CompletionCache
 from factory.teacher.client import TeacherClient
-from factory.teacher.http import retry_after_s
 from factory.teacher.config import Endpoint, RetryPolicy, TeacherConfig
+from factory.teacher.http import retry_after_s
 from factory.teacher.limits import RateLimiter
 from factory.teacher.server import free_port
 from factory.teacher.types import TeacherError

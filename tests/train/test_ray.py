@@ -26,6 +26,6 @@ def test_ray_train_runs_the_same_loop(tmp_path):
     assert (run_dir / "hf" / "model.safetensors").exists()
     # the same losses as torchrun gives for the same config
     ref = launch.run(tiny_config(tmp_path / "ref", **{"train.steps": 4, "checkpoint.every": 2}), nproc=2, echo=None)
-    a = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    b = [json.loads(l) for l in (ref / "metrics.jsonl").read_text().splitlines()]
+    a = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(ln) for ln in (ref / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("loss") for r in a] == [r.get("loss") for r in b]

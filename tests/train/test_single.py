@@ -9,7 +9,8 @@ import json
 import pytest
 
 from tests.train.conftest import tiny_config
-from train import config as config_mod, launch
+from train import config as config_mod
+from train import launch
 
 
 def _steps(run_dir) -> list[tuple[float, float]]:

@@ -19,11 +19,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import yaml
 
-from factory.core.config import config_hash, read_yaml
-from factory.core.merge import deep_merge
-from factory.core.errors import FactoryError
 from factory.ablate.search import design, fit
 from factory.ablate.search.spec import Scale, SearchConfig, load
+from factory.core.config import config_hash, read_yaml
+from factory.core.errors import FactoryError
+from factory.core.merge import deep_merge
 
 Objective = Callable[[list[dict[str, float]], Path], Iterator[tuple[int, float]]]
 
