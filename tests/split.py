@@ -24,13 +24,13 @@ from tests.timing import main as timing
 ROOT = Path(__file__).resolve().parent.parent
 PROGRESS = re.compile(r"^([.FEsxX]+)(?: +\[ *\d+%\])?$", re.M)  # pytest -q's progress lines: a character a test
 OUT = ROOT / "runs" / "tests"
-# test time per directory with both lanes running (2-core VM, 2026-12-07): generate 404 s, the top-level end to
-# end tests 320, cluster 313, storage 233, ablate 116, train 111, curate 104, recipes 63, teacher 58,
-# foundation 31, mix 8, evaluate 5, seeds 2 (counted in the top-level 320 before): about 890 s a lane
+# test time per directory with both lanes running (2-core VM, 2026-12-08): generate 427 s, cluster 370, the
+# top-level end to end tests 320, storage 245, ablate 157, curate 157, train 136, recipes 72, teacher 63,
+# foundation 52, mix 15, review 11, seeds 1, evaluate 1: about 1,015 s a lane
 LANES = [
-    ["tests/generate", "tests/storage", "tests/train", "tests/curate", "tests/mix"],
+    ["tests/generate", "tests/storage", "tests/train", "tests/curate", "tests/mix", "tests/foundation"],
     ["tests/cluster", "tests/test_e2e.py", "tests/test_readme_walkthrough.py", "tests/seeds",
-     "tests/ablate", "tests/recipes", "tests/teacher", "tests/evaluate", "tests/review", "tests/foundation"],
+     "tests/ablate", "tests/recipes", "tests/teacher", "tests/evaluate", "tests/review"],
 ]
 
 
