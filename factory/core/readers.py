@@ -50,7 +50,7 @@ def read_parquet(url: str, field: str) -> list[tuple[int, dict[str, Any]]]:
 
     data = read_bytes(url)
     try:
-        rows = pq.read_table(io.BytesIO(data)).to_pylist()
+        rows = pq.ParquetFile(io.BytesIO(data)).read().to_pylist()
     except (pa.ArrowException, OSError) as e:
         raise FactoryError(f"not a readable parquet file ({str(e).splitlines()[0][:160]})", where=url, field=field,
                            fix="give a parquet file, or a .jsonl file with one JSON object per line") from None

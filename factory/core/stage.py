@@ -216,7 +216,7 @@ def read_docs(url: str) -> pa.Table:
     for f in files:
         with fs.open(f, "rb") as fh:
             try:
-                tables.append(pq.read_table(fh).cast(DOC_SCHEMA))
+                tables.append(pq.ParquetFile(fh).read().cast(DOC_SCHEMA))
             except (pa.ArrowException, ValueError) as e:
                 raise FactoryError(f"not a parquet file of document rows ({str(e).splitlines()[0][:160]})",
                                    where=to_url(fs, f), fix="give a stage folder or a parquet file with "

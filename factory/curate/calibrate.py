@@ -105,7 +105,7 @@ def read_rows(url: str, ids: set[str]) -> list[dict[str, Any]]:
     out = []
     for f in files:
         with fs.open(f"{path}/{f}", "rb") as fh:
-            t = pq.read_table(fh)
+            t = pq.ParquetFile(fh).read()
         for r in t.to_pylist():
             if r.get("id") in ids:
                 out.append(r)
@@ -145,11 +145,11 @@ def recorded(curated: str | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for f in sorted(fs.glob(f"{path}/rejected/*.parquet")):
         with fs.open(f, "rb") as fh:
-            t = pq.read_table(fh, columns=["id", "reason"])
+            t = pq.ParquetFile(fh).read(columns=["id", "reason"])
         out.update(zip(t.column("id").to_pylist(), t.column("reason").to_pylist()))
     for f in sorted(fs.glob(f"{path}/data/*.parquet")):
         with fs.open(f, "rb") as fh:
-            out.update((i, "kept") for i in pq.read_table(fh, columns=["id"]).column("id").to_pylist())
+            out.update((i, "kept") for i in pq.ParquetFile(fh).read(columns=["id"]).column("id").to_pylist())
     return out
 
 

@@ -242,7 +242,7 @@ def load_seeds(folders: list[str]) -> dict[str, str]:
         fs, path = fsspec.core.url_to_fs(root)
         for f in files:
             with fs.open(f"{path}/{f}", "rb") as fh:
-                for r in pq.read_table(fh, columns=["id", "text", "meta"]).to_pylist():
+                for r in pq.ParquetFile(fh).read(columns=["id", "text", "meta"]).to_pylist():
                     m = r.get("meta") or {}
                     sid = m.get("seed_id") or r["id"]
                     extra = extra_of(m)

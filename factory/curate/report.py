@@ -21,7 +21,7 @@ def read_rejected(fs, files: list[str]) -> list[dict[str, Any]]:
     rows = []
     for f in files:
         with fs.open(f, "rb") as fh:
-            t = pq.read_table(fh, columns=["id", "text", "reason", "detail", "meta"])
+            t = pq.ParquetFile(fh).read(columns=["id", "text", "reason", "detail", "meta"])
         for r in t.to_pylist():
             r["recipe"] = (r.pop("meta") or {}).get("recipe") or "-"
             rows.append(r)
@@ -37,7 +37,7 @@ def by_recipe(fs, rejected: list[dict], kept_files: list[str], examples: int = 2
 
     for f in kept_files:
         with fs.open(f, "rb") as fh:
-            metas = pq.read_table(fh, columns=["meta"]).column("meta").to_pylist()
+            metas = pq.ParquetFile(fh).read(columns=["meta"]).column("meta").to_pylist()
         for m in metas:
             e = entry((m or {}).get("recipe") or "-")
             e["in"] += 1
@@ -94,7 +94,7 @@ def _lookup(fs, wfs, ids: set[str], work_root: str, kept_files: list[str]) -> di
         if len(out) == len(ids):
             break
         with fs.open(f, "rb") as fh:
-            t = pq.read_table(fh, columns=["id", "text"])
+            t = pq.ParquetFile(fh).read(columns=["id", "text"])
         for i, txt in zip(t.column("id").to_pylist(), t.column("text").to_pylist()):
             if i in ids:
                 out[i] = txt

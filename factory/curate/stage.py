@@ -181,7 +181,7 @@ def _curate(cfg: CurateConfig, stage, inputs, refs, bench, out_url: str, log: An
     recipes = Counter()
     for f in kept_files:
         with fs.open(f, "rb") as fh:
-            t = pq.read_table(fh, columns=["meta"])
+            t = pq.ParquetFile(fh).read(columns=["meta"])
         recipes.update(m.get("recipe") or "-" for m in t.column("meta").to_pylist())
     write_card(stage, "Curated documents", {
         "documents": n_kept, "rejected": len(rejected),

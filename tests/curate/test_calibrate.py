@@ -141,6 +141,21 @@ def test_bad_inputs_are_one_line_with_exit_code_2(planted_set, tmp_path):
     assert not (tmp_path / "calibration.json").exists()  # refused before writing anything
 
 
+def test_a_process_that_read_parquet_exits_with_its_own_code(planted_set):
+    """pyarrow 26's read_table over a file object leaves threads that abort the interpreter at exit now and
+    then ("terminate called without an active exception"): the stages read through ParquetFile instead."""
+    import subprocess
+    import sys
+
+    _, gen, labels, _ = planted_set
+    code = ("import sys; from factory.curate.calibrate import read_labels, read_rows; "
+            f"from factory.core.stage import read_docs; read_rows({gen!r}, set(read_labels({str(labels)!r}, None))); "
+            f"read_docs({gen!r}); sys.exit(2)")
+    for _ in range(3):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "terminate called" not in r.stderr, r.stderr[-2000:]
+
+
 START, END = "<!-- calibrate-commands -->", "<!-- /calibrate-commands -->"
 
 
