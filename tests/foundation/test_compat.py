@@ -28,10 +28,13 @@ def test_ray_packs_a_working_dir_with_its_ignore_rules(tmp_path):
 
 
 def test_ray_reloads_its_auth_settings():
-    import ray
+    """In a fresh process (this one may hold a connected Ray, which keeps the config it connected with)."""
+    import subprocess
+    import sys
 
-    assert not ray.is_initialized()
-    compat.ray_reload_auth()  # raises on a Ray whose auth internals moved
+    code = "import ray; from factory.core.compat import ray_reload_auth; assert not ray.is_initialized(); ray_reload_auth()"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, why("ray", "ray_reload_auth") + "\n" + r.stderr[-2000:]
 
 
 def test_torch_dcp_reads_back_what_it_wrote_to_an_fsspec_url(tmp_path):
