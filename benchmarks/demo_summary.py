@@ -15,6 +15,8 @@ import platform
 import time
 from pathlib import Path
 
+from factory.mix.plan import teacher_share
+
 OUT = Path(__file__).parent / "results" / "demo.json"
 RUN_ALL = False  # reads a finished `make demo`; run_all.py does not run it
 BENCHES = ("arith_mc", "wiki_cloze_mc", "wiki_mc")
@@ -39,13 +41,6 @@ def summarize(run: Path) -> dict:
         "machine": f"{platform.machine()} {platform.processor() or ''} 2-core VM".replace("  ", " "),
         "date": time.strftime("%Y-%m-%d"),
     }
-
-
-def teacher_share(plan: dict) -> dict:
-    """A plan's teacher-made (non-web) share of its training tokens, as asked and as drawn, and the capped sources."""
-    rows = [(r, ph["tokens"]) for ph in plan["phases"] for r in ph["sources"] if r["kind"] != "web"]
-    return {"asked": round(sum(r.get("asked_share", r["share"]) * t for r, t in rows) / plan["total_tokens"], 3),
-            "drawn": round(sum(r["tokens"] for r, _ in rows) / plan["total_tokens"], 3), "capped": plan.get("capped", [])}
 
 
 def reasons(d: dict) -> str:

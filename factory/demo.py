@@ -169,7 +169,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
 
 def data_note(plans: dict[str, dict[str, Any]], out: Path) -> str:
     """What the teacher made and curation kept, what each mix drew of it, and what that means for the comparison."""
-    from factory.mix.plan import totals
+    from factory.mix.plan import teacher_share, totals
 
     lines, small = [], False
     gen, cur = (json.loads((out / s / "manifest.json").read_text()) for s in ("generated", "curated"))
@@ -186,9 +186,8 @@ def data_note(plans: dict[str, dict[str, Any]], out: Path) -> str:
         made = {k: v for k, v in t.items() if v["kind"] != "web"}
         if not made:
             continue
-        share = sum(v["tokens"] for v in made.values()) / p["total_tokens"]
-        asked = sum(r.get("asked_share", r["share"]) * ph["tokens"] for ph in p["phases"] for r in ph["sources"]
-                    if r["kind"] != "web") / p["total_tokens"]
+        ts = teacher_share(p)
+        share, asked = ts["drawn"], ts["asked"]
         parts = ", ".join(f"{k} {v['unique_tokens']:,} unique tokens drawn {v['epochs']:.1f} epochs" for k, v in made.items())
         lines.append(f"- {name}: teacher-made text {parts}; {share:.1%} of the training tokens"
                      + (f" (the mix asks for {asked:.0%}; `fit: cap` lowered it to the sources' max_epochs)"

@@ -288,3 +288,10 @@ def plan_table(p: dict[str, Any]) -> Table:
                       human(s["tokens"]), f"[yellow]{s['epochs']:.2f}[/]" if over else f"{s['epochs']:.2f}",
                       "-" if s["max_epochs"] is None else f"{s['max_epochs']:g}")
     return t
+
+
+def teacher_share(p: dict[str, Any]) -> dict[str, Any]:
+    """A plan's teacher-made (non-web) share of its training tokens, as asked and as drawn, and the capped sources."""
+    rows = [(r, ph["tokens"]) for ph in p["phases"] for r in ph["sources"] if r["kind"] != "web"]
+    return {"asked": round(sum(r.get("asked_share", r["share"]) * t for r, t in rows) / p["total_tokens"], 3),
+            "drawn": round(sum(r["tokens"] for r, _ in rows) / p["total_tokens"], 3), "capped": p.get("capped", [])}
